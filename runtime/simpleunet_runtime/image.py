@@ -1,0 +1,133 @@
+"""Image and mask decoding (Pillow) and the numpy pre/post-processing shared by every backend and by training.
+
+One code path: the toolkit's training cache, the exporter's calibration data and the runtime all call
+``load_image`` + ``resize_image`` + ``normalize``, so a model sees the same pixels everywhere.
+"""
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+from typing import Sequence, Union
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from .errors import SimpleUNetError
+
+#: Refuse images above this many pixels (decompression-bomb guard; about 8k x 8k).
+MAX_PIXELS = 64_000_000
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+
+ImageInput = Union[str, os.PathLike, bytes, np.ndarray]
+
+
+def _open(source: ImageInput, what: str) -> Image.Image:
+    name = "<bytes>" if isinstance(source, (bytes, bytearray)) else str(source)
+    try:
+        fp = io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else open(source, "rb")
+    except OSError as exc:
+        raise SimpleUNetError(f"cannot read {what} {name}: {exc.strerror or exc}") from None
+    with fp:
+        try:
+            with Image.open(fp) as im:
+                w, h = im.size
+                if w * h > MAX_PIXELS:
+                    raise SimpleUNetError(f"{what} {name} is {w}x{h} pixels, above the limit of "
+                                          f"{MAX_PIXELS:,}; downscale it first")
+                if w == 0 or h == 0:
+                    raise SimpleUNetError(f"{what} {name} has zero size")
+                im.load()
+                return im.copy()
+        except SimpleUNetError:
+            raise
+        except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError,
+                TypeError, IndexError, KeyError, MemoryError) as exc:
+            raise SimpleUNetError(f"{what} {name} is not a readable image ({type(exc).__name__}: "
+                                  f"{str(exc).splitlines()[0] if str(exc) else 'corrupt data'})") from None
+
+
+def _to_uint8(arr: np.ndarray) -> np.ndarray:
+    """Scale any integer/float array to uint8 (16-bit PNGs, float images)."""
+    if arr.dtype == np.uint8:
+        return arr
+    if arr.dtype == bool:
+        return arr.astype(np.uint8) * 255
+    if np.issubdtype(arr.dtype, np.integer):
+        top = 65535 if arr.max(initial=0) > 255 else 255
+        return (arr.astype(np.float64) * (255.0 / top)).clip(0, 255).round().astype(np.uint8)
+    if np.issubdtype(arr.dtype, np.floating):
+        arr = np.nan_to_num(arr.astype(np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+        scale = 255.0 if arr.max(initial=0) <= 1.0 else 1.0
+        return (arr * scale).clip(0, 255).round().astype(np.uint8)
+    raise SimpleUNetError(f"unsupported image dtype {arr.dtype}; pass uint8, uint16 or float")
+
+
+def as_rgb(arr: np.ndarray) -> np.ndarray:
+    """Any HxW, HxWx1, HxWx3 or HxWx4 array -> HxWx3 uint8 (greyscale repeated, alpha dropped)."""
+    arr = np.asarray(arr)
+    if arr.ndim == 3 and arr.shape[2] == 1:
+        arr = arr[:, :, 0]
+    if arr.ndim == 2:
+        arr = np.repeat(arr[:, :, None], 3, axis=2)
+    if arr.ndim != 3 or arr.shape[2] not in (3, 4):
+        raise SimpleUNetError(f"image array must be HxW, HxWx1, HxWx3 or HxWx4, got shape {arr.shape}")
+    if arr.shape[0] == 0 or arr.shape[1] == 0:
+        raise SimpleUNetError(f"image array has zero size: {arr.shape}")
+    if arr.shape[0] * arr.shape[1] > MAX_PIXELS:
+        raise SimpleUNetError(f"image is {arr.shape[1]}x{arr.shape[0]}, above the limit of {MAX_PIXELS:,} pixels")
+    return np.ascontiguousarray(_to_uint8(arr[:, :, :3]))
+
+
+def load_image(source: ImageInput) -> np.ndarray:
+    """Decode a file path, encoded bytes or an array to an HxWx3 uint8 RGB array."""
+    if isinstance(source, np.ndarray):
+        return as_rgb(source)
+    im = _open(source, "image")
+    if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        return as_rgb(np.asarray(im))
+    if im.mode != "RGB":
+        im = im.convert("RGBA").convert("RGB") if im.mode in ("P", "PA", "LA") else im.convert("RGB")
+    return np.asarray(im, dtype=np.uint8).copy()
+
+
+def load_mask(source: ImageInput, threshold: int = 127) -> np.ndarray:
+    """Decode a mask (PNG or JPEG, any mode) to an HxW bool array: foreground = grey value > ``threshold``."""
+    grey = load_image(source).max(axis=2)
+    return grey > threshold
+
+
+def resize_image(img: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:
+    """Bilinear (antialiased) resize of an HxWx3 uint8 image to ``size`` (square int or (h, w))."""
+    h, w = (size, size) if isinstance(size, int) else size
+    if img.shape[:2] == (h, w):
+        return img
+    return np.asarray(Image.fromarray(img).resize((w, h), Image.BILINEAR))
+
+
+def resize_mask(mask: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:
+    """Resize a bool mask (bilinear on 0/255, then threshold at half) so thin structures survive."""
+    h, w = (size, size) if isinstance(size, int) else size
+    im = Image.fromarray(mask.astype(np.uint8) * 255).resize((w, h), Image.BILINEAR)
+    return np.asarray(im) >= 128
+
+
+def normalize(images: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
+    """uint8 NHWC (or HWC) -> float32 NCHW (or CHW): (x / 255 - mean) / std."""
+    x = images.astype(np.float32) * np.float32(1.0 / 255.0)
+    x = (x - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
+    return np.ascontiguousarray(np.moveaxis(x, -1, -3))
+
+
+def resize_probabilities(prob: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Bilinear resize of a CxHxW float map to CxH'xW' (``size`` = (h, w))."""
+    h, w = size
+    if prob.shape[-2:] == (h, w):
+        return prob
+    return np.stack([np.asarray(Image.fromarray(np.ascontiguousarray(c, dtype=np.float32), mode="F")
+                                .resize((w, h), Image.BILINEAR)) for c in prob])
+
+
+def list_images(folder: str | os.PathLike) -> list[Path]:
+    """Image files in ``folder`` (sorted, by suffix)."""
+    return sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())

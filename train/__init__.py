@@ -1,0 +1,1 @@
+"""simpleunet.train: models, data, training and evaluation (the toolkit side, needs torch)."""

@@ -1,0 +1,147 @@
+"""Checkpoints: ``config.json`` + ``model.safetensors`` (+ ``metrics.json``) in a folder, written atomically.
+
+``config.json`` carries the model's own arguments and its preprocessing, so export and evaluation never need
+the training command line. The resumable training state (weights + optimizer + RNG-free counters) is one
+``last.safetensors`` file whose metadata holds the JSON state: one file, one atomic rename.
+Nothing here unpickles: safetensors and JSON only.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file, safe_open
+from torch import nn
+
+from .config import ConfigError, ModelConfig
+from .model import build_model
+
+CONFIG, WEIGHTS, METRICS, LAST = "config.json", "model.safetensors", "metrics.json", "last.safetensors"
+
+
+class CheckpointError(ConfigError):
+    """A checkpoint is missing, corrupt or does not match its config."""
+
+
+def atomic_write(path: Path, write) -> None:
+    """Call ``write(tmp_path)`` then rename over ``path``: readers never see a half-written file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: Path, data: Any) -> None:
+    atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(data, indent=2, sort_keys=False) + "\n"))
+
+
+def _state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    model = getattr(model, "module", model)  # unwrap DDP
+    return {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+
+
+def save_model(folder: Path, model: nn.Module, meta: dict[str, Any]) -> None:
+    """Write the weights and ``config.json`` (``meta`` = {"model": ..., "preprocess": ..., ...})."""
+    folder = Path(folder)
+    atomic_write(folder / WEIGHTS, lambda tmp: save_file(_state_dict(model), tmp))
+    write_json(folder / CONFIG, meta)
+
+
+def read_config(folder: str | os.PathLike) -> dict[str, Any]:
+    folder = Path(folder)
+    path = folder / CONFIG if folder.is_dir() else folder
+    if not path.is_file():
+        raise CheckpointError(f"no {CONFIG} in {folder}: pass a checkpoint folder written by simpleunet-train")
+    try:
+        meta = json.loads(path.read_text())
+        ModelConfig.from_dict(meta["model"])
+    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise CheckpointError(f"{path} is not a simpleunet config ({type(exc).__name__}: {exc})") from None
+    return meta
+
+
+def _load_weights(path: Path) -> dict[str, torch.Tensor]:
+    if not path.is_file():
+        raise CheckpointError(f"weights file {path} is missing")
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"{path} is not a readable safetensors file ({exc})") from None
+
+
+def load_into(model: nn.Module, weights: dict[str, torch.Tensor], source: Path) -> None:
+    """Load ``weights`` into ``model`` strictly, with a one-line error listing what differs."""
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(weights))
+    extra = sorted(set(weights) - set(expected))
+    shapes = [k for k in expected if k in weights and tuple(weights[k].shape) != tuple(expected[k].shape)]
+    if missing or extra or shapes:
+        parts = ([f"missing {missing[0]}" + (f" (+{len(missing) - 1})" if len(missing) > 1 else "")] if missing else [])
+        parts += [f"unexpected {extra[0]}" + (f" (+{len(extra) - 1})" if len(extra) > 1 else "")] if extra else []
+        parts += [f"shape of {shapes[0]} is {tuple(weights[shapes[0]].shape)}, config wants "
+                  f"{tuple(expected[shapes[0]].shape)}"] if shapes else []
+        raise CheckpointError(f"weights in {source} do not match its config: {'; '.join(parts)}")
+    model.load_state_dict(weights)
+
+
+def load_model(folder: str | os.PathLike, weights: str = WEIGHTS) -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild the model from ``config.json`` and load its safetensors weights (eval mode)."""
+    folder = Path(folder)
+    meta = read_config(folder)
+    model = build_model(ModelConfig.from_dict(meta["model"]))
+    load_into(model, _load_weights(folder / weights), folder / weights)
+    return model.eval(), meta
+
+
+def save_training_state(folder: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
+                        state: dict[str, Any]) -> None:
+    """One file with the weights (``model.*``), the optimizer tensors (``optim.*``) and the JSON state."""
+    tensors = {f"model.{k}": v for k, v in _state_dict(model).items()}
+    opt = optimizer.state_dict()
+    scalars: dict[str, Any] = {}
+    for pid, pstate in opt["state"].items():
+        for name, value in pstate.items():
+            if torch.is_tensor(value) and value.ndim > 0:
+                tensors[f"optim.{pid}.{name}"] = value.detach().cpu().contiguous()
+            else:
+                scalars[f"{pid}.{name}"] = float(value)
+    meta = {"state": json.dumps(state), "optim_scalars": json.dumps(scalars),
+            "param_groups": json.dumps(opt["param_groups"])}
+    atomic_write(Path(folder) / LAST, lambda tmp: save_file(tensors, tmp, metadata=meta))
+
+
+def load_training_state(folder: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    path = Path(folder) / LAST
+    if not path.is_file():
+        raise CheckpointError(f"nothing to resume: {path} does not exist (start without --resume)")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata()
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+        state = json.loads(meta["state"])
+        scalars = json.loads(meta["optim_scalars"])
+        groups = json.loads(meta["param_groups"])
+    except (SafetensorError, OSError, KeyError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{path} is not a readable training state ({exc})") from None
+    load_into(getattr(model, "module", model), {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}, path)
+    opt_state: dict[int, dict[str, Any]] = {}
+    for key, value in tensors.items():
+        if key.startswith("optim."):
+            _, pid, name = key.split(".", 2)
+            opt_state.setdefault(int(pid), {})[name] = value
+    for key, value in scalars.items():
+        pid, name = key.split(".", 1)
+        opt_state.setdefault(int(pid), {})[name] = torch.tensor(value)
+    optimizer.load_state_dict({"state": opt_state, "param_groups": groups})
+    return state

@@ -1,0 +1,140 @@
+"""``simpleunet-train`` and ``simpleunet-eval``."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from simpleunet_runtime.errors import SimpleUNetError
+
+from .config import FAMILIES, HEADS, ModelConfig, TrainConfig
+
+RECIPES = Path(__file__).parent / "recipes"
+
+
+def recipe_names() -> list[str]:
+    return sorted(p.stem for p in RECIPES.glob("*.json"))
+
+
+def load_recipe(name: str) -> TrainConfig:
+    path = RECIPES / f"{name}.json" if not name.endswith(".json") else Path(name)
+    if not path.is_file():
+        raise SimpleUNetError(f"unknown recipe {name!r}; choose one of {', '.join(recipe_names())} or pass a .json path")
+    return TrainConfig.from_dict(json.loads(path.read_text()))
+
+
+def dataset_root(name: str, explicit: str | None) -> Path:
+    """--data, else $SIMPLEUNET_DATA/<name>, else ../shared/datasets/<name> seen from here or the repo root."""
+    if explicit:
+        return Path(explicit)
+    bases = [Path(os.environ["SIMPLEUNET_DATA"])] if os.environ.get("SIMPLEUNET_DATA") else []
+    bases += [Path.cwd() / ".." / "shared" / "datasets", Path(__file__).resolve().parents[1] / ".." / "shared" / "datasets"]
+    for base in bases:
+        if (base / name).is_dir():
+            return (base / name).resolve()
+    raise SimpleUNetError(f"dataset {name!r} not found; pass --data DIR (or set SIMPLEUNET_DATA)")
+
+
+def _run(fn) -> int:
+    try:
+        return fn() or 0
+    except SimpleUNetError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: the last finished epoch is saved; continue with --resume", file=sys.stderr)
+        return 130
+
+
+def train_main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser("simpleunet-train", description="Train a SimpleUNet/SimpleESKNet on image/mask pairs.")
+    p.add_argument("--recipe", help=f"a named recipe ({', '.join(recipe_names())}) or a recipe .json")
+    p.add_argument("--data", help="dataset folder (default: ../shared/datasets/<dataset>)")
+    p.add_argument("--dataset", help="dataset name recorded in the model (kvasir-seg, busi, ...)")
+    p.add_argument("--layout", default="auto", help="folder layout: auto, folder, kvasir-zip, busi-original, isic2018")
+    p.add_argument("--out", required=True, help="run folder for checkpoints and metrics")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out where it stopped")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
+    p.add_argument("--family", choices=FAMILIES)
+    p.add_argument("--width", type=int)
+    p.add_argument("--blocks", type=int)
+    p.add_argument("--rate", type=float, help="skip selection rate R in (0, 1]")
+    p.add_argument("--classes", type=int, dest="num_classes")
+    p.add_argument("--head", choices=HEADS)
+    p.add_argument("--no-aff", action="store_true")
+    for name, typ in (("epochs", int), ("batch-size", int), ("lr", float), ("imgsz", int), ("seed", int),
+                      ("patience", int), ("threads", int), ("val-fraction", float)):
+        p.add_argument(f"--{name}", type=typ)
+    p.add_argument("--augment", choices=("none", "light", "strong"))
+    p.add_argument("--no-progress", action="store_true")
+    args = p.parse_args(argv)
+
+    def go() -> int:
+        from .loop import train
+        if args.resume and (Path(args.out) / "last.safetensors").is_file():
+            state_cfg = _resume_config(Path(args.out))
+            cfg = state_cfg
+        else:
+            cfg = load_recipe(args.recipe) if args.recipe else TrainConfig()
+        model_over = {k: getattr(args, k) for k in ("family", "width", "blocks", "rate", "num_classes", "head")
+                      if getattr(args, k) is not None}
+        if args.no_aff:
+            model_over["aff"] = False
+        train_over = {k: getattr(args, k) for k in ("epochs", "batch_size", "lr", "imgsz", "seed", "patience",
+                                                     "threads", "val_fraction", "augment", "dataset")
+                      if getattr(args, k) is not None}
+        d = cfg.to_dict()
+        d["model"].update(model_over)
+        d.update(train_over)
+        if args.data:
+            d["data_root"] = args.data
+        cfg = TrainConfig.from_dict(d)
+        if cfg.imgsz % 16:
+            raise SimpleUNetError(f"--imgsz must be a multiple of 16 (five levels), got {cfg.imgsz}; try "
+                                  f"{(cfg.imgsz // 16 + 1) * 16}")
+        root = dataset_root(cfg.dataset, cfg.data_root)
+        result = train(cfg, root, Path(args.out), resume=args.resume, device=args.device, layout=args.layout,
+                       progress=not args.no_progress)
+        b = result["best"]
+        print(f"done: best val mDice {b['val_mDice']:.4f} at epoch {b['epoch']} (threshold {b['threshold']}); "
+              f"weights in {args.out}. Next: simpleunet-eval {args.out} --split test")
+        return 0
+
+    return _run(go)
+
+
+def _resume_config(out: Path) -> TrainConfig:
+    from safetensors import safe_open
+    with safe_open(str(out / "last.safetensors"), framework="pt") as f:
+        return TrainConfig.from_dict(json.loads(f.metadata()["state"])["train"])
+
+
+def eval_main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser("simpleunet-eval", description="Dice/IoU of a checkpoint on a dataset split.")
+    p.add_argument("checkpoint", help="checkpoint folder (config.json + model.safetensors)")
+    p.add_argument("--data", help="dataset folder (default: the dataset the model was trained on)")
+    p.add_argument("--layout", default="auto")
+    p.add_argument("--split", default="test", help="train, test, val, all, or a split .txt file")
+    p.add_argument("--threshold", type=float, help="override the checkpoint's tuned threshold")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--json", help="also write the result to this JSON file")
+    args = p.parse_args(argv)
+
+    def go() -> int:
+        from .checkpoint import load_model, write_json
+        from .loop import evaluate
+        model, meta = load_model(args.checkpoint)
+        root = dataset_root(meta.get("dataset", ""), args.data)
+        res = evaluate(model, meta, root, args.split, args.layout, args.device, args.threshold)
+        res = {"checkpoint": str(args.checkpoint), "data": str(root), "imgsz": meta["preprocess"]["imgsz"], **res}
+        print(f"{'metric':<12}{'value':>8}")
+        for k in ("mDice", "mIoU", "pooled_dice", "pooled_iou", "precision", "recall"):
+            print(f"{k:<12}{res[k]:>8.4f}")
+        print(f"{res['images']} images of split '{res['split']}' at {res['imgsz']}px, threshold {res['threshold']}")
+        if args.json:
+            write_json(Path(args.json), res)
+        return 0
+
+    return _run(go)

@@ -1,0 +1,124 @@
+"""Model and training configuration: the one home of defaults.
+
+A ``ModelConfig`` is the constructor's arguments; it round-trips through JSON and travels inside every
+checkpoint (``config.json``) so later stages never need the training command line.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from simpleunet_runtime.errors import SimpleUNetError
+
+FAMILIES = ("simpleunet", "simpleesknet", "unet")
+HEADS = ("paper", "logits")
+
+
+class ConfigError(SimpleUNetError, ValueError):
+    """A configuration value is invalid."""
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Architecture of one model (see MODEL_SPEC.md). ``head``: ``paper`` = 1x1 conv + BN + ReLU on the logits
+    (the authors' code), ``logits`` = 1x1 conv + BN with no ReLU (needed for a 1-class sigmoid head)."""
+
+    family: str = "simpleunet"
+    width: int = 16
+    blocks: int = 1
+    rate: float = 0.5
+    kernel_size: int = 3
+    dilation: int = 1
+    aff: bool = True
+    in_channels: int = 3
+    num_classes: int = 1
+    head: str = "logits"
+
+    def __post_init__(self) -> None:
+        if self.family not in FAMILIES:
+            raise ConfigError(f"unknown model family {self.family!r}; choose one of {', '.join(FAMILIES)}")
+        if self.head not in HEADS:
+            raise ConfigError(f"unknown head {self.head!r}; choose one of {', '.join(HEADS)}")
+        for name in ("width", "blocks", "in_channels", "num_classes", "kernel_size", "dilation"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ConfigError(f"{name} must be an integer >= 1, got {value!r}")
+        if self.kernel_size % 2 == 0:
+            raise ConfigError(f"kernel_size must be odd, got {self.kernel_size}")
+        if not (0 < float(self.rate) <= 1):
+            raise ConfigError(f"selection rate R must be in (0, 1], got {self.rate!r}")
+        if self.family != "unet" and int(self.rate * self.width) < 1:
+            raise ConfigError(f"R*width must be >= 1 channel, got R={self.rate} width={self.width}")
+        if self.head == "paper" and self.num_classes == 1:
+            raise ConfigError("head 'paper' ends in a ReLU, which breaks a 1-class sigmoid output; "
+                              "use head='logits' or num_classes=2")
+
+    @property
+    def name(self) -> str:
+        """Short human name, e.g. ``simpleunet16`` or ``simpleesknet32-n2``."""
+        suffix = f"-n{self.blocks}" if self.blocks != 1 else ""
+        return f"{self.family}{self.width}{suffix}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "ModelConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"unknown model config keys: {', '.join(unknown)}")
+        return cls(**data)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "ModelConfig":
+        return cls.from_dict(json.loads(text))
+
+
+@dataclass
+class TrainConfig:
+    """One training run. Defaults are the usual recipe for this model family (MODEL_SPEC.md)."""
+
+    dataset: str = "kvasir-seg"
+    data_root: str | None = None
+    imgsz: int = 256
+    epochs: int = 200
+    batch_size: int = 8
+    lr: float = 1e-3
+    weight_decay: float = 1e-2
+    eta_min: float = 1e-5
+    val_fraction: float = 0.1
+    seed: int = 0
+    workers: int = 0
+    amp: bool = True
+    patience: int = 0
+    augment: str = "strong"
+    threads: int = 0
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    model: ModelConfig = field(default_factory=ModelConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["model"] = self.model.to_dict()
+        d["mean"], d["std"] = list(self.mean), list(self.std)
+        return d
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
+        data = dict(data)
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"unknown training config keys: {', '.join(unknown)}")
+        if "model" in data and isinstance(data["model"], dict):
+            data["model"] = ModelConfig.from_dict(data["model"])
+        for k in ("mean", "std"):
+            if k in data:
+                data[k] = tuple(float(v) for v in data[k])
+        return cls(**data)

@@ -1,0 +1,261 @@
+"""Datasets: find image/mask pairs in the layouts people have, decode + resize them once into a cache, and
+serve augmented batches from memory.
+
+Layouts (``layout=``): ``folder`` (images/ + masks/ with matching stems, optional splits/), the shared
+``kvasir-seg`` and ``busi`` folders (same shape, with their split files), the Kvasir-SEG zip
+(``Kvasir-SEG/images``, ``Kvasir-SEG/masks``), the original BUSI download (``Dataset_BUSI_with_GT/<class>/<class> (N).png``
+with ``_mask.png``, ``_mask_1.png``... OR-merged) and ISIC 2018 Task 1 (``ISIC_xxxxxxx.jpg`` with
+``ISIC_xxxxxxx_segmentation.png``). ``auto`` picks one by looking.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from simpleunet_runtime.errors import SimpleUNetError
+from simpleunet_runtime.image import IMAGE_SUFFIXES, load_image, load_mask, resize_image, resize_mask
+
+LAYOUTS = ("auto", "folder", "kvasir-zip", "busi-original", "isic2018")
+#: Split names per preset: the name a user types -> the file under splits/.
+SPLIT_ALIASES = {"train": ("train_880.txt", "train.txt"), "test": ("val_120.txt", "test.txt"),
+                 "val": ("val_120.txt", "val.txt")}
+
+
+class DataError(SimpleUNetError):
+    """A dataset folder is missing, empty or inconsistent."""
+
+
+@dataclass(frozen=True)
+class Sample:
+    id: str
+    image: Path
+    masks: tuple[Path, ...]
+
+
+def _images_in(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def _pairs_by_stem(images_dir: Path, masks_dir: Path) -> list[Sample]:
+    images = _images_in(images_dir)
+    if not images:
+        raise DataError(f"no images found in {images_dir} (expected {', '.join(IMAGE_SUFFIXES)} files)")
+    masks = {}
+    for m in _images_in(masks_dir):
+        stem = re.sub(r"(_mask|_segmentation|_Segmentation)$", "", m.stem)
+        masks.setdefault(stem, m)
+    out, missing = [], []
+    for img in images:
+        if img.stem in masks:
+            out.append(Sample(img.stem, img, (masks[img.stem],)))
+        else:
+            missing.append(img.name)
+    if missing:
+        raise DataError(f"no mask in {masks_dir} for image {missing[0]}"
+                        + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
+    return out
+
+
+def _busi_original(root: Path) -> list[Sample]:
+    out = []
+    for cls_dir in sorted(p for p in root.iterdir() if p.is_dir()):
+        files = _images_in(cls_dir)
+        masks: dict[str, list[Path]] = {}
+        for f in files:
+            m = re.match(r"(.*)_mask(_\d+)?$", f.stem)
+            if m:
+                masks.setdefault(m.group(1), []).append(f)
+        for f in files:
+            if "_mask" in f.stem:
+                continue
+            if f.stem not in masks:
+                raise DataError(f"no mask for BUSI image {f} (expected '{f.stem}_mask.png')")
+            num = re.search(r"\((\d+)\)", f.stem)
+            sid = f"{cls_dir.name}_{int(num.group(1)):03d}" if num else f"{cls_dir.name}_{f.stem}"
+            out.append(Sample(sid, f, tuple(sorted(masks[f.stem]))))
+    return out
+
+
+def _isic(root: Path) -> list[Sample]:
+    files = [p for p in root.rglob("ISIC_*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
+    masks = {p.stem[: -len("_segmentation")]: p for p in files if p.stem.endswith("_segmentation")}
+    images = sorted(p for p in files if not p.stem.endswith("_segmentation") and not p.stem.endswith("_superpixels"))
+    for img in images:
+        if img.stem not in masks:
+            raise DataError(f"no mask for ISIC image {img} (expected {img.stem}_segmentation.png)")
+    return [Sample(img.stem, img, (masks[img.stem],)) for img in images]
+
+
+def detect_layout(root: Path) -> str:
+    if (root / "images").is_dir() and (root / "masks").is_dir():
+        return "folder"
+    if (root / "Kvasir-SEG" / "images").is_dir():
+        return "kvasir-zip"
+    if (root / "Dataset_BUSI_with_GT").is_dir() or any((root / c).is_dir() for c in ("benign", "malignant")):
+        return "busi-original"
+    if any(root.rglob("ISIC_*_segmentation.png")):
+        return "isic2018"
+    raise DataError(f"cannot tell the dataset layout of {root}: expected images/ + masks/, Kvasir-SEG/, "
+                    "Dataset_BUSI_with_GT/ or ISIC_*_segmentation.png files")
+
+
+def discover(root: str | os.PathLike, layout: str = "auto") -> list[Sample]:
+    """All image/mask pairs under ``root`` for the given layout."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"dataset folder {root} does not exist")
+    if layout not in LAYOUTS:
+        raise DataError(f"unknown layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
+    if layout == "auto":
+        layout = detect_layout(root)
+    if layout == "folder":
+        samples = _pairs_by_stem(root / "images", root / "masks")
+    elif layout == "kvasir-zip":
+        samples = _pairs_by_stem(root / "Kvasir-SEG" / "images", root / "Kvasir-SEG" / "masks")
+    elif layout == "busi-original":
+        samples = _busi_original(root / "Dataset_BUSI_with_GT" if (root / "Dataset_BUSI_with_GT").is_dir() else root)
+    else:
+        samples = _isic(root)
+    if not samples:
+        raise DataError(f"no image/mask pairs found in {root}")
+    return samples
+
+
+def select_split(samples: list[Sample], root: str | os.PathLike, split: str | None) -> list[Sample]:
+    """Keep the samples named by a split: ``None``/``all`` = all, a name under ``root/splits/`` (``train``,
+    ``test``, ``val`` or a file stem) or a path to a text file with one id per line."""
+    if split in (None, "all"):
+        return samples
+    root = Path(root)
+    candidates = [Path(split)] if Path(split).suffix == ".txt" else []
+    candidates += [root / "splits" / name for name in SPLIT_ALIASES.get(split, ())] + [root / "splits" / f"{split}.txt"]
+    path = next((p for p in candidates if p.is_file()), None)
+    if path is None:
+        raise DataError(f"split {split!r} not found for {root} (looked for {', '.join(str(c) for c in candidates)})")
+    ids = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    by_id = {s.id: s for s in samples}
+    missing = [i for i in ids if i not in by_id]
+    if missing:
+        raise DataError(f"split file {path} names {missing[0]!r}, which has no image/mask pair in {root}")
+    return [by_id[i] for i in ids]
+
+
+def cache_dir() -> Path:
+    """Where decoded datasets are cached (never inside the read-only data folder)."""
+    return Path(os.environ.get("SIMPLEUNET_CACHE", Path.home() / ".cache" / "simpleunet"))
+
+
+def load_arrays(samples: list[Sample], imgsz: int, cache: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Decode + resize every pair once: (N, S, S, 3) uint8 images and (N, S, S) bool masks, cached on disk."""
+    key = hashlib.sha256(json.dumps([imgsz] + [(s.id, str(s.image), [str(m) for m in s.masks],
+                                                s.image.stat().st_size) for s in samples]).encode()).hexdigest()[:16]
+    path = cache_dir() / f"{key}.npz"
+    if cache and path.is_file():
+        with np.load(path) as z:
+            return z["images"], z["masks"]
+    images = np.empty((len(samples), imgsz, imgsz, 3), np.uint8)
+    masks = np.empty((len(samples), imgsz, imgsz), bool)
+    for i, s in enumerate(samples):
+        img = load_image(s.image)
+        mask = np.zeros(img.shape[:2], bool)
+        for m in s.masks:
+            part = load_mask(m)
+            if part.shape != mask.shape:
+                raise DataError(f"mask {m} is {part.shape[1]}x{part.shape[0]} but image {s.image} is "
+                                f"{img.shape[1]}x{img.shape[0]}")
+            mask |= part
+        images[i], masks[i] = resize_image(img, imgsz), resize_mask(mask, imgsz)
+    if cache:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".tmp{os.getpid()}.npz")
+        np.savez(tmp, images=images, masks=masks)
+        os.replace(tmp, path)
+    return images, masks
+
+
+def carve_validation(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Deterministic (train, val) index split of a training set; validation is never the test split."""
+    perm = np.random.default_rng(seed).permutation(n)
+    n_val = int(round(n * fraction)) if fraction > 0 else 0
+    return np.sort(perm[n_val:]), np.sort(perm[:n_val])
+
+
+def augment(images: torch.Tensor, masks: torch.Tensor, gen: torch.Generator, strength: str = "strong"
+            ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random flips and 90-degree turns; with ``strong`` also a random affine (rotation +-45 deg, scale 0.75-1.25,
+    shift +-10 %) and light photometric jitter. images: float NCHW in [0, 1]; masks: float N1HW."""
+    n = images.shape[0]
+    r = lambda *shape: torch.rand(*shape, generator=gen)  # noqa: E731
+    flip_h, flip_v, turns = r(n) < 0.5, r(n) < 0.5, (r(n) * 4).long()
+    out_i, out_m = [], []
+    for k in range(n):
+        im, m = images[k], masks[k]
+        if flip_h[k]:
+            im, m = im.flip(-1), m.flip(-1)
+        if flip_v[k]:
+            im, m = im.flip(-2), m.flip(-2)
+        if turns[k]:
+            im, m = torch.rot90(im, int(turns[k]), (-2, -1)), torch.rot90(m, int(turns[k]), (-2, -1))
+        out_i.append(im)
+        out_m.append(m)
+    images, masks = torch.stack(out_i), torch.stack(out_m)
+    if strength != "strong":
+        return images, masks
+    angle = (r(n) * 2 - 1) * math.pi / 4
+    scale = 0.75 + r(n) * 0.5
+    shift = (r(n, 2) * 2 - 1) * 0.2
+    cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
+    theta = torch.stack([torch.stack([cos, -sin, shift[:, 0]], 1), torch.stack([sin, cos, shift[:, 1]], 1)], 1)
+    grid = F.affine_grid(theta, list(images.shape), align_corners=False)
+    images = F.grid_sample(images, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+    masks = (F.grid_sample(masks, grid, mode="bilinear", padding_mode="reflection", align_corners=False) > 0.5).float()
+    brightness = 1 + (r(n, 1, 1, 1) * 2 - 1) * 0.2
+    contrast = 1 + (r(n, 1, 1, 1) * 2 - 1) * 0.2
+    saturation = 1 + (r(n, 1, 1, 1) * 2 - 1) * 0.2
+    mean = images.mean(dim=(1, 2, 3), keepdim=True)
+    images = (images - mean) * contrast + mean
+    grey = images.mean(dim=1, keepdim=True)
+    images = ((images - grey) * saturation + grey) * brightness
+    return images.clamp(0, 1), masks
+
+
+class InMemorySegmentation:
+    """Images/masks decoded once; ``batches(epoch)`` yields normalized (x, y) tensors, shuffled and augmented
+    deterministically from (seed, epoch) so a resumed run replays exactly the same batches."""
+
+    def __init__(self, images: np.ndarray, masks: np.ndarray, mean, std):
+        self.images, self.masks = images, masks
+        self.mean = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
+        self.std = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def to_tensors(self, idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        x = torch.from_numpy(self.images[idx]).permute(0, 3, 1, 2).float().div_(255)
+        y = torch.from_numpy(self.masks[idx]).unsqueeze(1).float()
+        return x, y
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+    def batches(self, batch_size: int, *, epoch: int, seed: int, augment_with: str | None = None,
+                shuffle: bool = True, rank: int = 0, world: int = 1, drop_last: bool = True):
+        gen = torch.Generator().manual_seed(seed * 100_003 + epoch)
+        order = torch.randperm(len(self), generator=gen).numpy() if shuffle else np.arange(len(self))
+        order = order[rank::world]
+        stop = len(order) - (len(order) % batch_size if drop_last and len(order) >= batch_size else 0)
+        for start in range(0, stop, batch_size):
+            x, y = self.to_tensors(order[start:start + batch_size])
+            if augment_with and augment_with != "none":
+                x, y = augment(x, y, gen, augment_with)
+            yield self.normalize(x), y

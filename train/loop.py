@@ -1,0 +1,213 @@
+"""The training loop and evaluation. One process, or several under ``torchrun`` (DistributedDataParallel)."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+from tqdm import tqdm
+
+from simpleunet_runtime.metrics import SegmentationMeter
+
+from .checkpoint import (CheckpointError, load_training_state, save_model, save_training_state, write_json,
+                         CONFIG, LAST, METRICS)
+from .config import TrainConfig
+from .data import InMemorySegmentation, carve_validation, discover, load_arrays, select_split
+from .losses import foreground_probability, segmentation_loss
+from .model import build_model, count_parameters
+
+THRESHOLDS = np.round(np.arange(0.30, 0.71, 0.05), 2)
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    if name != "auto":
+        if name.startswith("cuda") and not torch.cuda.is_available():
+            raise CheckpointError("--device cuda asked for, but torch sees no CUDA GPU; use --device cpu")
+        return torch.device(name)
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def seed_everything(seed: int) -> None:
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    if torch.cuda.is_available():
+        torch.backends.cudnn.benchmark = False
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+
+
+@torch.no_grad()
+def predict_probabilities(model: nn.Module, data: InMemorySegmentation, device: torch.device,
+                          batch_size: int = 16) -> np.ndarray:
+    """Foreground probabilities (N, H, W) float32 for every image of ``data`` at its cached size."""
+    model.eval()
+    out = []
+    for x, _ in data.batches(batch_size, epoch=0, seed=0, shuffle=False, drop_last=False):
+        out.append(foreground_probability(model(x.to(device)))[:, 0].float().cpu().numpy())
+    return np.concatenate(out) if out else np.zeros((0,) + data.masks.shape[1:], np.float32)
+
+
+def score(prob: np.ndarray, masks: np.ndarray, threshold: float) -> dict[str, float]:
+    meter = SegmentationMeter()
+    for p, m in zip(prob, masks):
+        meter.update(p > threshold, m)
+    return meter.summary()
+
+
+def best_threshold(prob: np.ndarray, masks: np.ndarray) -> tuple[float, float]:
+    """The threshold (0.30..0.70) with the best mDice on a validation set carved from train."""
+    scores = [(score(prob, masks, t)["mDice"], float(t)) for t in THRESHOLDS]
+    d, t = max(scores, key=lambda s: (s[0], -abs(s[1] - 0.5)))
+    return t, d
+
+
+@dataclass
+class Distributed:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    @classmethod
+    def from_env(cls) -> "Distributed":
+        world = int(os.environ.get("WORLD_SIZE", 1))
+        if world > 1 and not dist.is_initialized():
+            dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        return cls(int(os.environ.get("RANK", 0)), world, int(os.environ.get("LOCAL_RANK", 0)))
+
+
+def load_training_data(cfg: TrainConfig, root: Path, layout: str = "auto"):
+    """(train, val) InMemorySegmentation: the train split minus a seeded validation carve-out."""
+    samples = select_split(discover(root, layout), root, "train" if (root / "splits").is_dir() else None)
+    images, masks = load_arrays(samples, cfg.imgsz)
+    tr, va = carve_validation(len(samples), cfg.val_fraction, cfg.seed)
+    if len(va) == 0:
+        va = tr[: max(1, len(tr) // 10)]
+    return (InMemorySegmentation(images[tr], masks[tr], cfg.mean, cfg.std),
+            InMemorySegmentation(images[va], masks[va], cfg.mean, cfg.std))
+
+
+def checkpoint_meta(cfg: TrainConfig, threshold: float) -> dict[str, Any]:
+    return {"model": cfg.model.to_dict(),
+            "preprocess": {"imgsz": cfg.imgsz, "mean": list(cfg.mean), "std": list(cfg.std),
+                           "channel_order": "RGB", "threshold": threshold},
+            "dataset": cfg.dataset, "train": cfg.to_dict()}
+
+
+def train(cfg: TrainConfig, root: Path, out: Path, *, resume: bool = False, device: str = "auto",
+          layout: str = "auto", progress: bool = True, stop_after_batches: int | None = None) -> dict[str, Any]:
+    """Train ``cfg`` on ``root``; writes ``out/{config.json, model.safetensors (best), metrics.json,
+    last.safetensors}`` every epoch. ``stop_after_batches`` simulates a crash (for tests)."""
+    ddp = Distributed.from_env()
+    dev = pick_device(device)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    seed_everything(cfg.seed)
+    out = Path(out)
+    if resume and not (out / LAST).is_file():
+        raise CheckpointError(f"nothing to resume: {out / LAST} does not exist (start without --resume)")
+    if not resume and (out / LAST).is_file():
+        raise CheckpointError(f"{out} already holds a run; add --resume to continue it or choose another --out")
+    train_set, val_set = load_training_data(cfg, root, layout)
+    model = build_model(cfg.model).to(dev)
+    decay = [p for n, p in model.named_parameters() if p.ndim > 1]
+    no_decay = [p for n, p in model.named_parameters() if p.ndim <= 1]
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                                   {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
+    steps_per_epoch = len(train_set) // ddp.world // cfg.batch_size or 1
+    history: list[dict[str, Any]] = []
+    start_epoch, best = 0, {"val_mDice": -1.0, "epoch": -1, "threshold": 0.5}
+    if resume:
+        state = load_training_state(out, model, optimizer)
+        start_epoch, best, history = state["epoch"] + 1, state["best"], state["history"]
+    net: nn.Module = model
+    if ddp.world > 1:
+        net = nn.parallel.DistributedDataParallel(model, device_ids=[dev.index] if dev.type == "cuda" else None)
+    use_amp = cfg.amp and dev.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    total_steps = cfg.epochs * steps_per_epoch
+
+    def lr_at(step: int) -> float:  # cosine annealing per step, eta_min at the end
+        return cfg.eta_min + (cfg.lr - cfg.eta_min) * 0.5 * (1 + math.cos(math.pi * min(step, total_steps) / total_steps))
+
+    if ddp.main:
+        print(f"{cfg.model.name}: {count_parameters(model):,} parameters, {len(train_set)} train / "
+              f"{len(val_set)} val images at {cfg.imgsz}px on {dev}"
+              + (f" x{ddp.world} processes" if ddp.world > 1 else "")
+              + (f", resuming at epoch {start_epoch + 1}" if resume else ""))
+    batches_done = 0
+    for epoch in range(start_epoch, cfg.epochs):
+        net.train()
+        t0 = time.perf_counter()
+        losses = []
+        it: Iterable = train_set.batches(cfg.batch_size, epoch=epoch, seed=cfg.seed, augment_with=cfg.augment,
+                                         rank=ddp.rank, world=ddp.world)
+        bar = tqdm(it, total=steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False,
+                   disable=not (progress and ddp.main), dynamic_ncols=True)
+        for i, (x, y) in enumerate(bar):
+            for group in optimizer.param_groups:
+                group["lr"] = lr_at(epoch * steps_per_epoch + i)
+            x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
+            with torch.autocast(dev.type, enabled=use_amp):
+                loss = segmentation_loss(net(x), y)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            losses.append(loss.item())
+            bar.set_postfix(loss=f"{np.mean(losses):.4f}")
+            batches_done += 1
+            if stop_after_batches is not None and batches_done >= stop_after_batches:
+                raise KeyboardInterrupt("simulated crash")
+        if not ddp.main:
+            continue
+        prob = predict_probabilities(model, val_set, dev)
+        val = score(prob, val_set.masks, 0.5)
+        row = {"epoch": epoch + 1, "loss": float(np.mean(losses)), "val_mDice": val["mDice"],
+               "val_mIoU": val["mIoU"], "lr": lr_at((epoch + 1) * steps_per_epoch),
+               "seconds": round(time.perf_counter() - t0, 2)}
+        history.append(row)
+        improved = val["mDice"] > best["val_mDice"]
+        if improved:
+            threshold, tuned = best_threshold(prob, val_set.masks)
+            best = {"val_mDice": val["mDice"], "epoch": epoch + 1, "threshold": threshold, "val_mDice_tuned": tuned}
+            save_model(out, model, checkpoint_meta(cfg, threshold))
+        save_training_state(out, model, optimizer, {"epoch": epoch, "best": best, "history": history,
+                                                    "train": cfg.to_dict()})
+        write_json(out / METRICS, {"best": best, "history": history})
+        print(f"epoch {epoch + 1}/{cfg.epochs}  loss {row['loss']:.4f}  val mDice {val['mDice']:.4f}  "
+              f"mIoU {val['mIoU']:.4f}  {row['seconds']:.1f}s" + ("  *best" if improved else ""), flush=True)
+        if cfg.patience and epoch + 1 - best["epoch"] >= cfg.patience:
+            print(f"early stop: no improvement for {cfg.patience} epochs")
+            break
+    if ddp.world > 1:
+        dist.barrier()
+    return {"best": best, "history": history}
+
+
+def evaluate(model: nn.Module, meta: dict[str, Any], root: Path, split: str | None, layout: str = "auto",
+             device: str = "auto", threshold: float | None = None) -> dict[str, Any]:
+    """mDice/mIoU (per-image), pooled Dice/IoU, precision, recall of a checkpoint on a split, at the cached size."""
+    pre = meta["preprocess"]
+    samples = select_split(discover(root, layout), root, split)
+    images, masks = load_arrays(samples, pre["imgsz"])
+    data = InMemorySegmentation(images, masks, pre["mean"], pre["std"])
+    dev = pick_device(device)
+    t = pre.get("threshold", 0.5) if threshold is None else threshold
+    result = score(predict_probabilities(model.to(dev), data, dev), masks, t)
+    return {"threshold": t, "split": split or "all", **result}
