@@ -150,6 +150,31 @@ def train(cfg: TrainConfig, root: Path, out: Path, *, resume: bool = False, devi
               f"{len(val_set)} val images at {cfg.imgsz}px on {dev}"
               + (f" x{ddp.world} processes" if ddp.world > 1 else "")
               + (f", resuming at epoch {start_epoch + 1}" if resume else ""))
+
+    def _end_of_epoch(epoch: int, losses: list[float], t0: float) -> bool:
+        """Validate, keep the best, save the resumable state; True to stop early."""
+        nonlocal best
+        prob = predict_probabilities(model, val_set, dev)
+        val = score(prob, val_set.masks, 0.5)
+        row = {"epoch": epoch + 1, "loss": float(np.mean(losses)), "val_mDice": val["mDice"],
+               "val_mIoU": val["mIoU"], "lr": lr_at((epoch + 1) * steps_per_epoch),
+               "seconds": round(time.perf_counter() - t0, 2)}
+        history.append(row)
+        improved = val["mDice"] > best["val_mDice"]
+        if improved:
+            threshold, tuned = best_threshold(prob, val_set.masks)
+            best = {"val_mDice": val["mDice"], "epoch": epoch + 1, "threshold": threshold, "val_mDice_tuned": tuned}
+            save_model(out, model, checkpoint_meta(cfg, threshold))
+        save_training_state(out, model, optimizer, {"epoch": epoch, "best": best, "history": history,
+                                                    "train": cfg.to_dict()})
+        write_json(out / METRICS, {"best": best, "history": history})
+        print(f"epoch {epoch + 1}/{cfg.epochs}  loss {row['loss']:.4f}  val mDice {val['mDice']:.4f}  "
+              f"mIoU {val['mIoU']:.4f}  {row['seconds']:.1f}s" + ("  *best" if improved else ""), flush=True)
+        if cfg.patience and epoch + 1 - best["epoch"] >= cfg.patience:
+            print(f"early stop: no improvement for {cfg.patience} epochs")
+            return True
+        return False
+
     batches_done = 0
     for epoch in range(start_epoch, cfg.epochs):
         net.train()
@@ -174,26 +199,12 @@ def train(cfg: TrainConfig, root: Path, out: Path, *, resume: bool = False, devi
             batches_done += 1
             if stop_after_batches is not None and batches_done >= stop_after_batches:
                 raise KeyboardInterrupt("simulated crash")
-        if not ddp.main:
-            continue
-        prob = predict_probabilities(model, val_set, dev)
-        val = score(prob, val_set.masks, 0.5)
-        row = {"epoch": epoch + 1, "loss": float(np.mean(losses)), "val_mDice": val["mDice"],
-               "val_mIoU": val["mIoU"], "lr": lr_at((epoch + 1) * steps_per_epoch),
-               "seconds": round(time.perf_counter() - t0, 2)}
-        history.append(row)
-        improved = val["mDice"] > best["val_mDice"]
-        if improved:
-            threshold, tuned = best_threshold(prob, val_set.masks)
-            best = {"val_mDice": val["mDice"], "epoch": epoch + 1, "threshold": threshold, "val_mDice_tuned": tuned}
-            save_model(out, model, checkpoint_meta(cfg, threshold))
-        save_training_state(out, model, optimizer, {"epoch": epoch, "best": best, "history": history,
-                                                    "train": cfg.to_dict()})
-        write_json(out / METRICS, {"best": best, "history": history})
-        print(f"epoch {epoch + 1}/{cfg.epochs}  loss {row['loss']:.4f}  val mDice {val['mDice']:.4f}  "
-              f"mIoU {val['mIoU']:.4f}  {row['seconds']:.1f}s" + ("  *best" if improved else ""), flush=True)
-        if cfg.patience and epoch + 1 - best["epoch"] >= cfg.patience:
-            print(f"early stop: no improvement for {cfg.patience} epochs")
+        stop = ddp.main and _end_of_epoch(epoch, losses, t0)
+        if ddp.world > 1:  # every rank must agree on early stop, or the others wait forever
+            flag = [stop]
+            dist.broadcast_object_list(flag, src=0)
+            stop = flag[0]
+        if stop:
             break
     if ddp.world > 1:
         dist.barrier()

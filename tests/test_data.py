@@ -1,0 +1,113 @@
+"""Dataset layouts (each built as a small fixture from real images), decoding rules and bad-input errors."""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from simpleunet.train.data import DataError, discover, load_arrays, select_split, augment, carve_validation
+
+
+def _real_pairs(kvasir: Path, n: int = 3):
+    ids = (kvasir / "splits" / "train_880.txt").read_text().split()[:n]
+    return [(kvasir / "images" / f"{i}.jpg", kvasir / "masks" / f"{i}.jpg") for i in ids]
+
+
+def test_shared_kvasir_and_busi_splits(kvasir, busi):
+    k = discover(kvasir)
+    assert len(k) == 1000
+    assert len(select_split(k, kvasir, "train")) == 880 and len(select_split(k, kvasir, "test")) == 120
+    b = discover(busi)
+    assert len(select_split(b, busi, "train")) == 624 and len(select_split(b, busi, "test")) == 156
+
+
+def test_kvasir_zip_layout(kvasir, tmp_path):
+    for sub in ("images", "masks"):
+        (tmp_path / "Kvasir-SEG" / sub).mkdir(parents=True)
+    for img, mask in _real_pairs(kvasir):
+        shutil.copy(img, tmp_path / "Kvasir-SEG" / "images")
+        shutil.copy(mask, tmp_path / "Kvasir-SEG" / "masks")
+    samples = discover(tmp_path)
+    assert len(samples) == 3
+    images, masks = load_arrays(samples, 64, cache=False)
+    assert images.shape == (3, 64, 64, 3) and masks.dtype == bool and 0 < masks.mean() < 1
+
+
+def test_busi_original_layout_merges_masks(busi, tmp_path):
+    folder = tmp_path / "Dataset_BUSI_with_GT" / "benign"
+    folder.mkdir(parents=True)
+    src = busi / "images" / "benign_001.png"
+    shutil.copy(src, folder / "benign (1).png")
+    h, w = np.asarray(Image.open(src)).shape[:2]
+    a, b = np.zeros((h, w), np.uint8), np.zeros((h, w), np.uint8)
+    a[: h // 4, : w // 4] = 255
+    b[-h // 4:, -w // 4:] = 255
+    Image.fromarray(a).save(folder / "benign (1)_mask.png")
+    Image.fromarray(b).save(folder / "benign (1)_mask_1.png")
+    (s,) = discover(tmp_path)
+    assert s.id == "benign_001" and len(s.masks) == 2
+    _, masks = load_arrays([s], 64, cache=False)
+    assert masks[0, :8, :8].all() and masks[0, -8:, -8:].all() and not masks[0, 28:36, 28:36].any()
+
+
+def test_isic_layout_rgba_and_grey(kvasir, tmp_path):
+    (tmp_path / "ISIC2018_Task1-2_Training_Input").mkdir()
+    (tmp_path / "ISIC2018_Task1_Training_GroundTruth").mkdir()
+    for k, (img, mask) in enumerate(_real_pairs(kvasir, 2)):
+        sid = f"ISIC_{k:07d}"
+        im = Image.open(img)
+        (im.convert("RGBA") if k == 0 else im.convert("L")).save(tmp_path / "ISIC2018_Task1-2_Training_Input" / f"{sid}.png")
+        Image.open(mask).convert("L").save(tmp_path / "ISIC2018_Task1_Training_GroundTruth" / f"{sid}_segmentation.png")
+    samples = discover(tmp_path)
+    assert [s.id for s in samples] == ["ISIC_0000000", "ISIC_0000001"]
+    images, _ = load_arrays(samples, 32, cache=False)
+    assert images.shape == (2, 32, 32, 3)
+
+
+def test_folder_with_custom_split_file(kvasir, tmp_path):
+    for sub in ("images", "masks"):
+        (tmp_path / sub).mkdir()
+    for img, mask in _real_pairs(kvasir):
+        shutil.copy(img, tmp_path / "images")
+        shutil.copy(mask, tmp_path / "masks" / (mask.stem + "_mask.png"))
+    split = tmp_path / "mine.txt"
+    split.write_text(_real_pairs(kvasir)[1][0].stem + "\n")
+    assert [s.id for s in select_split(discover(tmp_path), tmp_path, str(split))] == [_real_pairs(kvasir)[1][0].stem]
+
+
+def test_bad_inputs_name_the_file(kvasir, tmp_path):
+    with pytest.raises(DataError, match="does not exist"):
+        discover(tmp_path / "nope")
+    (tmp_path / "images").mkdir()
+    (tmp_path / "masks").mkdir()
+    with pytest.raises(DataError, match="no images found"):
+        discover(tmp_path)
+    (img, _), = _real_pairs(kvasir, 1)
+    shutil.copy(img, tmp_path / "images")
+    with pytest.raises(DataError, match=f"no mask .* for image {img.name}"):
+        discover(tmp_path)
+    (tmp_path / "masks" / f"{img.stem}.png").write_bytes(b"not an image")
+    with pytest.raises(Exception, match=f"{img.stem}.png is not a readable image"):
+        load_arrays(discover(tmp_path), 32, cache=False)
+    with pytest.raises(DataError, match="split 'nosuch' not found"):
+        select_split(discover(tmp_path), tmp_path, "nosuch")
+
+
+def test_augment_keeps_masks_binary_and_aligned():
+    import torch
+    x = torch.zeros(4, 3, 32, 32)
+    x[:, :, 8:16, 8:16] = 1.0
+    y = x[:, :1].clone()
+    xa, ya = augment(x, y, torch.Generator().manual_seed(0), "strong")
+    assert set(ya.unique().tolist()) <= {0.0, 1.0}
+    # the bright square and the mask moved together
+    assert ((xa.mean(1, keepdim=True) > 0.5) == (ya > 0.5)).float().mean() > 0.95
+
+
+def test_carved_validation_is_disjoint_and_seeded():
+    tr, va = carve_validation(100, 0.1, 0)
+    assert len(va) == 10 and not set(tr) & set(va)
+    assert (carve_validation(100, 0.1, 0)[1] == va).all()

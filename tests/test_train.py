@@ -1,0 +1,100 @@
+"""Training: a killed run resumes to the same weights, torchrun/DDP runs, checkpoints and errors behave."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from simpleunet.train.checkpoint import CheckpointError, load_model
+from simpleunet.train.cli import eval_main, train_main
+from simpleunet.train.config import ModelConfig, TrainConfig
+from simpleunet.train.loop import train
+
+TINY = dict(dataset="tiny", imgsz=32, epochs=3, batch_size=4, val_fraction=0.25, augment="strong", threads=1,
+            model=ModelConfig(width=4))
+
+
+@pytest.fixture(scope="module")
+def tiny_data(kvasir, tmp_path_factory) -> Path:
+    """16 real Kvasir-SEG pairs in the plain images/ + masks/ layout."""
+    root = tmp_path_factory.mktemp("tiny")
+    (root / "images").mkdir()
+    (root / "masks").mkdir()
+    for i in (kvasir / "splits" / "train_880.txt").read_text().split()[:16]:
+        shutil.copy(kvasir / "images" / f"{i}.jpg", root / "images")
+        shutil.copy(kvasir / "masks" / f"{i}.jpg", root / "masks")
+    return root
+
+
+def test_resume_after_crash_matches_uninterrupted(tiny_data, tmp_path):
+    cfg = TrainConfig(**TINY)
+    train(cfg, tiny_data, tmp_path / "full", progress=False)
+    with pytest.raises(KeyboardInterrupt):  # dies in the middle of epoch 2 (3 batches per epoch)
+        train(cfg, tiny_data, tmp_path / "crash", progress=False, stop_after_batches=5)
+    state = json.loads(Path(tmp_path / "crash" / "metrics.json").read_text())
+    assert [h["epoch"] for h in state["history"]] == [1]
+    train(cfg, tiny_data, tmp_path / "crash", resume=True, progress=False)
+    a = load_file(str(tmp_path / "full" / "last.safetensors"))
+    b = load_file(str(tmp_path / "crash" / "last.safetensors"))
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_torchrun_two_processes_gloo(tiny_data, tmp_path):
+    exe = Path(sys.executable).with_name("simpleunet-train")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29533",
+           "--no-python", str(exe), "--data", str(tiny_data), "--dataset", "tiny", "--out", str(tmp_path / "ddp"),
+           "--width", "4", "--imgsz", "32", "--epochs", "2", "--batch-size", "2", "--no-progress", "--threads", "1"]
+    run = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "x2 processes" in run.stdout
+    history = json.loads((tmp_path / "ddp" / "metrics.json").read_text())["history"]
+    assert [h["epoch"] for h in history] == [1, 2]
+
+
+def test_cli_train_eval_and_errors(tiny_data, tmp_path, capsys):
+    out = tmp_path / "run"
+    base = ["--data", str(tiny_data), "--dataset", "tiny", "--out", str(out), "--width", "4", "--imgsz", "32",
+            "--epochs", "1", "--no-progress", "--threads", "1"]
+    assert train_main(["--resume"] + base) == 2
+    assert "nothing to resume" in capsys.readouterr().err
+    assert not out.exists() or not any(out.iterdir())
+    assert train_main(base) == 0
+    assert train_main(base) == 2  # refuses to overwrite a run
+    assert "--resume" in capsys.readouterr().err
+    report = tmp_path / "eval.json"
+    assert eval_main([str(out), "--data", str(tiny_data), "--split", "all", "--json", str(report)]) == 0
+    res = json.loads(report.read_text())
+    assert res["images"] == 16 and 0 <= res["mDice"] <= 1
+    assert train_main(["--data", str(tiny_data), "--out", str(tmp_path / "x"), "--imgsz", "33"]) == 2
+    assert "multiple of 16" in capsys.readouterr().err
+
+
+def test_checkpoint_config_mismatch_is_one_line(tmp_path, tiny_data):
+    out = tmp_path / "run"
+    train(TrainConfig(**{**TINY, "epochs": 1}), tiny_data, out, progress=False)
+    cfg = json.loads((out / "config.json").read_text())
+    cfg["model"]["width"] = 8
+    (out / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(CheckpointError, match="do not match its config: .*shape of") as err:
+        load_model(out)
+    assert "\n" not in str(err.value)
+    (out / "model.safetensors").write_bytes(b"garbage")
+    with pytest.raises(CheckpointError, match="not a readable safetensors file"):
+        load_model(out)
+
+
+def test_loss_decreases_on_real_images(tiny_data, tmp_path):
+    result = train(TrainConfig(**{**TINY, "epochs": 4, "augment": "none", "lr": 3e-3}), tiny_data,
+                   tmp_path / "r", progress=False)
+    losses = [h["loss"] for h in result["history"]]
+    assert losses[-1] < losses[0]
