@@ -1,0 +1,36 @@
+# The two quick-start commands of the README: `make export` (the main job) and `make test`.
+# A venv with the tested stack (.ci/requirements.txt) is created on first use.
+VENV ?= .venv
+PYTHON ?= python3
+BIN := $(VENV)/bin
+
+.PHONY: install export test test-runtime-slim bench benchmarks clean
+
+install: $(VENV)/.installed
+
+# torch==2.13.0 first: an unpinned torch would pull a multi-GB CUDA build.
+$(VENV)/.installed: pyproject.toml runtime/pyproject.toml .ci/requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -r .ci/requirements.txt
+	$(BIN)/pip install -q --no-deps -e ./runtime -e .
+	touch $@
+
+export: install
+	$(BIN)/simpleunet-export --width 16 --int8
+
+test: install
+	$(BIN)/python -m pytest
+
+test-runtime-slim:
+	bash runtime/tools/slim_venv_check.sh
+
+bench: install
+	$(BIN)/simpleunet-bench --device cpu
+
+benchmarks: install
+	$(BIN)/python -m simpleunet.benchmarks.run
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info runtime/*.egg-info exports
