@@ -189,13 +189,18 @@ def train(cfg: TrainConfig, root: Path, out: Path, *, resume: bool = False, devi
                 group["lr"] = lr_at(epoch * steps_per_epoch + i)
             x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
             with torch.autocast(dev.type, enabled=use_amp):
-                loss = segmentation_loss(net(x), y)
+                logits = net(x)
+                loss = segmentation_loss(logits, y)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(optimizer)
             scaler.update()
             losses.append(loss.item())
-            bar.set_postfix(loss=f"{np.mean(losses):.4f}")
+            if bar.disable is False:
+                with torch.no_grad():
+                    hard = (foreground_probability(logits.detach()) > 0.5).float()
+                    dice = (2 * (hard * y).sum() + 1) / (hard.sum() + y.sum() + 1)
+                bar.set_postfix(loss=f"{np.mean(losses):.4f}", dice=f"{dice.item():.3f}")
             batches_done += 1
             if stop_after_batches is not None and batches_done >= stop_after_batches:
                 raise KeyboardInterrupt("simulated crash")
