@@ -1,0 +1,157 @@
+"""The trained-checkpoint zoo (``train/zoo/<name>/``): publish a finished run with its scores, curve and model card.
+
+``python -m simpleunet.train.zoo RUN_DIR --name simpleunet16-kvasir [--exports DIR]`` copies the run's best
+checkpoint, evaluates it on the dataset's test split (never used for selection or threshold tuning), evaluates the
+exported model files in ``--exports`` (fp32/int8 ONNX/TFLite, through the runtime) on the same images, draws the
+training curve and writes ``MODEL_CARD.md``. Every number in the card comes from this one run of the script.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import shutil
+import sys
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from simpleunet_runtime.errors import SimpleUNetError
+
+from .checkpoint import CONFIG, METRICS, WEIGHTS, load_model, write_json
+from .cli import dataset_root
+from .data import discover, load_arrays, select_split
+from .loop import evaluate, score
+from .model import count_parameters
+
+ZOO = Path(__file__).parent / "zoo"
+PAPER = {"kvasir-seg": "mDice 86.46 / mIoU 76.48 (paper, SimpleESKNet-32 N=2 + AFF, its own protocol)",
+         "busi": "mDSC 85.76 / mIoU 75.60 on a multi-centre breast set (paper; not BUSI alone)"}
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def evaluate_exports(exports: Path, meta: dict[str, Any], root: Path) -> dict[str, dict[str, float]]:
+    """Score every .onnx/.tflite in ``exports`` on the test split at the model's input size (same protocol as
+    simpleunet-eval: images and masks resized to imgsz once, threshold from the model's metadata)."""
+    from simpleunet_runtime import Segmenter
+
+    pre = meta["preprocess"]
+    images, masks = load_arrays(select_split(discover(root), root, "test"), pre["imgsz"])
+    out = {}
+    for path in sorted(list(exports.glob("*.onnx")) + list(exports.glob("*.tflite"))):
+        seg = Segmenter(path)
+        prob = np.concatenate([seg.run(seg.preprocess(list(images[i:i + 1]))) for i in range(len(images))])
+        out[path.name] = score(prob, masks, seg.metadata.threshold)
+    return out
+
+
+def plot_curve(history: list[dict[str, Any]], path: Path, title: str) -> bool:
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib not installed: no training curve (pip install 'simpleunet[plot]')", file=sys.stderr)
+        return False
+    epochs = [h["epoch"] for h in history]
+    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
+    ax.plot(epochs, [h["loss"] for h in history], label="train loss (BCE + Dice)")
+    ax.plot(epochs, [h["val_mDice"] for h in history], label="val mDice (carved from train)")
+    ax.set_xlabel("epoch")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return True
+
+
+def write_card(folder: Path, name: str, meta: dict[str, Any], metrics: dict[str, Any]) -> None:
+    train = meta["train"]
+    m = meta["model"]
+    test = metrics["test"]
+    rows = [f"| PyTorch fp32 (simpleunet-eval) | {test['mDice']:.4f} | {test['mIoU']:.4f} | {test['pooled_dice']:.4f} |"]
+    for fname, s in metrics.get("exports", {}).items():
+        rows.append(f"| {fname} | {s['mDice']:.4f} | {s['mIoU']:.4f} | {s['pooled_dice']:.4f} |")
+    hist = metrics["history"]
+    card = f"""# {name}
+
+{m['family']} width {m['width']}, {m['blocks']} block(s), R = {m['rate']}, AFF {'on' if m['aff'] else 'off'},
+{m['num_classes']} output channel(s), head `{m['head']}` — {metrics['parameters']:,} parameters.
+
+**Not a medical device. Research use only; not for diagnostic use.**
+
+## Data
+{meta['dataset']} — trained on the train split minus a seeded {train['val_fraction']:.0%} validation carve-out
+(best epoch and threshold chosen on that carve-out), tested on the test split ({test['images']} images; Kvasir-SEG:
+the official val_120; BUSI: the 156-image stratified test split). Images and masks resized to {train['imgsz']} px.
+
+## Recipe
+`simpleunet-train --recipe {name}`: {train['epochs']} epochs planned, {len(hist)} trained, batch {train['batch_size']},
+AdamW lr {train['lr']} (wd {train['weight_decay']}), per-step cosine to {train['eta_min']}, BCE + Dice,
+augmentation `{train['augment']}` (flips, 90° turns, affine ±45°/0.75–1.25×/±10 %, light colour jitter), seed
+{train['seed']}. Best epoch {metrics['best']['epoch']} (val mDice {metrics['best']['val_mDice']:.4f}); threshold
+{meta['preprocess']['threshold']}. Hardware: {metrics['hardware']}.
+
+## Scores on the test split ({date.today().isoformat()})
+mDice / mIoU are per-image means; an image whose mask and prediction are both empty counts 1.
+
+| model file | mDice | mIoU | pooled Dice |
+|---|---|---|---|
+{chr(10).join(rows)}
+
+Paper: {PAPER.get(meta['dataset'], 'n/a')}.
+
+![training curve](curve.png)
+"""
+    (folder / "MODEL_CARD.md").write_text(card)
+
+
+def publish(run: Path, name: str, exports: Path | None = None, data: str | None = None) -> Path:
+    model, meta = load_model(run)
+    root = dataset_root(meta["dataset"], data)
+    folder = ZOO / name
+    folder.mkdir(parents=True, exist_ok=True)
+    for f in (CONFIG, WEIGHTS):
+        shutil.copy2(run / f, folder / f)
+    history = json.loads((run / METRICS).read_text())
+    metrics = {"best": history["best"], "history": history["history"], "parameters": count_parameters(model),
+               "hardware": f"{cpu_name()}, torch CPU", "test": evaluate(model, meta, root, "test")}
+    if exports:
+        metrics["exports"] = evaluate_exports(exports, meta, root)
+    write_json(folder / METRICS, metrics)
+    plot_curve(metrics["history"], folder / "curve.png", name)
+    write_card(folder, name, meta, metrics)
+    return folder
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser("python -m simpleunet.train.zoo", description=__doc__.splitlines()[0])
+    p.add_argument("run", type=Path, help="finished training run folder")
+    p.add_argument("--name", required=True, help="zoo name, e.g. simpleunet16-kvasir")
+    p.add_argument("--exports", type=Path, help="folder of exported model files to score too")
+    p.add_argument("--data", help="dataset folder (default: ../shared/datasets/<dataset>)")
+    args = p.parse_args(argv)
+    try:
+        folder = publish(args.run, args.name, args.exports, args.data)
+    except SimpleUNetError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print((folder / "MODEL_CARD.md").read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
