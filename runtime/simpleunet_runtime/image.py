@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import os
+import tempfile
 from pathlib import Path
 from typing import Sequence, Union
 
@@ -131,3 +132,30 @@ def resize_probabilities(prob: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 def list_images(folder: str | os.PathLike) -> list[Path]:
     """Image files in ``folder`` (sorted, by suffix)."""
     return sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+
+
+def save_png(path: str | os.PathLike, array: np.ndarray) -> Path:
+    """Write an HxW or HxWx3 uint8 array as PNG atomically (temp file in the same folder, then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            Image.fromarray(np.ascontiguousarray(array, dtype=np.uint8)).save(f, format="PNG", optimize=True)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+#: Overlay colours (RGB) for class ids 1, 2, ... (class 0 = background is left as is).
+PALETTE = np.array([[255, 0, 0], [0, 255, 0], [0, 128, 255], [255, 255, 0], [255, 0, 255], [0, 255, 255]], np.uint8)
+
+
+def overlay(image: np.ndarray, mask: np.ndarray, alpha: float = 0.45) -> np.ndarray:
+    """Blend a colour per class onto an HxWx3 uint8 image (0/255 masks count as class 1)."""
+    ids = (mask > 0).astype(np.intp) if mask.max(initial=0) == 255 else mask.astype(np.intp)
+    colours = np.concatenate([np.zeros((1, 3), np.uint8), PALETTE])[np.where(ids > 0, (ids - 1) % len(PALETTE) + 1, 0)]
+    blend = image.astype(np.float32) * (1 - alpha) + colours.astype(np.float32) * alpha
+    return np.where((ids > 0)[..., None], blend.round(), image).astype(np.uint8)

@@ -1,0 +1,162 @@
+"""``simpleunet-infer``: segment image files/folders with a bundled or exported model, write mask PNGs.
+
+A bad file costs one ``error:`` line and the batch goes on; the exit code is non-zero if any file failed.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+from pathlib import Path
+
+from .backends import BACKENDS
+from .errors import SimpleUNetError
+from .image import list_images, load_image, overlay, save_png
+
+DEFAULT_MODEL = "simpleunet16-kvasir"
+
+
+def _floats(text: str) -> tuple[float, ...]:
+    try:
+        values = tuple(float(v) for v in text.replace(" ", "").split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected 3 comma-separated numbers, got {text!r}") from None
+    if len(values) != 3:
+        raise argparse.ArgumentTypeError(f"expected 3 comma-separated numbers (R,G,B), got {text!r}")
+    return values
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="simpleunet-infer", description="Segment images with a SimpleUNet model "
+                                "file (.onnx / .tflite) or a bundled model; writes one mask PNG per image.")
+    p.add_argument("inputs", nargs="+", metavar="IMAGE|DIR", help="image files and/or folders of images")
+    p.add_argument("--model", default=DEFAULT_MODEL, help=f"bundled model name or a model file (default {DEFAULT_MODEL};"
+                   " list them with simpleunet-models)")
+    p.add_argument("--out", required=True, type=Path, help="output folder for <stem>.png masks")
+    p.add_argument("--overlay", action="store_true", help="also write <stem>_overlay.png (mask blended on the image)")
+    p.add_argument("--threads", type=_positive, help="inference threads (default: the runtime's choice)")
+    p.add_argument("--backend", choices=BACKENDS, help="force a backend (default: by the model file; for a bundled "
+                   "model, tflite picks its .tflite file)")
+    p.add_argument("--precision", choices=("int8", "fp32"), default="int8", help="bundled model precision")
+    p.add_argument("--imgsz", type=_positive, help="override the model's input size")
+    p.add_argument("--mean", type=_floats, help="override the normalization mean, e.g. 0.485,0.456,0.406")
+    p.add_argument("--std", type=_floats, help="override the normalization std, e.g. 0.229,0.224,0.225")
+    p.add_argument("--threshold", type=float, help="override the foreground probability threshold")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress counter")
+    return p
+
+
+def _collect(inputs: list[str]) -> tuple[list[Path], list[tuple[str, str]]]:
+    """Files to segment, and (input, error) for inputs that cannot be used at all."""
+    files: list[Path] = []
+    bad: list[tuple[str, str]] = []
+    for raw in inputs:
+        path = Path(raw)
+        if path.is_dir():
+            found = list_images(path)
+            if not found:
+                bad.append((raw, "folder has no image files"))
+            files.extend(found)
+        elif path.is_file():
+            files.append(path)
+        else:
+            bad.append((raw, "no such file or folder"))
+    return files, bad
+
+
+def _names(files: list[Path]) -> list[str]:
+    """Output stems, made unique (a.jpg and a.png in one run give a and a-2)."""
+    seen: dict[str, int] = {}
+    out = []
+    for f in files:
+        n = seen.get(f.stem, 0) + 1
+        seen[f.stem] = n
+        out.append(f.stem if n == 1 else f"{f.stem}-{n}")
+    return out
+
+
+class _Progress:
+    """A counter on stderr: rewritten in place on a terminal, about every 10 % otherwise."""
+
+    def __init__(self, total: int, quiet: bool):
+        self.total, self.tty = total, sys.stderr.isatty()
+        self.on = not quiet and total > 1
+        self.every = 1 if self.tty else max(1, math.ceil(total / 10))
+
+    def update(self, done: int) -> None:
+        if self.on and (done % self.every == 0 or done == self.total):
+            end = "" if self.tty else "\n"
+            print(f"\r{done}/{self.total}" if self.tty else f"{done}/{self.total}", end=end, file=sys.stderr,
+                  flush=True)
+            if self.tty and done == self.total:
+                print(file=sys.stderr)
+
+    def error(self, msg: str) -> None:
+        print(("\r" if self.on and self.tty else "") + f"error: {msg}", file=sys.stderr, flush=True)
+
+
+def _open(args):
+    from .segmenter import Segmenter
+
+    kw = dict(threads=args.threads, imgsz=args.imgsz, mean=args.mean, std=args.std, threshold=args.threshold)
+    model = Path(args.model)
+    if model.exists() or model.suffix.lower() in (".onnx", ".tflite"):
+        return Segmenter(model, backend=args.backend, **kw)
+    fmt = "tflite" if args.backend == "tflite" else "onnx"
+    return Segmenter.pretrained(args.model, precision=args.precision, format=fmt, backend=args.backend, **kw)
+
+
+def infer_main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    t0 = time.perf_counter()
+    try:
+        seg = _open(args)
+        args.out.mkdir(parents=True, exist_ok=True)
+    except SimpleUNetError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"error: cannot create output folder {args.out}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    load_s = time.perf_counter() - t0
+    files, bad = _collect(args.inputs)
+    progress = _Progress(len(files), args.quiet)
+    for raw, msg in bad:
+        progress.error(f"{raw}: {msg}")
+    failed, t1 = len(bad), time.perf_counter()
+    for i, (path, stem) in enumerate(zip(files, _names(files)), 1):
+        try:
+            image = load_image(path)
+            mask = seg.predict(image)
+            save_png(args.out / f"{stem}.png", mask)
+            if args.overlay:
+                save_png(args.out / f"{stem}_overlay.png", overlay(image, mask))
+        except SimpleUNetError as exc:
+            failed += 1
+            progress.error(f"{path}: {exc}")
+        except OSError as exc:
+            failed += 1
+            progress.error(f"{path}: cannot write output: {exc.strerror or exc}")
+        progress.update(i)
+    total = len(files) + len(bad)
+    ok = total - failed
+    run_s = time.perf_counter() - t1
+    per = f", {1000 * run_s / max(1, len(files)):.1f} ms/image" if files else ""
+    print(f"segmented {ok}/{total} images in {run_s:.2f} s{per} (model load {load_s:.2f} s) with "
+          f"{seg.path.name} [{seg.backend}] -> {args.out}" + (f"; {failed} failed" if failed else ""))
+    return 1 if failed or not total else 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(infer_main())
