@@ -15,7 +15,7 @@ import numpy as np
 
 from .errors import SimpleUNetError
 from .metadata import METADATA_KEY
-from .tflite_file import is_tflite, read_metadata
+from .tflite_file import is_tflite, read_metadata, verify
 
 BACKENDS = ("onnxruntime", "tflite")
 _ALIASES = {"onnxruntime": "onnxruntime", "onnx": "onnxruntime", "ort": "onnxruntime",
@@ -103,9 +103,14 @@ class OnnxBackend(Backend):
         if threads:
             opts.intra_op_num_threads = int(threads)
             opts.inter_op_num_threads = 1
+        providers = list(providers or ["CPUExecutionProvider"])
+        available = ort.get_available_providers()
+        unknown = [p for p in providers if (p[0] if isinstance(p, (tuple, list)) else p) not in available]
+        if unknown:
+            raise SimpleUNetError(f"onnxruntime provider {unknown[0]!r} is not available here; available: "
+                                  f"{', '.join(available)}")
         try:
-            self.session = ort.InferenceSession(str(path), sess_options=opts,
-                                                providers=list(providers or ["CPUExecutionProvider"]))
+            self.session = ort.InferenceSession(str(path), sess_options=opts, providers=providers)
         except Exception as exc:  # InvalidProtobuf, Fail, ValueError for bad providers...
             raise SimpleUNetError(f"{path} is not a loadable ONNX model ({_first_line(exc)})") from None
         inp = self.session.get_inputs()[0]
@@ -162,6 +167,11 @@ class TFLiteBackend(Backend):
         super().__init__(path, layout)
         Interpreter = _tflite_interpreter()
         try:
+            self._data = path.read_bytes()
+        except OSError as exc:
+            raise SimpleUNetError(f"cannot read model {path}: {exc.strerror or exc}") from None
+        verify(self._data, str(path))  # the interpreter segfaults on a truncated file instead of raising
+        try:
             self.interpreter = Interpreter(model_path=str(path), num_threads=int(threads) if threads else None)
             self.interpreter.allocate_tensors()
         except Exception as exc:  # ValueError / RuntimeError from the C++ loader
@@ -172,7 +182,7 @@ class TFLiteBackend(Backend):
         self.output_shape = tuple(int(d) for d in self.output_detail["shape"])
 
     def metadata_json(self) -> str | None:
-        raw = read_metadata(self.path.read_bytes(), METADATA_KEY, str(self.path))
+        raw = read_metadata(self._data, METADATA_KEY, str(self.path))
         return None if raw is None else raw.decode("utf-8", "replace")
 
     def _invoke(self, x: np.ndarray) -> np.ndarray:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import io
 import os
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Sequence, Union
 
@@ -24,12 +25,19 @@ ImageInput = Union[str, os.PathLike, bytes, np.ndarray]
 
 
 def _open(source: ImageInput, what: str) -> Image.Image:
-    name = "<bytes>" if isinstance(source, (bytes, bytearray)) else str(source)
-    try:
-        fp = io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else open(source, "rb")
-    except OSError as exc:
-        raise SimpleUNetError(f"cannot read {what} {name}: {exc.strerror or exc}") from None
-    with fp:
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        name, fp = "<bytes>", io.BytesIO(bytes(source))
+    elif isinstance(source, (str, os.PathLike)):
+        name = str(source)
+        try:
+            fp = open(source, "rb")
+        except (OSError, ValueError) as exc:  # ValueError: embedded NUL in the path
+            raise SimpleUNetError(f"cannot read {what} {name}: {getattr(exc, 'strerror', None) or exc}") from None
+    else:
+        raise SimpleUNetError(f"cannot read an {what} from a {type(source).__name__}; pass a path, bytes or "
+                              "a numpy array")
+    with fp, warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
         try:
             with Image.open(fp) as im:
                 w, h = im.size
@@ -42,8 +50,10 @@ def _open(source: ImageInput, what: str) -> Image.Image:
                 return im.copy()
         except SimpleUNetError:
             raise
-        except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError,
-                TypeError, IndexError, KeyError, MemoryError) as exc:
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+            raise SimpleUNetError(f"{what} {name} is above the limit of {MAX_PIXELS:,} pixels (Pillow refused it "
+                                  "as a possible decompression bomb); downscale it first") from None
+        except Exception as exc:  # Pillow's decoders raise many types on hostile bytes; this is the boundary
             raise SimpleUNetError(f"{what} {name} is not a readable image ({type(exc).__name__}: "
                                   f"{str(exc).splitlines()[0] if str(exc) else 'corrupt data'})") from None
 
@@ -65,8 +75,15 @@ def _to_uint8(arr: np.ndarray) -> np.ndarray:
 
 
 def as_rgb(arr: np.ndarray) -> np.ndarray:
-    """Any HxW, HxWx1, HxWx3 or HxWx4 array -> HxWx3 uint8 (greyscale repeated, alpha dropped)."""
-    arr = np.asarray(arr)
+    """Any HxW, HxWx1, HxWx3 or HxWx4 array -> HxWx3 uint8 (greyscale repeated, alpha dropped).
+
+    Integer arrays whose maximum is above 255 are taken as 16-bit (scaled by 255/65535); floats with a maximum
+    of at most 1 as [0, 1]; other floats as [0, 255].
+    """
+    try:
+        arr = np.asarray(arr)
+    except (ValueError, TypeError) as exc:
+        raise SimpleUNetError(f"cannot use this object as an image array ({exc})") from None
     if arr.ndim == 3 and arr.shape[2] == 1:
         arr = arr[:, :, 0]
     if arr.ndim == 2:
@@ -85,7 +102,9 @@ def load_image(source: ImageInput) -> np.ndarray:
     if isinstance(source, np.ndarray):
         return as_rgb(source)
     im = _open(source, "image")
-    if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+    if im.mode.startswith("I;16"):  # 16-bit PNG/TIFF: full range is 0..65535 whatever the content
+        return as_rgb((np.asarray(im).astype(np.float64) / 257.0).round().astype(np.uint8))
+    if im.mode in ("I", "F"):
         return as_rgb(np.asarray(im))
     if im.mode != "RGB":
         im = im.convert("RGBA").convert("RGB") if im.mode in ("P", "PA", "LA") else im.convert("RGB")

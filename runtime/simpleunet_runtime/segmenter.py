@@ -14,7 +14,7 @@ import numpy as np
 
 from .backends import open_backend
 from .errors import SimpleUNetError
-from .image import ImageInput, load_image, normalize, resize_image, resize_probabilities
+from .image import ImageInput, as_rgb, load_image, normalize, resize_image, resize_probabilities
 from .metadata import ModelMetadata
 
 
@@ -40,6 +40,15 @@ def _size(value: int | Sequence[int] | None) -> tuple[int, int] | None:
     return int(dims[0]), int(dims[1])
 
 
+def _parse_metadata(text: str, name: str) -> ModelMetadata:
+    try:
+        return ModelMetadata.from_json(text)
+    except SimpleUNetError as exc:
+        raise SimpleUNetError(f"{name}: {exc}") from None
+    except (TypeError, ValueError, AttributeError) as exc:  # well-formed JSON with values of the wrong type
+        raise SimpleUNetError(f"{name}: model metadata is malformed ({type(exc).__name__}: {exc})") from None
+
+
 class Segmenter:
     """A model file (``.onnx`` or ``.tflite``) plus the metadata embedded in it.
 
@@ -58,13 +67,14 @@ class Segmenter:
             raise SimpleUNetError(f"threshold must be a number in [0, 1], got {threshold!r}")
         text = self._backend.metadata_json()
         if text is not None:
-            meta = ModelMetadata.from_json(text)
+            meta = _parse_metadata(text, self.path.name)
             self._backend.layout = meta.input_layout
         else:
             meta = self._fallback_metadata(imgsz_, mean_, std_)
         changes = {k: v for k, v in (("imgsz", imgsz_), ("mean", mean_), ("std", std_), ("threshold", threshold))
                    if v is not None}
         self.metadata: ModelMetadata = meta.replace(**changes) if changes else meta
+        _size(tuple(self.metadata.imgsz))
         fixed = self._backend.input_hw
         if all(fixed) and tuple(fixed) != tuple(self.metadata.imgsz):
             raise SimpleUNetError(f"{self.path.name} takes {fixed[0]}x{fixed[1]} input but imgsz is "
@@ -101,8 +111,16 @@ class Segmenter:
 
     # -- the three stages -------------------------------------------------------------------------------------
     def preprocess(self, images: Iterable[np.ndarray]) -> np.ndarray:
-        """HxWx3 uint8 RGB images (any sizes) -> float32 NCHW at imgsz, normalized with the model's mean/std."""
-        batch = [resize_image(load_image(np.asarray(im)), self.metadata.imgsz) for im in images]
+        """HxWx3 uint8 RGB images (any sizes) -> float32 NCHW at imgsz, normalized with the model's mean/std.
+
+        ``images`` is a list of arrays or one N x H x W x C array.
+        """
+        if isinstance(images, np.ndarray) and images.ndim != 4:
+            raise SimpleUNetError(f"preprocess takes a list of images or an N x H x W x C array, got an array of "
+                                  f"shape {images.shape}; wrap a single image in a list")
+        if isinstance(images, (str, bytes)) or not hasattr(images, "__iter__"):
+            raise SimpleUNetError(f"preprocess takes a list of images, got {type(images).__name__}")
+        batch = [resize_image(as_rgb(im), self.metadata.imgsz) for im in images]
         if not batch:
             raise SimpleUNetError("no images to preprocess")
         return normalize(np.stack(batch), self.metadata.mean, self.metadata.std)

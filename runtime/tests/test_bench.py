@@ -1,0 +1,254 @@
+"""simpleunet-bench on the committed tiny fixture models and the bundled sample (runtime only: no torch needed)."""
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import HAS_TFLITE
+from simpleunet_runtime import bench, machine
+from simpleunet_runtime.sample import sample_pairs
+
+FAST = ["--runs", "3", "--warmup", "1", "--no-peak", "--no-eager", "--threads", "1,2"]
+FILES = (("tiny_fp32.onnx", "onnx", "fp32"), ("tiny_int8.onnx", "onnx", "int8"), ("tiny_int8.tflite", "tflite", "int8"))
+
+
+@pytest.fixture(scope="session")
+def models_dir(tmp_path_factory, fixtures) -> Path:
+    """A bundled-models folder (index.json + files) holding the fixtures, as the zoo expects it."""
+    folder = tmp_path_factory.mktemp("models")
+    entries = []
+    for name, fmt, precision in FILES:
+        shutil.copy(fixtures / name, folder / name)
+        data = (folder / name).read_bytes()
+        entries.append({"name": "tiny-fixture", "format": fmt, "precision": precision, "file": name,
+                        "sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data), "parameters": 1156,
+                        "dataset": "kvasir-seg", "metrics": {}})
+    (folder / "index.json").write_text(json.dumps(entries))
+    return folder
+
+
+@pytest.fixture
+def bundled(models_dir, monkeypatch) -> Path:
+    monkeypatch.setenv("SIMPLEUNET_MODELS_DIR", str(models_dir))
+    return models_dir
+
+
+@pytest.fixture(scope="session")
+def full_run(tmp_path_factory, models_dir):
+    """One default-style run writing every output, shared by the output tests."""
+    out = tmp_path_factory.mktemp("bench")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("SIMPLEUNET_MODELS_DIR", str(models_dir))
+    try:
+        code = bench.main(FAST + ["--json", str(out / "b.json"), "--csv", str(out / "b.csv"),
+                                  "--markdown", str(out / "b.md")])
+    finally:
+        mp.undo()
+    return code, out
+
+
+def test_default_run_writes_json_csv_markdown(full_run, capsys):
+    code, out = full_run
+    assert code == 0
+    result = json.loads((out / "b.json").read_text())
+    rows = result["rows"]
+    assert len(rows) == 6  # 3 files x 2 thread counts
+    assert {tuple(r[k] for k in ("format", "precision")) for r in rows} == {f[1:] for f in FILES}
+    assert all(set(bench.COLUMNS) <= set(r) for r in rows)
+    assert result["machine"]["cpu"] and result["machine"]["python"] and "numpy" in result["machine"]["versions"]
+    with open(out / "b.csv", newline="") as f:
+        reader = csv.DictReader(f)
+        assert tuple(reader.fieldnames) == bench.COLUMNS
+        assert len(list(reader)) == 6
+    md = (out / "b.md").read_text()
+    for _, header in bench.TABLE:
+        assert header in md
+    assert "simpleunet-bench --runs 3" in md and "CPU:" in md and "ISA:" in md
+    for r in rows:
+        if r["format"] == "tflite" and not HAS_TFLITE:
+            assert r["status"].startswith("skipped") and "tflite" in r["status"]
+            continue
+        assert r["status"] == "ok", r
+        assert 0 < r["min_ms"] <= r["p50_ms"] <= r["p90_ms"] <= r["max_ms"]
+        assert r["runs"] == 3 and r["images"] == len(sample_pairs())
+        assert 0.5 < r["mDice"] <= 1 and 0 < r["mIoU"] <= r["mDice"] and 0 < r["pooled_dice"] <= 1
+        assert r["peak_rss_mb"] > 0 and r["parameters"] == 1156 and r["int8_weight_bytes"] == 1156
+        assert r["delta_dice"] == (0.0 if r["precision"] == "fp32" else pytest.approx(r["delta_dice"]))
+    fp32 = next(r for r in rows if r["precision"] == "fp32")
+    int8 = next(r for r in rows if r["precision"] == "int8" and r["format"] == "onnx")
+    assert int8["delta_dice"] == pytest.approx(int8["mDice"] - fp32["mDice"])
+
+
+def test_dice_floor_exit_code(bundled, capsys):
+    assert bench.main(FAST + ["--threads", "1", "--dice-floor", "0.05"]) == 0
+    assert bench.main(FAST + ["--threads", "1", "--dice-floor", "0.999"]) == 1
+    assert "below the Dice floor 0.999" in capsys.readouterr().err
+    assert bench.main(FAST + ["--dice-floor", "80"]) == 2
+    assert "between 0 and 1" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--models", "no-such-model"], "unknown model 'no-such-model'"),
+    (["--threads", "0"], "--threads values must be >= 1"),
+    (["--threads", "one"], "comma-separated integers"),
+    (["--runs", "0"], "--runs must be >= 1"),
+    (["--data", "/nonexistent/folder"], "does not exist"),
+])
+def test_bad_input_is_one_line_error(bundled, capsys, args, message):
+    assert bench.main(FAST + args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_cuda_without_gpu_is_a_clear_error(bundled, capsys):
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        pytest.skip("this onnxruntime has a CUDA provider")
+    assert bench.main(FAST + ["--device", "cuda"]) == 2
+    assert "CUDAExecutionProvider" in capsys.readouterr().err
+
+
+def _copy_sample(dst: Path, masks: bool = True, n: int = 3) -> Path:
+    (dst / "images").mkdir(parents=True)
+    if masks:
+        (dst / "masks").mkdir()
+    for img, mask in sample_pairs()[:n]:
+        shutil.copy(img, dst / "images" / img.name)
+        if masks:
+            shutil.copy(mask, dst / "masks" / mask.name)
+    return dst
+
+
+def test_data_without_masks_skips_dice(bundled, tmp_path, capsys):
+    data = _copy_sample(tmp_path / "d", masks=False)
+    out = tmp_path / "r.json"
+    assert bench.main(FAST + ["--threads", "1", "--data", str(data), "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    measured = [r for r in rows if r["p50_ms"] is not None]
+    assert measured and all(r["mDice"] is None and "Dice skipped" in r["status"] for r in measured)
+    assert "no masks" in capsys.readouterr().out
+    assert bench.main(FAST + ["--data", str(data), "--dice-floor", "0.5"]) == 2
+
+
+def test_mismatched_pairs_are_an_error(bundled, tmp_path, capsys):
+    data = _copy_sample(tmp_path / "d")
+    next((data / "masks").iterdir()).unlink()
+    assert bench.main(FAST + ["--data", str(data)]) == 2
+    assert "no mask in" in capsys.readouterr().err
+    data2 = _copy_sample(tmp_path / "d2", n=1)
+    mask = next((data2 / "masks").iterdir())
+    Image.open(mask).resize((7, 5)).save(mask)
+    assert bench.main(FAST + ["--data", str(data2)]) == 2
+    assert "mismatched pair" in capsys.readouterr().err
+
+
+def test_split_and_limit(bundled, tmp_path):
+    data = _copy_sample(tmp_path / "d", n=3)
+    (data / "splits").mkdir()
+    stems = sorted(p.stem for p in (data / "images").iterdir())
+    (data / "splits" / "test.txt").write_text("\n".join(stems[:2]) + "\n")
+    assert len(bench.load_data(data, "test").images) == 2
+    assert len(bench.load_data(data, None, limit=1).images) == 1
+    with pytest.raises(bench.SimpleUNetError, match="split 'nope' not found"):
+        bench.load_data(data, "nope")
+
+
+def test_broken_model_keeps_other_rows(bundled, fixtures, tmp_path, capsys):
+    bad = tmp_path / "broken.onnx"
+    bad.write_bytes(b"not an onnx model at all")
+    out = tmp_path / "r.json"
+    code = bench.main(FAST + ["--threads", "1", "--models", str(bad), str(fixtures / "tiny_fp32.onnx"),
+                              "--json", str(out)])
+    assert code == 1
+    rows = json.loads(out.read_text())["rows"]
+    assert len(rows) == 2
+    broken = next(r for r in rows if r["path"] == str(bad))
+    assert broken["status"].startswith("error:") and "not a loadable ONNX model" in broken["status"]
+    good = next(r for r in rows if r["path"] != str(bad))
+    assert good["status"] == "ok" and good["mDice"] > 0.5
+    assert "1 row(s) failed" in capsys.readouterr().err
+
+
+def test_batch_and_folder_of_models(fixtures, tmp_path):
+    folder = tmp_path / "m"
+    folder.mkdir()
+    shutil.copy(fixtures / "tiny_int8.onnx", folder)  # batch fixed at 1: the backend loops
+    shutil.copy(fixtures / "three_class.onnx", folder)
+    out = tmp_path / "r.json"
+    assert bench.main(FAST + ["--threads", "1", "--batch", "3", "--models", str(folder), "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert {r["model"] for r in rows} == {"tiny-fixture", "three-class-fixture"}
+    assert all(r["batch"] == 3 and r["status"] == "ok" for r in rows)
+
+
+def test_percent_of_peak_and_delta(monkeypatch):
+    monkeypatch.setattr(machine, "usable_cores", lambda: 8)
+    base = {c: None for c in bench.COLUMNS}
+    rows = [{**base, "_key": "w", "format": "onnx", "precision": "fp32", "backend": "onnxruntime", "threads": 1,
+             "macs": 2e9, "p50_ms": 10.0, "mDice": 0.80},
+            {**base, "_key": "w", "format": "tflite", "precision": "int8", "backend": "tflite", "threads": 2,
+             "macs": 2e9, "p50_ms": 5.0, "mDice": 0.78}]
+    bench.add_derived(rows, {"fp32": 100e9, "int8": 400e9})
+    assert rows[0]["gmacs_per_s"] == pytest.approx(200.0) and rows[0]["pct_peak"] == pytest.approx(200.0)
+    assert rows[1]["gmacs_per_s"] == pytest.approx(400.0) and rows[1]["pct_peak"] == pytest.approx(50.0)
+    assert rows[0]["delta_dice"] == 0.0 and rows[1]["delta_dice"] == pytest.approx(-0.02)
+
+
+def test_pareto_front():
+    assert bench._pareto([(1, 0.5), (2, 0.9), (3, 0.8), (0.5, 0.4), (2, 0.7)]) == [(0.5, 0.4), (1, 0.5), (2, 0.9)]
+
+
+def test_plot_writes_png(full_run, tmp_path):
+    pytest.importorskip("matplotlib")
+    _, out = full_run
+    rows = json.loads((out / "b.json").read_text())["rows"]
+    png = bench.plot(rows, tmp_path / "p.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_plot_without_matplotlib_is_clear(bundled, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    assert bench.main(FAST + ["--plot", "x.png"]) == 2
+    assert "--plot needs matplotlib" in capsys.readouterr().err
+
+
+def test_runtime_only_no_torch(monkeypatch):
+    """The bench module never imports torch; without torch the eager baseline is reported as not run."""
+    code = "import sys, simpleunet_runtime.bench, simpleunet_runtime.machine; print('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=True).stdout.strip() == "False"
+    real = bench.importlib.util.find_spec
+    monkeypatch.setattr(bench.importlib.util, "find_spec", lambda name, *a: None if name == "torch" else real(name, *a))
+    jobs, note = bench.eager_jobs([], "cpu")
+    assert jobs == [] and "torch not installed" in note
+
+
+def test_machine_header_and_int8_factors():
+    assert machine.int8_factor(["avx2", "avx512f", "avx512_vnni"])[0] == 4
+    assert machine.int8_factor(["avx2"])[0] == 2
+    assert machine.int8_factor(["asimd", "asimddp"])[0] == 4
+    assert machine.int8_factor(["asimd", "asimddp", "i8mm"])[0] == 8
+    assert machine.int8_factor([])[0] == 1
+    assert machine.isa_features({"features": "fp asimd asimddp crc32"}) == ["asimd", "asimddp"]
+    info = machine.machine_info()
+    peaks = machine.peak_macs(info["isa"], fp32=50e9)
+    assert peaks["int8"] == 50e9 * peaks["int8_factor"]
+    text = "\n".join(machine.header_lines(info, peaks))
+    assert "Peak per core: fp32 50.0 G MAC/s" in text and "int8: theoretical" in text
+
+
+def test_fp32_peak_is_measured():
+    rate, how = machine.measure_fp32_peak(n=128, seconds=0.05)
+    assert np.isfinite(rate) and rate > 1e8
+    assert "measured" in how and "1 thread" in how

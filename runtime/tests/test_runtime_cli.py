@@ -1,0 +1,109 @@
+"""simpleunet-infer and simpleunet-models, run in-process (same code as the console scripts)."""
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from conftest import needs_tflite
+
+from simpleunet_runtime.cli import infer_main
+from simpleunet_runtime.image import load_image
+from simpleunet_runtime.sample import sample_dir, sample_pairs
+
+MEANSTD = ["--mean", "0.485,0.456,0.406", "--std", "0.229,0.224,0.225"]
+
+
+def test_segments_the_bundled_sample(tmp_path, fixtures, capsys):
+    rc = infer_main([str(sample_dir() / "images"), "--model", str(fixtures / "tiny_fp32.onnx"),
+                     "--out", str(tmp_path / "out"), "--overlay", "--threads", "1"])
+    out, err = capsys.readouterr()
+    assert rc == 0, err
+    assert out.startswith("segmented 16/16 images") and "tiny_fp32.onnx [onnxruntime]" in out
+    assert len(out.strip().splitlines()) == 1
+    pairs = sample_pairs()
+    for image, _ in pairs:
+        mask = load_image(tmp_path / "out" / f"{image.stem}.png")
+        assert mask.shape == load_image(image).shape and set(np.unique(mask)) <= {0, 255}
+        assert (tmp_path / "out" / f"{image.stem}_overlay.png").is_file()
+    assert not [p for p in (tmp_path / "out").iterdir() if p.name.startswith(".")]  # no temp files left
+    assert "16/16" in err  # progress counter
+
+
+def test_bad_files_cost_one_line_each_and_the_batch_goes_on(tmp_path, fixtures, capsys):
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    good = sample_pairs()[:2]
+    for image, _ in good:
+        shutil.copy(image, mixed / image.name)
+    (mixed / "broken.jpg").write_bytes(good[0][0].read_bytes()[:200])
+    (mixed / "notes.txt").write_text("ignored: not an image suffix")
+    (mixed / "fake.png").write_bytes(b"GIF89a nope")
+    rc = infer_main([str(mixed), str(tmp_path / "missing.jpg"), "--model", str(fixtures / "tiny_int8.onnx"),
+                     "--out", str(tmp_path / "out"), "-q"])
+    out, err = capsys.readouterr()
+    assert rc == 1
+    errors = err.strip().splitlines()
+    assert len(errors) == 3 and all(line.startswith("error: ") for line in errors)
+    assert any("broken.jpg" in e for e in errors) and any("fake.png" in e for e in errors)
+    assert any("missing.jpg: no such file" in e for e in errors)
+    assert "segmented 2/5 images" in out and "3 failed" in out
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(f"{i.stem}.png" for i, _ in good)
+
+
+def test_model_errors_are_one_line(tmp_path, fixtures, capsys):
+    junk = tmp_path / "junk.onnx"
+    junk.write_bytes(b"nope")
+    image = str(sample_pairs()[0][0])
+    for args, msg in [(["--model", str(junk)], "not a loadable ONNX model"),
+                      (["--model", str(fixtures / "tiny_nometa.onnx")], "no simpleunet metadata"),
+                      (["--model", "no-such-model"], "unknown model 'no-such-model'"),
+                      (["--model", str(tmp_path / "gone.tflite")], "not found")]:
+        assert infer_main([image, "--out", str(tmp_path / "o"), *args]) == 1
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and msg in err and len(err.strip().splitlines()) == 1
+
+
+def test_overrides_for_a_model_without_metadata(tmp_path, fixtures, capsys):
+    image = sample_pairs()[0][0]
+    rc = infer_main([str(image), "--model", str(fixtures / "tiny_nometa.onnx"), "--out", str(tmp_path), *MEANSTD,
+                     "--imgsz", "32", "--threshold", "0.4"])
+    assert rc == 0, capsys.readouterr().err
+    assert (tmp_path / f"{image.stem}.png").is_file()
+
+
+@needs_tflite
+def test_tflite_model_and_duplicate_stems(tmp_path, fixtures, capsys):
+    image = sample_pairs()[0][0]
+    png = tmp_path / f"{image.stem}.png"
+    load = load_image(image)
+    from PIL import Image
+    Image.fromarray(load).save(png)
+    rc = infer_main([str(image), str(png), "--model", str(fixtures / "tiny_int8.tflite"), "--out",
+                     str(tmp_path / "out"), "--backend", "tflite"])
+    out = capsys.readouterr().out
+    assert rc == 0 and "[tflite]" in out
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [f"{image.stem}-2.png", f"{image.stem}.png"]
+
+
+def test_usage_errors_exit_2(tmp_path, capsys):
+    for args in (["x.jpg"], ["x.jpg", "--out", str(tmp_path), "--threads", "0"],
+                 ["x.jpg", "--out", str(tmp_path), "--mean", "1,2"]):
+        with pytest.raises(SystemExit) as exc:
+            infer_main(args)
+        assert exc.value.code == 2
+    capsys.readouterr()
+
+
+def test_console_script_does_not_import_torch_tensorflow_or_onnx(tmp_path, fixtures):
+    """The runtime's whole path (import, load, infer, write) in a fresh interpreter, checked for heavy imports."""
+    code = ("import sys; from simpleunet_runtime.cli import infer_main; "
+            f"rc = infer_main([{str(sample_pairs()[0][0])!r}, '--model', {str(fixtures / 'tiny_int8.onnx')!r}, "
+            f"'--out', {str(tmp_path)!r}]); "
+            "heavy = sorted(m for m in ('torch', 'tensorflow', 'onnx', 'onnx2tf', 'tqdm') if m in sys.modules); "
+            "print('HEAVY', heavy); sys.exit(rc)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "HEAVY []" in proc.stdout
