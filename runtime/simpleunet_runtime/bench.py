@@ -1,0 +1,747 @@
+"""``simpleunet-bench``: size, latency and Dice of exported models on the machine in front of you, side by side.
+
+One row per model file x backend x thread count: latency (ms per image, batch ``--batch``, after warm-up; the
+``Segmenter.run`` call on a preprocessed input, so layout transposes and int8 (de)quantization are included and
+decoding/resizing is not), images/s, peak RSS, mDice/mIoU (per image) and pooled Dice against the ground truth at
+each image's original size, Dice change against the fp32 model of the same weights, and MACs/latency as a % of
+the core's peak (``machine.py`` says how the peak is obtained). Needs only the runtime (numpy + onnxruntime
+[+ LiteRT]); with the toolkit installed it adds the PyTorch eager fp32 model of the same weights as the baseline
+(``simpleunet.benchmarks.eager``). A row that fails becomes a status, never a lost table.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import gc
+import importlib
+import importlib.util
+import io
+import json
+import os
+import re
+import shlex
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from . import machine, zoo
+from .errors import SimpleUNetError
+from .image import list_images, load_image, load_mask
+from .metrics import SegmentationMeter
+
+FORMAT_ORDER = {"pytorch": 0, "onnx": 1, "tflite": 2}
+PRECISION_ORDER = {"fp32": 0, "fp16": 1, "int8": 2}
+MASK_SUFFIXES = re.compile(r"(_mask|_segmentation|_Segmentation)$")
+TFLITE_HINT = 'pip install "simpleunet-runtime[tflite]"'
+PLOT_HINT = 'pip install "simpleunet-runtime[plot]"'
+
+#: Published peers (MODEL_SPEC.md: each paper's own figures, on the dataset named), for the plot.
+PEERS = (
+    ("U-Net", 7.77e6, 13.76, 0.8699, "ISIC17"),
+    ("UNeXt", 1.47e6, 0.57, 0.8661, "ISIC18"),
+    ("TinyU-Net", 0.48e6, 1.67, 0.8891, "ISIC18"),
+    ("EGE-UNet", 0.053e6, 0.072, 0.8946, "ISIC18"),
+    ("UltraLight VM-UNet", 0.049e6, 0.060, 0.9091, "ISIC17"),
+    ("MALUNet", 0.175e6, 0.083, 0.8813, "ISIC17"),
+    ("SimpleESKNet-32 N=2 (paper)", 0.673e6, 8.60, 0.8646, "Kvasir-SEG"),
+)
+
+#: Every output column, in order (JSON/CSV keep them all; the printed table shows ``TABLE``).
+COLUMNS = ("model", "format", "precision", "backend", "threads", "file_bytes", "parameters", "int8_weight_bytes",
+           "imgsz", "batch", "runs", "p50_ms", "p90_ms", "min_ms", "max_ms", "images_per_s", "peak_rss_mb",
+           "model_rss_mb", "images", "mDice", "mIoU", "pooled_dice", "delta_dice", "macs", "gmacs_per_s",
+           "pct_peak", "path", "status")
+TABLE = (("model", "model"), ("format", "format"), ("precision", "prec"), ("backend", "backend"),
+         ("threads", "thr"), ("file_bytes", "file KB"), ("parameters", "params"), ("int8_weight_bytes", "int8 KB"),
+         ("p50_ms", "p50 ms"), ("p90_ms", "p90 ms"), ("min_ms", "min ms"), ("max_ms", "max ms"),
+         ("images_per_s", "img/s"), ("peak_rss_mb", "peak RSS MB (+model)"), ("mDice", "mDice"), ("mIoU", "mIoU"),
+         ("pooled_dice", "pooled Dice"), ("delta_dice", "ΔmDice vs fp32"), ("gmacs_per_s", "GMAC/s"),
+         ("pct_peak", "% peak"), ("status", "status"))
+
+
+# -- data --------------------------------------------------------------------------------------------------------
+@dataclass
+class BenchData:
+    """Decoded images (HxWx3 uint8, original sizes) and their masks (HxW bool), or no masks."""
+
+    name: str
+    images: list[np.ndarray]
+    masks: list[np.ndarray] | None
+    note: str = ""
+
+
+def _split_ids(root: Path, split: str) -> list[str]:
+    path = Path(split)
+    if not path.is_file():
+        path = next((p for p in (root / "splits" / split, root / "splits" / f"{split}.txt") if p.is_file()), path)
+    if not path.is_file():
+        raise SimpleUNetError(f"split {split!r} not found: give a text file of ids or a name under {root / 'splits'}")
+    return [line.strip() for line in path.read_text().splitlines() if line.strip()]
+
+
+def load_data(folder: str | os.PathLike | None = None, split: str | None = None,
+              limit: int | None = None) -> BenchData:
+    """``folder``/images (+ ``folder``/masks, same stems; ``_mask`` suffixes allowed) [+ a split]; None = the
+    bundled sample. A folder without masks/ gives latency and size only (Dice skipped)."""
+    if folder is None:
+        from .sample import sample_dir
+
+        root, name = sample_dir(), "bundled Kvasir-SEG sample"
+    else:
+        root, name = Path(folder), str(folder)
+        if not root.is_dir():
+            raise SimpleUNetError(f"data folder {root} does not exist")
+    img_dir = root / "images" if (root / "images").is_dir() else root
+    images = list_images(img_dir)
+    if split:
+        wanted = _split_ids(root, split)
+        by_stem = {p.stem: p for p in images}
+        missing = [i for i in wanted if i not in by_stem]
+        if missing:
+            raise SimpleUNetError(f"split {split!r} names {missing[0]!r}, which is not an image in {img_dir}")
+        images = [by_stem[i] for i in wanted]
+    if limit:
+        images = images[:limit]
+    if not images:
+        raise SimpleUNetError(f"no images in {img_dir}")
+    mask_dir = root / "masks"
+    masks: list[np.ndarray] | None = None
+    note = ""
+    if mask_dir.is_dir():
+        by_stem = {MASK_SUFFIXES.sub("", p.stem): p for p in list_images(mask_dir)}
+        missing = [p.name for p in images if p.stem not in by_stem]
+        if missing:
+            raise SimpleUNetError(f"no mask in {mask_dir} for image {missing[0]}"
+                                  + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else "")
+                                  + "; masks must share the image's file stem")
+        masks = []
+    else:
+        note = f"no masks/ folder in {root}: Dice skipped (latency and size only)"
+    decoded = []
+    for p in images:
+        img = load_image(p)
+        decoded.append(img)
+        if masks is not None:
+            m = load_mask(by_stem[p.stem])
+            if m.shape != img.shape[:2]:
+                raise SimpleUNetError(f"mask {by_stem[p.stem].name} is {m.shape[1]}x{m.shape[0]} but image {p.name} "
+                                      f"is {img.shape[1]}x{img.shape[0]}: mismatched pair")
+            masks.append(m)
+    label = f"{name}{f' ({split})' if split else ''}: {len(decoded)} images" + ("" if masks is not None else ", no masks")
+    return BenchData(label, decoded, masks, note)
+
+
+# -- what to benchmark ---------------------------------------------------------------------------------------------
+@dataclass
+class Job:
+    """One model (a file, or the eager model of a checkpoint) to time at every thread count.
+
+    ``open(threads)`` returns a runner: ``.metadata``, ``.preprocess(images)``, ``.run(x)``, ``.predict(image)``
+    (a ``Segmenter`` is one). ``skip`` = why it is not run; ``dice_note`` = why Dice is not scored.
+    """
+
+    path: Path
+    format: str
+    backend: str
+    open: Callable[[int], Any]
+    name: str = ""
+    precision: str = "?"
+    parameters: int | None = None
+    macs: int | None = None
+    imgsz: tuple[int, int] | None = None
+    key: str = ""
+    skip: str = ""
+    error: str = ""
+    dice_note: str = ""
+    file_bytes: int | None = None
+    metadata: Any = None
+
+
+def _cuda_providers() -> list[str]:
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        raise SimpleUNetError("--device cuda: this onnxruntime has no CUDAExecutionProvider (providers: "
+                              f"{', '.join(ort.get_available_providers())}); install onnxruntime-gpu on a machine "
+                              "with an NVIDIA GPU, or use --device cpu")
+    return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+
+
+def _segmenter_opener(path: Path, device: str) -> Callable[[int], Any]:
+    from .segmenter import Segmenter
+
+    def open_(threads: int):
+        if device == "cuda":
+            seg = Segmenter(path, threads=threads, providers=_cuda_providers())
+            session = getattr(getattr(seg, "_backend", None), "session", None)
+            if session is not None and "CUDAExecutionProvider" not in session.get_providers():
+                raise SimpleUNetError("onnxruntime could not start its CUDA provider (no GPU or driver?)")
+            return seg
+        return Segmenter(path, threads=threads)
+
+    return open_
+
+
+def _has_tflite() -> bool:
+    return any(importlib.util.find_spec(m) is not None for m in ("ai_edge_litert", "tflite_runtime"))
+
+
+def file_job(path: Path, device: str = "cpu") -> Job:
+    """A job for one .onnx/.tflite file (format from the suffix; metadata filled by ``describe``)."""
+    path = Path(path)
+    fmt = "tflite" if path.suffix.lower() == ".tflite" else "onnx"
+    backend = "tflite" if fmt == "tflite" else ("onnxruntime-cuda" if device == "cuda" else "onnxruntime")
+    job = Job(path=path, format=fmt, backend=backend, open=_segmenter_opener(path, device), name=path.stem)
+    job.file_bytes = path.stat().st_size if path.is_file() else None
+    if fmt == "tflite" and device == "cuda":
+        job.skip = "skipped: TFLite runs on the CPU here (no GPU delegate); use --device cpu"
+    elif fmt == "tflite" and not _has_tflite():
+        job.skip = f"skipped: no TFLite runtime installed ({TFLITE_HINT})"
+    return job
+
+
+def describe(job: Job) -> Job:
+    """Open the model once to read its metadata (name, precision, parameters, MACs); a failure is kept as the
+    job's error so its row says why."""
+    if job.skip or job.error or job.metadata is not None:
+        return job
+    try:
+        runner = job.open(1)
+    except SimpleUNetError as exc:
+        job.error = f"error: {exc}"
+        return job
+    except Exception as exc:  # a runtime raising its own type: keep it as a row status
+        job.error = f"error: {type(exc).__name__}: {_line(exc)}"
+        return job
+    m = runner.metadata
+    job.metadata = m
+    job.name = m.name or job.path.stem
+    job.precision = m.precision
+    job.parameters = m.parameters or None
+    job.imgsz = tuple(m.imgsz)
+    macs = (m.extra or {}).get("macs")
+    job.macs = int(macs) if isinstance(macs, (int, float)) and macs > 0 else None
+    job.key = m.weights_sha256 or m.name or job.path.stem
+    if (m.extra or {}).get("untrained"):
+        job.dice_note = "untrained weights: Dice not scored"
+    del runner
+    return job
+
+
+def resolve_models(specs: Sequence[str] | None, device: str = "cpu") -> list[Job]:
+    """``--models``: bundled names (every format/precision of that name), model files, or folders of them;
+    None = every bundled model. An unknown name is an error before anything runs."""
+    jobs: list[Job] = []
+    if not specs:
+        entries = zoo.index()
+        if not entries:
+            raise SimpleUNetError(f"{zoo.EMPTY}, or pass --models PATH (an .onnx/.tflite file or a folder)")
+        specs = sorted({e["name"] for e in entries})
+    known = set(zoo.names())
+    for spec in specs:
+        path = Path(spec)
+        if spec in known:
+            for e in zoo.index():
+                if e["name"] != spec:
+                    continue
+                job = file_job(zoo.models_dir() / e["file"], device)
+                try:  # the sha256 check; a corrupt bundled file becomes that row's error
+                    zoo.resolve(spec, precision=e.get("precision", "fp32"), format=e.get("format", "onnx"))
+                except SimpleUNetError as exc:
+                    job.error = f"error: {exc}"
+                jobs.append(job)
+        elif path.is_dir():
+            files = sorted(p for p in path.iterdir() if p.suffix.lower() in (".onnx", ".tflite"))
+            if not files:
+                raise SimpleUNetError(f"no .onnx or .tflite files in {path}")
+            jobs += [file_job(p, device) for p in files]
+        elif path.is_file():
+            jobs.append(file_job(path, device))
+        else:
+            have = ", ".join(sorted(known)) or "none bundled"
+            raise SimpleUNetError(f"unknown model {spec!r}: not a bundled name ({have}) nor an existing "
+                                  ".onnx/.tflite file or folder")
+    return jobs
+
+
+def eager_jobs(jobs: Sequence[Job], device: str = "cpu") -> tuple[list[Job], str]:
+    """PyTorch eager fp32 jobs for the weights behind ``jobs``, when the toolkit is installed; else a note."""
+    if importlib.util.find_spec("torch") is None:
+        return [], "PyTorch eager baseline: not run (torch not installed; the runtime alone needs no torch)"
+    try:
+        plugin = importlib.import_module("simpleunet.benchmarks.eager")
+    except ImportError as exc:
+        return [], f"PyTorch eager baseline: not run (simpleunet toolkit not importable: {_line(exc)})"
+    out, seen = [], set()
+    for job in jobs:
+        if job.metadata is None or job.key in seen:
+            continue
+        seen.add(job.key)
+        out.append(plugin.eager_job(job.metadata, job.path, device))
+    for job in jobs:  # a file exported without extra.macs: the toolkit counts them from the architecture
+        if job.macs is None and job.metadata is not None:
+            job.macs = plugin.macs_from_metadata(job.metadata)
+    return out, "PyTorch eager baseline: the fp32 checkpoint each model file was exported from"
+
+
+# -- measuring -----------------------------------------------------------------------------------------------------
+def _line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:300] if text else type(exc).__name__
+
+
+def _reset_peak_rss() -> bool:
+    """Linux: reset the process's RSS high-water mark (clear_refs 5), so each row's peak is its own."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def _rss_mb(field_name: str = "VmHWM") -> float | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field_name + ":"):
+                return int(line.split()[1]) / 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        import resource
+
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return peak / (1024 * 1024 if sys.platform == "darwin" else 1024)
+    except (ImportError, OSError):
+        return None
+
+
+def score(runner: Any, data: BenchData) -> dict[str, float]:
+    """mDice/mIoU/pooled Dice of ``runner.predict`` (masks at each image's original size) against the truth."""
+    meter = SegmentationMeter()
+    for img, truth in zip(data.images, data.masks or []):
+        meter.update(np.asarray(runner.predict(img)) > 0, truth)
+    s = meter.summary()
+    return {"images": s["images"], "mDice": s["mDice"], "mIoU": s["mIoU"], "pooled_dice": s["pooled_dice"]}
+
+
+@dataclass
+class Settings:
+    threads: list[int]
+    runs: int = 100
+    warmup: int = 10
+    batch: int = 1
+    max_seconds: float = 10.0
+    device: str = "cpu"
+
+
+def _base_row(job: Job, threads: int | None) -> dict[str, Any]:
+    row: dict[str, Any] = {c: None for c in COLUMNS}
+    row.update(model=job.name, format=job.format, precision=job.precision, backend=job.backend, threads=threads,
+               file_bytes=job.file_bytes, parameters=job.parameters, path=str(job.path), macs=job.macs,
+               int8_weight_bytes=job.parameters, imgsz=list(job.imgsz) if job.imgsz else None)
+    return row
+
+
+def measure(job: Job, threads: int, data: BenchData, s: Settings, dice: dict[str, dict]) -> dict[str, Any]:
+    """One row. Errors become the row's status; Dice is computed once per job (``dice`` caches it)."""
+    row = _base_row(job, threads)
+    gc.collect()
+    before = _rss_mb("VmRSS")
+    _reset_peak_rss()
+    try:
+        runner = job.open(threads)
+        imgs = [data.images[i % len(data.images)] for i in range(s.batch)]
+        x = runner.preprocess(imgs)
+        for _ in range(s.warmup):
+            runner.run(x)
+        times, deadline = [], time.perf_counter() + s.max_seconds
+        for _ in range(s.runs):
+            t0 = time.perf_counter()
+            runner.run(x)
+            times.append(time.perf_counter() - t0)
+            if time.perf_counter() > deadline and len(times) >= 5:
+                break
+        ms = np.asarray(times) * 1000.0 / s.batch
+        row.update(batch=s.batch, runs=len(times), p50_ms=float(np.median(ms)), p90_ms=float(np.percentile(ms, 90)),
+                   min_ms=float(ms.min()), max_ms=float(ms.max()), images_per_s=float(1000.0 / np.median(ms)))
+        status = "ok"
+        if job.dice_note:
+            status = f"ok; {job.dice_note}"
+        elif data.masks is None:
+            status = "ok; Dice skipped (no masks)"
+        else:
+            if id(job) not in dice:
+                dice[id(job)] = score(runner, data)
+            row.update(dice[id(job)])
+        row["status"] = status
+        del runner
+    except SimpleUNetError as exc:
+        row["status"] = f"error: {exc}"
+    except Exception as exc:  # keep every other row: one bad model must not lose the table
+        row["status"] = f"error: {type(exc).__name__}: {_line(exc)}"
+    peak = _rss_mb("VmHWM")
+    if peak is not None:
+        row["peak_rss_mb"] = round(peak, 1)
+        if before is not None:
+            row["model_rss_mb"] = round(max(peak - before, 0.0), 1)
+    return row
+
+
+def add_derived(rows: list[dict[str, Any]], peaks: dict[str, Any] | None) -> None:
+    """ΔmDice against the fp32 row of the same weights (ONNX, else TFLite, else PyTorch) and % of peak."""
+    refs: dict[str, float] = {}
+    for fmt in ("onnx", "tflite", "pytorch"):
+        for r in rows:
+            if r["precision"] == "fp32" and r["format"] == fmt and r["mDice"] is not None:
+                refs.setdefault(r["_key"], r["mDice"])
+    for r in rows:
+        if r["mDice"] is not None and r["_key"] in refs:
+            r["delta_dice"] = r["mDice"] - refs[r["_key"]]
+        if r["macs"] and r["p50_ms"]:
+            r["gmacs_per_s"] = r["macs"] / (r["p50_ms"] / 1000.0) / 1e9
+            peak = (peaks or {}).get("int8" if r["precision"] == "int8" else "fp32")
+            if peak and peak == peak and r["backend"] != "onnxruntime-cuda" and r["backend"] != "torch-cuda":
+                cores = min(r["threads"] or 1, machine.usable_cores())
+                r["pct_peak"] = 100.0 * r["gmacs_per_s"] * 1e9 / (peak * cores)
+
+
+def run_bench(jobs: list[Job], data: BenchData, settings: Settings, peaks: dict[str, Any] | None = None,
+              progress: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
+    """Measure every job at every thread count; returns the rows (sorted, derived columns filled)."""
+    for job in jobs:
+        describe(job)
+    plan = [(j, t) for j in jobs for t in ((None,) if j.skip or j.error else settings.threads)]
+    rows, dice = [], {}
+    try:
+        for i, (job, threads) in enumerate(plan, 1):
+            label = f"{job.name} {job.format} {job.precision} {job.backend}" + (f" x{threads}" if threads else "")
+            if job.skip or job.error:
+                row = _base_row(job, None)
+                row["status"] = job.skip or job.error
+            else:
+                if progress:
+                    progress(f"[{i}/{len(plan)}] {label} ...")
+                row = measure(job, threads, data, settings, dice)
+            row["_key"] = job.key or str(job.path)
+            rows.append(row)
+            if progress:
+                lat = f"{row['p50_ms']:.2f} ms" if row["p50_ms"] is not None else row["status"]
+                progress(f"[{i}/{len(plan)}] {label}: {lat}")
+    except KeyboardInterrupt:
+        rows.append({**{c: None for c in COLUMNS}, "status": "interrupted: later rows not measured", "_key": ""})
+    add_derived(rows, peaks)
+    rows.sort(key=lambda r: (r["model"] or "", FORMAT_ORDER.get(r["format"], 9),
+                             PRECISION_ORDER.get(r["precision"], 9), r["backend"] or "", r["threads"] or 0))
+    for r in rows:
+        r.pop("_key", None)
+    return rows
+
+
+# -- output --------------------------------------------------------------------------------------------------------
+def _fmt(key: str, v: Any) -> str:
+    if v is None:
+        return "–"
+    if key in ("file_bytes", "int8_weight_bytes"):
+        return f"{v / 1024:.1f}"
+    if key == "parameters":
+        return f"{v:,}"
+    if key in ("mDice", "mIoU", "pooled_dice"):
+        return f"{v:.4f}"
+    if key == "delta_dice":
+        return f"{v:+.4f}"
+    if key in ("p50_ms", "p90_ms", "min_ms", "max_ms"):
+        return f"{v:.2f}"
+    if key in ("images_per_s", "gmacs_per_s", "pct_peak"):
+        return f"{v:.1f}"
+    return str(v)
+
+
+def markdown_table(rows: list[dict[str, Any]]) -> str:
+    lines = ["| " + " | ".join(h for _, h in TABLE) + " |", "|" + "---|" * len(TABLE)]
+    for r in rows:
+        cells = []
+        for key, _ in TABLE:
+            cell = _fmt(key, r.get(key))
+            if key == "peak_rss_mb" and r.get("model_rss_mb") is not None:
+                cell += f" (+{r['model_rss_mb']:.0f})"
+            cells.append(cell.replace("|", "/"))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def report_markdown(result: dict[str, Any]) -> str:
+    info, s = result["machine"], result["settings"]
+    parts = [f"# simpleunet-bench, {result['date']}", "", f"Command: `{result['command']}`", ""]
+    parts += [f"- {line}" for line in machine.header_lines(info, result.get("peak"))]
+    parts += [f"- Data: {result['data']}" + (f" ({result['data_note']})" if result.get("data_note") else ""),
+              f"- Latency: ms per image at batch {s['batch']}, {s['warmup']} warm-up runs then up to {s['runs']} "
+              f"timed runs (at most {s['max_seconds']:g} s per row); device {s['device']}",
+              f"- {result['eager_note']}", "", markdown_table(result["rows"]), ""]
+    parts.append("Columns: int8 KB = parameters at 1 byte each; peak RSS = the process's high-water mark during "
+                 "the row (interpreter, libraries and decoded images included), (+model) = its rise while the "
+                 "model ran; mDice/mIoU = per-image means, pooled Dice over all pixels, masks at each image's "
+                 "original size; ΔmDice against the fp32 file of the same weights; % peak = MACs per image / "
+                 "p50 latency against the per-core peak of that precision x threads.")
+    return "\n".join(parts) + "\n"
+
+
+def _write(path: Path, text: str) -> None:
+    """Temp file + rename: a reader never sees half a report."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise SimpleUNetError(f"cannot write {path}: {exc.strerror or exc}") from None
+
+
+def to_csv(rows: list[dict[str, Any]]) -> str:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(COLUMNS), extrasaction="ignore", lineterminator="\n")
+    w.writeheader()
+    for r in rows:
+        w.writerow({k: ("" if r.get(k) is None else r[k]) for k in COLUMNS})
+    return buf.getvalue()
+
+
+def _pareto(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """Points no other point beats on both axes (smaller x, larger y), sorted by x."""
+    front, best = [], -1.0
+    for x, y in sorted(points, key=lambda p: (p[0], -p[1])):
+        if y > best:
+            front.append((x, y))
+            best = y
+    return front
+
+
+def _need_matplotlib():
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise SimpleUNetError(f"--plot needs matplotlib: {PLOT_HINT}") from None
+    return plt
+
+
+def plot(rows: list[dict[str, Any]], path: str | os.PathLike, title: str = "") -> Path:
+    """Size–Dice and latency–Dice Pareto fronts (one point per model file; latency at the fewest threads),
+    with the published peers on the size panel (their parameters x 4 bytes, Dice on their own dataset)."""
+    plt = _need_matplotlib()
+    from matplotlib import ticker
+
+    scored = [r for r in rows if r.get("mDice") is not None and r.get("p50_ms") is not None]
+    fewest: dict[tuple, dict] = {}
+    for r in scored:
+        k = (r["model"], r["format"], r["precision"], r["backend"])
+        if k not in fewest or (r["threads"] or 0) < (fewest[k]["threads"] or 0):
+            fewest[k] = r
+    pts = list(fewest.values())
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.8), dpi=110)
+    marker = {"pytorch": "s", "onnx": "o", "tflite": "^"}
+    panels = ((axes[0], "file_bytes", "model size (bytes, log)"),
+              (axes[1], "p50_ms", "latency p50 (ms per image, fewest threads, log)"))
+    for ax, key, xlabel in panels:
+        for r in pts:
+            x = r[key] if key != "file_bytes" else (r["file_bytes"] or (r["parameters"] or 0) * 4)
+            if not x:
+                continue
+            ax.scatter(x, r["mDice"], marker=marker.get(r["format"], "o"),
+                       color="tab:red" if r["precision"] == "int8" else "tab:blue", zorder=3)
+            ax.annotate(f"{r['model']} {r['format']} {r['precision']}", (x, r["mDice"]), fontsize=6,
+                        xytext=(3, 3), textcoords="offset points")
+        front = _pareto([((r[key] if key != "file_bytes" else r["file_bytes"] or 0), r["mDice"]) for r in pts
+                         if (r[key] if key != "file_bytes" else r["file_bytes"])])
+        if len(front) > 1:
+            ax.step(*zip(*front), where="post", color="grey", lw=1, ls="--", label="Pareto front (measured)")
+        ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.xaxis.set_minor_formatter(ticker.NullFormatter())
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("mDice (per image)")
+        ax.grid(alpha=0.3, which="both")
+    for name, params, _, dice, dataset in PEERS:
+        axes[0].scatter(params * 4, dice, marker="x", color="black", zorder=3)
+        axes[0].annotate(f"{name} ({dataset}, published)", (params * 4, dice), fontsize=6, xytext=(3, -8),
+                         textcoords="offset points")
+    axes[0].scatter([], [], marker="x", color="black", label="peers: published params x 4 B, own dataset")
+    axes[0].scatter([], [], marker="o", color="tab:blue", label="fp32 (o ONNX, ^ TFLite, s PyTorch)")
+    axes[0].scatter([], [], marker="o", color="tab:red", label="int8")
+    axes[0].legend(fontsize=7, loc="best")
+    if axes[1].get_legend_handles_labels()[0]:
+        axes[1].legend(fontsize=7, loc="best")
+    fig.suptitle(title or "simpleunet-bench: size and latency against Dice", fontsize=10)
+    fig.tight_layout()
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.stem}.tmp{os.getpid()}{out.suffix or '.png'}")
+    fig.savefig(tmp)
+    plt.close(fig)
+    os.replace(tmp, out)
+    return out
+
+
+# -- command line --------------------------------------------------------------------------------------------------
+def parse_threads(text: str) -> list[int]:
+    try:
+        values = [int(t) for t in str(text).split(",") if t.strip()]
+    except ValueError:
+        raise SimpleUNetError(f"--threads must be comma-separated integers such as 1,2,4, got {text!r}") from None
+    if not values or any(v < 1 for v in values):
+        raise SimpleUNetError(f"--threads values must be >= 1 (got {text!r}); 0 would mean 'the runtime decides', "
+                              "which is not a benchmark setting")
+    return list(dict.fromkeys(values))
+
+
+def default_threads() -> str:
+    n = machine.usable_cores()
+    return "1" if n == 1 else f"1,{n}"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="simpleunet-bench", description=__doc__.splitlines()[0].split(": ", 1)[1],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"),
+                   help="cuda: onnxruntime's CUDA provider (and torch CUDA for the eager baseline)")
+    p.add_argument("--models", nargs="+", metavar="NAME|PATH",
+                   help="bundled model names, .onnx/.tflite files or folders of them (default: every bundled "
+                        "model in every format)")
+    p.add_argument("--data", metavar="DIR", help="images/ + masks/ (same stems) [+ splits/]; default: the bundled "
+                                                 "Kvasir-SEG sample; without masks/ Dice is skipped")
+    p.add_argument("--split", help="ids to use: a file, or a name under DIR/splits/ (e.g. val_120)")
+    p.add_argument("--limit", type=int, help="use only the first N images")
+    p.add_argument("--threads", default=default_threads(), help="comma-separated thread counts")
+    p.add_argument("--runs", type=int, default=100, help="timed runs per row")
+    p.add_argument("--warmup", type=int, default=10, help="untimed runs first")
+    p.add_argument("--max-seconds", type=float, default=10.0, help="stop timing a row after this (min 5 runs)")
+    p.add_argument("--batch", type=int, default=1, help="images per run (latency is reported per image)")
+    p.add_argument("--json", metavar="PATH", help="write every column and the machine header as JSON")
+    p.add_argument("--csv", metavar="PATH", help="write the rows as CSV")
+    p.add_argument("--markdown", metavar="PATH", help="write the header and table as Markdown")
+    p.add_argument("--plot", metavar="PATH", help="size-Dice and latency-Dice Pareto plot (PNG; needs matplotlib)")
+    p.add_argument("--dice-floor", type=float, metavar="X",
+                   help="exit 1 if any model's mDice (0-1) is below X or could not be scored (a CI gate)")
+    p.add_argument("--no-eager", action="store_true", help="skip the PyTorch eager baseline")
+    p.add_argument("--no-peak", action="store_true", help="skip the 1-second peak-MAC measurement")
+    return p
+
+
+def _check(args: argparse.Namespace) -> Settings:
+    for name in ("runs", "batch"):
+        if getattr(args, name) < 1:
+            raise SimpleUNetError(f"--{name} must be >= 1, got {getattr(args, name)}")
+    if args.warmup < 0:
+        raise SimpleUNetError(f"--warmup must be >= 0, got {args.warmup}")
+    if args.limit is not None and args.limit < 1:
+        raise SimpleUNetError(f"--limit must be >= 1, got {args.limit}")
+    if args.max_seconds <= 0:
+        raise SimpleUNetError(f"--max-seconds must be > 0, got {args.max_seconds}")
+    if args.dice_floor is not None and not 0.0 <= args.dice_floor <= 1.0:
+        raise SimpleUNetError(f"--dice-floor is a Dice between 0 and 1 (e.g. 0.80), got {args.dice_floor}")
+    if args.plot:
+        _need_matplotlib()
+    if args.device == "cuda":
+        try:
+            _cuda_providers()
+        except SimpleUNetError:
+            import importlib.util as u
+
+            torch_cuda = False
+            if u.find_spec("torch") is not None and not args.no_eager:
+                import torch  # only the toolkit has it; the runtime never needs it
+
+                torch_cuda = torch.cuda.is_available()
+            if not torch_cuda:
+                raise
+    return Settings(threads=parse_threads(args.threads), runs=args.runs, warmup=args.warmup, batch=args.batch,
+                    max_seconds=args.max_seconds, device=args.device)
+
+
+def benchmark(args: argparse.Namespace, argv: Sequence[str], progress: Callable[[str], None] | None = None
+              ) -> dict[str, Any]:
+    """Everything ``main`` does except printing/writing: returns the result dict (machine, peak, rows...)."""
+    settings = _check(args)
+    if args.dice_floor is not None and args.data and not (Path(args.data) / "masks").is_dir():
+        raise SimpleUNetError(f"--dice-floor needs masks, and {args.data} has no masks/ folder")
+    jobs = resolve_models(args.models, settings.device)
+    data = load_data(args.data, args.split, args.limit)
+    info = machine.machine_info()
+    peaks = None if args.no_peak else machine.peak_macs(info["isa"])
+    for job in jobs:
+        describe(job)
+    eager_note = "PyTorch eager baseline: not run (--no-eager)"
+    if not args.no_eager:
+        extra, eager_note = eager_jobs(jobs, settings.device)
+        jobs = extra + jobs
+    rows = run_bench(jobs, data, settings, peaks, progress)
+    return {"command": "simpleunet-bench " + shlex.join(argv), "date": datetime.now(timezone.utc).isoformat(
+        timespec="seconds"), "machine": info, "peak": peaks, "data": data.name, "data_note": data.note,
+        "settings": settings.__dict__, "eager_note": eager_note, "rows": rows}
+
+
+def floor_failures(rows: list[dict[str, Any]], floor: float) -> list[str]:
+    bad = []
+    for r in rows:
+        if r["status"].startswith(("skipped", "interrupted")) or "Dice not scored" in r["status"]:
+            continue
+        what = f"{r['model']} {r['format']} {r['precision']} {r['backend']}"
+        if r["mDice"] is None:
+            bad.append(f"{what}: not scored ({r['status']})")
+        elif r["mDice"] < floor:
+            bad.append(f"{what}: mDice {r['mDice']:.4f} < {floor}")
+    return sorted(set(bad))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    tty = sys.stderr.isatty()
+
+    def progress(msg: str) -> None:
+        if tty:
+            print(f"\r\033[K{msg}", end="" if msg.endswith("...") else "\n", file=sys.stderr, flush=True)
+        elif not msg.endswith("..."):
+            print(msg, file=sys.stderr, flush=True)
+
+    try:
+        result = benchmark(args, argv, progress)
+        text = report_markdown(result)
+        print(text)
+        if args.json:
+            _write(Path(args.json), json.dumps(result, indent=2, default=str) + "\n")
+        if args.csv:
+            _write(Path(args.csv), to_csv(result["rows"]))
+        if args.markdown:
+            _write(Path(args.markdown), text)
+        if args.plot:
+            plot(result["rows"], args.plot, result["data"])
+    except SimpleUNetError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    rows = result["rows"]
+    code = 0
+    if any(r["status"].startswith("error") for r in rows):
+        print(f"error: {sum(r['status'].startswith('error') for r in rows)} row(s) failed; see the status column",
+              file=sys.stderr)
+        code = 1
+    if any(r["status"].startswith("interrupted") for r in rows):
+        return 130
+    if args.dice_floor is not None:
+        bad = floor_failures(rows, args.dice_floor)
+        if bad:
+            print(f"error: below the Dice floor {args.dice_floor}: " + "; ".join(bad), file=sys.stderr)
+            code = 1
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
