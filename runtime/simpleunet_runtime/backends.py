@@ -222,7 +222,9 @@ def open_backend(path: str | os.PathLike, backend: str | None = None, threads: i
     """Open a model file with the right backend (``backend`` forces one)."""
     path = Path(path)
     if not path.exists():
-        raise SimpleUNetError(f"model file {path} not found")
+        hint = "; for a bundled model use Segmenter.pretrained(name)" if not path.suffix and path.parent == Path(".") \
+            else ""
+        raise SimpleUNetError(f"model file {path} not found{hint}")
     if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool) or threads < 0):
         raise SimpleUNetError(f"threads must be a non-negative integer, got {threads!r}")
     kind = resolve_backend(path, backend)
