@@ -7,7 +7,7 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import dice, needs_tflite
+from conftest import FIXTURES, HAS_TFLITE, dice, needs_tflite
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -148,7 +148,7 @@ def test_tflite_metadata_reader(fixtures):
         read_metadata(b"\0" * 64, "simpleunet")
 
 
-TFLITE = (__import__("conftest").FIXTURES / "tiny_int8.tflite").read_bytes()
+TFLITE = (FIXTURES / "tiny_int8.tflite").read_bytes()
 
 
 @settings(max_examples=300, deadline=None)
@@ -161,6 +161,7 @@ def test_property_corrupt_tflite_metadata_only_raises_simpleuneterror(pos, junk,
         pass
 
 
+@needs_tflite
 def test_malformed_metadata_is_one_clear_error(tmp_path, fixtures):
     """Rewrite the metadata JSON inside a copy of the TFLite file (same length) and open it."""
     data = (fixtures / "tiny_int8.tflite").read_bytes()
@@ -170,13 +171,7 @@ def test_malformed_metadata_is_one_clear_error(tmp_path, fixtures):
         bad = bad.ljust(len(good))
         (tmp_path / "bad.tflite").write_bytes(data.replace(good, bad[: len(good)]))
         with pytest.raises(SimpleUNetError, match="bad.tflite.*metadata"):
-            Segmenter(tmp_path / "bad.tflite", backend="tflite") if _has_tflite() else \
-                pytest.skip("no TFLite runtime")
-
-
-def _has_tflite() -> bool:
-    from conftest import HAS_TFLITE
-    return HAS_TFLITE
+            Segmenter(tmp_path / "bad.tflite", backend="tflite")
 
 
 @settings(max_examples=150, deadline=None)
@@ -208,7 +203,7 @@ def test_renamed_suffix_is_sniffed(tmp_path, fixtures):
     shutil.copy(fixtures / "tiny_int8.tflite", tmp_path / "model.bin")
     shutil.copy(fixtures / "tiny_fp32.onnx", tmp_path / "model.dat")
     assert Segmenter(tmp_path / "model.dat").backend == "onnxruntime"
-    if _has_tflite():
+    if HAS_TFLITE:
         assert Segmenter(tmp_path / "model.bin").backend == "tflite"
 
 
