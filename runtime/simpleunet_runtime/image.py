@@ -37,6 +37,7 @@ def _open(source: ImageInput, what: str) -> Image.Image:
         raise SimpleUNetError(f"cannot read an {what} from a {type(source).__name__}; pass a path, bytes or "
                               "a numpy array")
     with fp, warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "Corrupt EXIF data" etc.: the image decodes or raises
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         try:
             with Image.open(fp) as im:

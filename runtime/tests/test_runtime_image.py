@@ -149,12 +149,20 @@ def test_property_random_bytes_only_raise_simpleuneterror(data):
     assert out.dtype == np.uint8 and out.ndim == 3
 
 
-PREFIXES = [png_bytes(Image.new("RGB", (5, 4), (9, 8, 7))), png_bytes(Image.new("I;16", (5, 4))),
-            png_bytes(Image.new("P", (5, 4)))]
+def encoded(im: Image.Image, fmt: str) -> bytes:
+    buf = io.BytesIO()
+    im.save(buf, format=fmt)
+    return buf.getvalue()
 
 
-@settings(max_examples=300, deadline=None)
-@given(st.sampled_from(PREFIXES), st.integers(0, 200), st.binary(max_size=64))
+_NOISE = Image.fromarray(np.random.default_rng(2).integers(0, 256, (6, 5, 3), dtype=np.uint8))
+PREFIXES = [encoded(_NOISE, "PNG"), encoded(_NOISE.convert("I;16"), "PNG"), encoded(_NOISE.convert("P"), "PNG"),
+            encoded(_NOISE, "JPEG"), encoded(_NOISE, "TIFF"), encoded(_NOISE, "BMP"), encoded(_NOISE, "GIF"),
+            encoded(_NOISE, "WEBP"), encoded(_NOISE.convert("RGBA"), "TIFF")]
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.sampled_from(PREFIXES), st.integers(0, 300), st.binary(max_size=64))
 def test_property_corrupted_real_images_only_raise_simpleuneterror(data, cut, junk):
     corrupted = data[:cut] + junk + data[cut + len(junk):]
     try:
