@@ -68,6 +68,8 @@ class ModelMetadata:
         if not isinstance(data, dict):
             raise SimpleUNetError("model metadata must be a JSON object")
         version = data.get("schema_version", 1)
+        if not isinstance(version, int) or isinstance(version, bool):
+            raise SimpleUNetError(f"model metadata schema_version must be an integer, got {version!r}")
         if version > SCHEMA_VERSION:
             raise SimpleUNetError(f"model metadata schema {version} is newer than this runtime understands "
                                   f"({SCHEMA_VERSION}); upgrade simpleunet-runtime")
