@@ -1,0 +1,89 @@
+"""``simpleunet-export``: a trained SimpleUNet -> ONNX + TFLite (fp32 and, with --int8, int8), every file checked.
+
+Exit codes: 0 success, 2 a user-fixable problem or a failed check (one ``error:`` line on stderr), 130 interrupted.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from simpleunet_runtime.errors import SimpleUNetError
+
+from .pipeline import FORMATS, INT8_ONNX
+
+EXAMPLES = """examples:
+  simpleunet-export --width 16 --int8                      # shipped weights, bundled calibration images
+  simpleunet-export --checkpoint runs/my-run --int8 --formats onnx --out exports/my-run
+  simpleunet-export --family simpleesknet --width 32 --blocks 2 --checkpoint runs/esk32 --int8
+"""
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {text!r}") from None
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {value}")
+    return value
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser("simpleunet-export", description=__doc__.splitlines()[0].split(": ", 1)[1],
+                                epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", metavar="DIR", help="folder with config.json + model.safetensors "
+                   "(default: the shipped pretrained weights for --family/--width/--blocks)")
+    p.add_argument("--family", choices=("simpleunet", "simpleesknet"), help="model family (default simpleunet)")
+    p.add_argument("--width", type=_positive, help="channel width C (default 16)")
+    p.add_argument("--blocks", type=_positive, help="blocks per level N (default 1)")
+    p.add_argument("--imgsz", type=_positive, help="input size, a multiple of 16 (default: the checkpoint's)")
+    p.add_argument("--int8", action="store_true", help="also write int8 ONNX and full-integer int8 TFLite")
+    p.add_argument("--formats", default=",".join(FORMATS), help="comma-separated: onnx,tflite (default both)")
+    p.add_argument("--calib-data", metavar="DIR", help="folder of real images for int8 calibration "
+                   "(default: the bundled Kvasir-SEG train sample)")
+    p.add_argument("--calib-size", type=_positive, default=32, help="calibration images to use (default 32)")
+    p.add_argument("--val-data", metavar="DIR", help="images/ + masks/ for the checks (default: the bundled "
+                   "Kvasir-SEG val sample)")
+    p.add_argument("--val-size", type=_positive, help="check images to use (default all)")
+    p.add_argument("--out", metavar="DIR", help="output folder (default exports/<model name>)")
+    p.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
+    p.add_argument("--int8-onnx", choices=INT8_ONNX, default="qoperator",
+                   help="int8 ONNX layout (default qoperator: smallest; qdq for hardware execution providers)")
+    p.add_argument("--min-agreement", type=_fraction, default=0.98,
+                   help="fail if an int8 file's mask Dice vs fp32 is below this (default 0.98)")
+    p.add_argument("--max-delta", type=float, default=1e-4,
+                   help="fail if an fp32 file's max |Δ| vs PyTorch is above this (default 1e-4)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        from .pipeline import export_model, parse_formats
+
+        export_model(args.checkpoint, family=args.family, width=args.width, blocks=args.blocks, imgsz=args.imgsz,
+                     int8=args.int8, formats=parse_formats(args.formats), calib_data=args.calib_data,
+                     calib_size=args.calib_size, val_data=args.val_data, val_size=args.val_size, out=args.out,
+                     opset=args.opset, int8_onnx=args.int8_onnx, min_agreement=args.min_agreement,
+                     max_delta=args.max_delta)
+    except SimpleUNetError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: nothing was written to the output folder", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

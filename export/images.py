@@ -1,0 +1,106 @@
+"""Real images for calibration and for the checks, preprocessed exactly as at inference.
+
+Every image goes through ``simpleunet_runtime.image`` (load_image -> resize_image -> normalize): the same code
+the runtime runs, so int8 ranges are calibrated on the pixels the deployed model will see.
+Calibration default: the bundled Kvasir-SEG TRAIN sample in ``calibration/``. Checks default: the runtime's
+bundled Kvasir-SEG val_120 sample (held out from training, calibration and threshold tuning), with masks.
+"""
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from simpleunet_runtime.errors import SimpleUNetError
+from simpleunet_runtime.image import list_images, load_image, load_mask, resize_image, resize_mask
+
+CALIBRATION_DIR = Path(__file__).resolve().parent / "calibration"
+#: Below this many calibration images the activation ranges get noisy: warn (zero is an error).
+MIN_CALIBRATION = 16
+
+
+@dataclass
+class ImageSet:
+    """uint8 NHWC images at the model's input size, optional bool masks, where they came from."""
+
+    images: np.ndarray
+    masks: np.ndarray | None
+    names: list[str]
+    source: str
+    held_out: bool = True
+
+
+def _pick(items: list, count: int | None) -> list:
+    """``count`` items at even steps through the sorted list (deterministic, covers the whole folder)."""
+    if count is None or count >= len(items):
+        return items
+    step = len(items) / count
+    return [items[int(i * step)] for i in range(count)]
+
+
+def calibration_set(folder: str | Path | None, imgsz: int, count: int | None = None) -> ImageSet:
+    """Calibration images from ``folder`` (default: the bundled sample). Errors on a missing, empty or
+    unreadable folder; warns below ``MIN_CALIBRATION`` images."""
+    folder = Path(folder) if folder is not None else CALIBRATION_DIR
+    if count is not None and count < 1:
+        raise SimpleUNetError(f"--calib-size must be at least 1, got {count}")
+    if not folder.is_dir():
+        raise SimpleUNetError(f"calibration folder {folder} does not exist or is not a folder")
+    try:
+        paths = list_images(folder)
+    except OSError as exc:
+        raise SimpleUNetError(f"cannot read calibration folder {folder}: {exc.strerror or exc}") from None
+    if not paths and (folder / "images").is_dir():
+        paths = list_images(folder / "images")
+    if not paths:
+        raise SimpleUNetError(f"calibration folder {folder} holds no images (.jpg/.png/...); int8 calibration "
+                              "needs real images like the ones the model will see")
+    paths = _pick(paths, count)
+    if len(paths) < MIN_CALIBRATION:
+        warnings.warn(f"only {len(paths)} calibration image(s) in {folder}: int8 ranges may be poor; "
+                      f"use at least {MIN_CALIBRATION}", stacklevel=2)
+    images = np.stack([resize_image(load_image(p), imgsz) for p in paths])
+    return ImageSet(images, None, [p.stem for p in paths], str(folder))
+
+
+def _pairs_in(folder: Path) -> list[tuple[Path, Path]]:
+    """(image, mask) pairs of an images/ + masks/ folder (same stems; the test split if splits/ names one)."""
+    from simpleunet.train.data import discover, select_split
+
+    samples = discover(folder)
+    if (folder / "splits").is_dir():
+        try:
+            samples = select_split(samples, folder, "test")
+        except SimpleUNetError:
+            pass
+    return [(s.image, s.masks[0]) for s in samples]
+
+
+def verification_set(folder: str | Path | None, imgsz: int, count: int | None = None) -> ImageSet:
+    """Held-out images with masks for the checks: ``folder`` (images/ + masks/, its test split if it has
+    splits/) or the runtime's bundled Kvasir-SEG val sample."""
+    if folder is not None:
+        folder = Path(folder)
+        if not folder.is_dir():
+            raise SimpleUNetError(f"verification folder {folder} does not exist")
+        pairs, source = _pairs_in(folder), str(folder)
+    else:
+        from simpleunet_runtime.sample import sample_dir, sample_pairs
+
+        pairs, source = sample_pairs(), f"{sample_dir()} (bundled Kvasir-SEG val_120 sample)"
+    if count is not None and count < 1:
+        raise SimpleUNetError(f"--val-size must be at least 1, got {count}")
+    pairs = _pick(pairs, count)
+    images, masks = [], []
+    for img_path, mask_path in pairs:
+        img = load_image(img_path)
+        mask = load_mask(mask_path)
+        if mask.shape != img.shape[:2]:
+            raise SimpleUNetError(f"mask {mask_path} is {mask.shape[1]}x{mask.shape[0]} but image {img_path} is "
+                                  f"{img.shape[1]}x{img.shape[0]}")
+        images.append(resize_image(img, imgsz))
+        masks.append(resize_mask(mask, imgsz))
+    return ImageSet(np.stack(images), np.stack(masks), [p.stem for p, _ in pairs], source)
+

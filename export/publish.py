@@ -1,0 +1,111 @@
+"""Publish the zoo into the runtime: export every checkpoint in ``train/zoo/`` and bundle its fp32 + int8 ONNX and
+TFLite files in ``runtime/simpleunet_runtime/models/`` with ``index.json``.
+
+``python -m simpleunet.export.publish [--zoo DIR] [--dest DIR]``. Each entry of index.json (a list): name, format,
+precision, file, sha256, bytes, parameters, dataset, metrics (the file's own test-split scores when the zoo
+scored the exported files, else PyTorch's, plus the export's checks). Everything is exported into a staging
+folder first; files and index are replaced only when every model exported and passed its checks.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+from simpleunet_runtime.errors import SimpleUNetError
+
+from .errors import ExportError
+from .manifest import read as read_manifest
+
+REPO = Path(__file__).resolve().parents[1]
+DEST = REPO / "runtime" / "simpleunet_runtime" / "models"
+SUFFIXES = (".onnx", ".tflite")
+
+
+def zoo_checkpoints(zoo: Path) -> list[Path]:
+    if not zoo.is_dir():
+        raise ExportError(f"zoo folder {zoo} does not exist")
+    found = sorted(p for p in zoo.iterdir() if (p / "config.json").is_file() and (p / "model.safetensors").is_file())
+    if not found:
+        raise ExportError(f"no checkpoints (config.json + model.safetensors) in {zoo}")
+    return found
+
+
+def _metrics(folder: Path, file_name: str, checks: dict[str, Any]) -> dict[str, Any]:
+    """The file's own test-split scores if the zoo recorded them, else PyTorch's; then the export checks."""
+    out: dict[str, Any] = {}
+    path = folder / "metrics.json"
+    if path.is_file():
+        zoo = json.loads(path.read_text())
+        own = (zoo.get("exports") or {}).get(file_name)
+        test = own or zoo.get("test") or {}
+        for key in ("mDice", "mIoU", "pooled_dice"):
+            if isinstance(test.get(key), (int, float)):
+                out[f"test_{key}"] = test[key]
+        if out:
+            out["scored"] = "this file" if own else "PyTorch fp32"
+    out.update({k: v for k, v in checks.items() if v is not None})
+    return out
+
+
+def publish(zoo: Path, dest: Path = DEST, formats: Iterable[str] = ("onnx", "tflite"),
+            log: Callable[[str], None] | None = print) -> list[dict]:
+    """Export every zoo checkpoint and install the files + index.json into ``dest``; returns the index."""
+    from .pipeline import export_model
+
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    entries: list[dict] = []
+    staging = Path(tempfile.mkdtemp(prefix=".publish-", dir=dest))
+    try:
+        for folder in zoo_checkpoints(Path(zoo)):
+            name = folder.name
+            result = export_model(folder, int8=True, formats=tuple(formats), out=staging / name, name=name, log=log)
+            manifest = read_manifest(result.manifest)
+            for row in manifest["files"]:
+                if row.get("quant_format") not in (None, "qoperator") and row["precision"] == "int8":
+                    continue  # one int8 ONNX per model: the default layout
+                entries.append({"name": name, "format": row["format"], "precision": row["precision"],
+                                "file": row["file"], "sha256": row["sha256"], "bytes": row["bytes"],
+                                "parameters": manifest["parameters"],
+                                "dataset": (manifest.get("checkpoint") or {}).get("dataset") or "",
+                                "metrics": _metrics(folder, row["file"], row["checks"])})
+        for e in entries:
+            os.replace(staging / e["name"] / e["file"], dest / e["file"])
+        index = dest / "index.json"
+        tmp = dest / ".index.json.tmp"
+        tmp.write_text(json.dumps(entries, indent=2) + "\n", encoding="utf-8")
+        os.replace(tmp, index)
+        keep = {e["file"] for e in entries}
+        for old in dest.iterdir():
+            if old.suffix in SUFFIXES and old.name not in keep:
+                old.unlink()
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    if log:
+        log(f"\nPublished {len(entries)} files for {len({e['name'] for e in entries})} model(s) into {dest}")
+    return entries
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser("python -m simpleunet.export.publish", description=__doc__.splitlines()[0])
+    p.add_argument("--zoo", type=Path, default=None, help="zoo folder (default train/zoo)")
+    p.add_argument("--dest", type=Path, default=DEST, help=f"runtime models folder (default {DEST})")
+    args = p.parse_args(argv)
+    try:
+        from .pipeline import zoo_dir
+
+        publish(args.zoo or zoo_dir(), args.dest)
+    except SimpleUNetError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,79 @@
+"""Stage 2: fp32 ONNX -> int8 ONNX with onnxruntime static quantization.
+
+Per-channel symmetric int8 weights; uint8 activations (asymmetric, so a ReLU output uses all 256 levels), ranges
+calibrated (MinMax) on real images preprocessed exactly as at inference; the final Sigmoid/Softmax stays float so
+the output is a float probability. U8S8 because it is what onnxruntime's CPU kernels run natively: with int8
+activations on x86 onnxruntime converts them back to uint8 and left 8 of 15 convs of SimpleUNet-16 unfused
+(measured: 12.2 ms vs 10.9 ms QDQ U8S8, 10.3 ms QOperator U8S8, 1 thread).
+
+Two layouts: QOperator (default: QLinearConv/QLinearConcat, 14 % smaller, as fast or faster on the CPU
+execution provider) and QDQ (Quantize/DequantizeLinear around float ops: what hardware execution providers and
+other converters expect).
+"""
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from .errors import ExportError
+from .onnx_export import INPUT_NAME, check, strip
+
+FORMATS = ("qoperator", "qdq")
+FLOAT_OPS = {"Sigmoid", "Softmax"}
+
+
+class _Reader:
+    """onnxruntime's CalibrationDataReader protocol over an (N, C, H, W) float32 array, one image at a time."""
+
+    def __init__(self, x: np.ndarray, name: str):
+        self.x, self.name, self.i = x, name, 0
+
+    def get_next(self):
+        if self.i >= len(self.x):
+            return None
+        self.i += 1
+        return {self.name: self.x[self.i - 1:self.i]}
+
+    def rewind(self) -> None:
+        self.i = 0
+
+
+def int8_weight_bytes(proto: onnx.ModelProto) -> int:
+    """Bytes of 8-bit initializers with 2+ dimensions (the quantized weights)."""
+    eight = (onnx.TensorProto.INT8, onnx.TensorProto.UINT8)
+    return sum(numpy_helper.to_array(t).nbytes for t in proto.graph.initializer
+               if t.data_type in eight and len(t.dims) >= 2)
+
+
+def quantize_onnx(fp32_path: Path, calib: np.ndarray, fmt: str = "qoperator") -> tuple[onnx.ModelProto, dict]:
+    """Quantize the file ``fp32_path``; ``calib`` is normalized NCHW float32 calibration data.
+    Returns the checked, stripped model (the caller adds metadata and saves) and {step: bytes after it}."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    if fmt not in FORMATS:
+        raise ExportError(f"unknown int8 ONNX format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    if len(calib) == 0:
+        raise ExportError("no calibration images: int8 quantization needs real images (--calib-data)")
+    ops = sorted({n.op_type for n in onnx.load(str(fp32_path)).graph.node} - FLOAT_OPS)
+    with tempfile.TemporaryDirectory(prefix=".quant-", dir=Path(fp32_path).parent) as tmp:
+        pre, raw = Path(tmp) / "pre.onnx", Path(tmp) / "q.onnx"
+        try:
+            quant_pre_process(str(fp32_path), str(pre), skip_symbolic_shape=True)
+            quantize_static(str(pre), str(raw), _Reader(calib.astype(np.float32), INPUT_NAME),
+                            quant_format=QuantFormat.QDQ if fmt == "qdq" else QuantFormat.QOperator,
+                            op_types_to_quantize=ops, per_channel=True, activation_type=QuantType.QUInt8,
+                            weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax,
+                            extra_options={"WeightSymmetric": True, "ActivationSymmetric": False})
+        except Exception as exc:  # noqa: BLE001 - a tool failure becomes one line
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            raise ExportError(f"onnxruntime quantization ({fmt}) failed: {type(exc).__name__}: {first}") from None
+        sizes = {"quantize_static": raw.stat().st_size}
+        proto = strip(onnx.load(str(raw)))
+    check(proto)
+    sizes["strip + share"] = proto.ByteSize()
+    return proto, sizes

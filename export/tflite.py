@@ -1,0 +1,192 @@
+"""Stage 3: fp32 ONNX -> TFLite float32 + full-integer int8 (per-channel weights) with onnx2tf, offline.
+
+onnx2tf runs in a child process (``python -m simpleunet.export.tflite JOB.json``) so TensorFlow's memory, logging
+and global state never leak into the caller, and a crash becomes a one-line error. The child blocks every
+socket before importing onnx2tf, and feeds it local data for the two things it would otherwise download: the
+int8 calibration set (``-cind`` with our real images, NHWC in [0, 1], and the model's own mean/std) and the
+sample images it uses for its own validation (a file it looks for in the working directory first).
+Then each file is compacted with ``flatbuffer_utils`` (strings, debug metadata, duplicate empty buffers; outputs
+unchanged) and gets the ``simpleunet`` metadata entry.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from .errors import ExportError
+
+#: onnx2tf reads its validation images from this file in the working directory before trying to download it.
+ONNX2TF_SAMPLE = "calibration_image_sample_data_20x128x128x3_float32.npy"
+OUTPUTS = {"fp32": "_float32.tflite", "int8": "_full_integer_quant.tflite"}
+
+
+class ConversionError(ExportError):
+    """onnx2tf (or the TFLite post-processing) failed."""
+
+
+def convert(onnx_path: Path, outputs: dict[str, Path], calib: np.ndarray, mean, std, metadata: dict[str, str],
+            timeout: float = 900) -> dict[str, dict]:
+    """Convert ``onnx_path`` into ``outputs`` (precision "fp32"/"int8" -> path), embedding ``metadata``
+    (precision -> JSON). ``calib``: uint8 NHWC calibration images at the model's input size.
+    Returns precision -> {"path", "sizes" (bytes after each compaction step), "int8_weight_bytes"}.
+    """
+    unknown = set(outputs) - set(OUTPUTS)
+    if unknown or set(metadata) != set(outputs):
+        raise ValueError(f"outputs/metadata must name the same precisions out of {sorted(OUTPUTS)}")
+    out_dir = Path(next(iter(outputs.values()))).parent
+    with tempfile.TemporaryDirectory(prefix=".onnx2tf-", dir=out_dir) as work:
+        work = Path(work)
+        data = (calib.astype(np.float32) / 255.0).astype(np.float32)
+        np.save(work / "calib.npy", data)
+        np.save(work / ONNX2TF_SAMPLE, data[:20])
+        stem = Path(onnx_path).stem
+        source = work / f"{stem}.onnx"  # onnx2tf rewrites its input file in place (onnxsim): give it a copy
+        shutil.copyfile(onnx_path, source)
+        job = {"onnx": str(source), "folder": str(work / "tf"), "calib": str(work / "calib.npy"),
+               "input": _input_name(onnx_path), "mean": [float(m) for m in mean], "std": [float(s) for s in std],
+               "int8": "int8" in outputs, "metadata": metadata, "stem": stem,
+               "outputs": {p: str(Path(path).resolve()) for p, path in outputs.items()}}
+        (work / "job.json").write_text(json.dumps(job))
+        env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": "", "PYTHONWARNINGS": "ignore"}
+        log = work / "onnx2tf.log"
+        try:
+            with open(log, "w") as f:
+                proc = subprocess.run([sys.executable, "-m", "simpleunet.export.tflite", str(work / "job.json")],
+                                      cwd=work, env=env, stdout=f, stderr=subprocess.STDOUT, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise ConversionError(f"onnx2tf did not finish within {timeout:.0f} s") from None
+        result_path = work / "result.json"
+        if proc.returncode != 0 or not result_path.is_file():
+            raise ConversionError(f"onnx2tf failed (exit {proc.returncode}): {_last_error(log)}")
+        return {p: {**r, "path": Path(r["path"])} for p, r in json.loads(result_path.read_text()).items()}
+
+
+def _input_name(onnx_path: Path) -> str:
+    import onnx
+
+    return onnx.load(str(onnx_path), load_external_data=False).graph.input[0].name
+
+
+def _last_error(log: Path) -> str:
+    """The most telling line of the child's log: the final exception line, else the last non-empty line."""
+    lines = [ln.strip() for ln in log.read_text(errors="replace").splitlines() if ln.strip()]
+    for ln in reversed(lines):
+        if "Error" in ln or "error" in ln.lower()[:20]:
+            return ln[:300]
+    return lines[-1][:300] if lines else "no output"
+
+
+# ---- the child process -------------------------------------------------------------------------------------------
+
+def block_network() -> None:
+    """Make every network access fail loudly: the export never downloads anything."""
+    import socket
+
+    def refuse(*_args, **_kwargs):
+        raise OSError("network access is disabled during simpleunet-export")
+
+    class NoSocket(socket.socket):
+        def __init__(self, family=-1, type=-1, proto=-1, fileno=None):  # noqa: A002
+            if fileno is None and family in (-1, socket.AF_INET, socket.AF_INET6):
+                refuse()
+            super().__init__(family, type, proto, fileno)
+
+    socket.socket = NoSocket  # type: ignore[misc]
+    socket.create_connection = refuse  # type: ignore[assignment]
+    socket.getaddrinfo = refuse  # type: ignore[assignment]
+
+
+def compact(model) -> None:
+    """Remove what the interpreter never reads from a flatbuffer ``ModelT``: the converter's debug metadata,
+    duplicate ``min_runtime_version`` entries, and the one empty buffer per activation tensor (they all point
+    at the shared empty buffer 0 instead)."""
+    names = set()
+    kept = []
+    for entry in model.metadata or []:
+        name = entry.name.decode() if isinstance(entry.name, bytes) else entry.name
+        if name == "min_runtime_version" and name not in names:
+            kept.append(entry)
+        names.add(name)
+    model.metadata = kept
+    referenced = {m.buffer for m in kept}
+    remap, buffers = {0: 0}, [model.buffers[0]]
+    for i, buf in enumerate(model.buffers[1:], start=1):
+        empty = buf.data is None or len(buf.data) == 0
+        if empty and i not in referenced and not getattr(buf, "offset", 0):
+            remap[i] = 0
+        else:
+            remap[i] = len(buffers)
+            buffers.append(buf)
+    for sub in model.subgraphs:
+        for tensor in sub.tensors:
+            tensor.buffer = remap[tensor.buffer]
+    for entry in kept:
+        entry.buffer = remap[entry.buffer]
+    model.buffers = buffers
+
+
+def int8_weight_bytes(model) -> int:
+    """Bytes of constant int8 tensors with 2+ dimensions (the quantized weights)."""
+    from tensorflow.lite.python import schema_py_generated as schema
+
+    total = 0
+    for sub in model.subgraphs:
+        for t in sub.tensors:
+            data = model.buffers[t.buffer].data if t.buffer < len(model.buffers) else None
+            if t.type == schema.TensorType.INT8 and data is not None and len(t.shape) >= 2:
+                total += len(data)
+    return total
+
+
+def _finish(src: Path, dst: Path, meta_json: str) -> dict:
+    """Strip, compact and tag one onnx2tf output, recording the file size after each step."""
+    from simpleunet_runtime.metadata import ModelMetadata
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    from .metadata import set_tflite_metadata
+
+    sizes = {"onnx2tf": src.stat().st_size}
+    model = flatbuffer_utils.read_model(str(src))
+    flatbuffer_utils.strip_strings(model)
+    flatbuffer_utils.write_model(model, str(dst))
+    sizes["strip_strings"] = dst.stat().st_size
+    compact(model)
+    flatbuffer_utils.write_model(model, str(dst))
+    sizes["debug metadata + empty buffers"] = dst.stat().st_size
+    set_tflite_metadata(model, ModelMetadata.from_json(meta_json))
+    flatbuffer_utils.write_model(model, str(dst))
+    sizes["+ simpleunet metadata"] = dst.stat().st_size
+    return {"path": str(dst), "sizes": sizes, "int8_weight_bytes": int8_weight_bytes(model)}
+
+
+def _child(job_path: str) -> int:
+    block_network()
+    job = json.loads(Path(job_path).read_text())
+    import onnx2tf
+
+    rank4 = lambda v: [[[list(v)]]]  # noqa: E731 - NHWC broadcast shape [1, 1, 1, 3]
+    onnx2tf.convert(input_onnx_file_path=job["onnx"], output_folder_path=job["folder"], batch_size=1,
+                    output_integer_quantized_tflite=job["int8"], quant_type="per-channel",
+                    custom_input_op_name_np_data_path=[[job["input"], job["calib"], rank4(job["mean"]),
+                                                        rank4(job["std"])]],
+                    non_verbose=True)
+    result = {}
+    for precision, meta_json in job["metadata"].items():
+        src = Path(job["folder"]) / f"{job['stem']}{OUTPUTS[precision]}"
+        if not src.is_file():
+            print(f"Error: onnx2tf produced no {src.name}", file=sys.stderr)
+            return 1
+        result[precision] = _finish(src, Path(job["outputs"][precision]), meta_json)
+    (Path(job_path).parent / "result.json").write_text(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_child(sys.argv[1]))

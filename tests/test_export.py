@@ -1,0 +1,380 @@
+"""simpleunet.export: parity of every file with PyTorch on real images, int8 agreement, metadata, AFF folding,
+atomic outputs, bad-input errors, offline operation, publishing.
+
+ONE real export (session fixture, run through the CLI with sockets disabled) makes the four files every
+file-level test reads: one onnx2tf conversion for both TFLite formats in the whole suite.
+The checkpoint is a real early SimpleUNet-16 Kvasir-SEG checkpoint (tests/fixtures/simpleunet16-kvasir-early).
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from simpleunet.export import cli
+from simpleunet.export.images import CALIBRATION_DIR, calibration_set, verification_set
+from simpleunet.export.manifest import sha256
+from simpleunet.export.metadata import read_onnx_metadata, read_tflite_metadata, set_onnx_metadata
+from simpleunet.export.onnx_export import Probabilities, export_onnx, fold_aff, remove_mul_by_one
+from simpleunet.export.pipeline import export_model
+from simpleunet.train.checkpoint import load_model, save_model
+from simpleunet.train.config import ModelConfig
+from simpleunet.train.model import build_model
+from simpleunet_runtime.errors import SimpleUNetError
+from simpleunet_runtime.image import normalize
+from simpleunet_runtime.metadata import METADATA_KEY, ModelMetadata
+
+FIXTURE = Path(__file__).resolve().parent / "fixtures" / "simpleunet16-kvasir-early"
+KVASIR = Path(os.environ.get("SIMPLEUNET_DATA", Path(__file__).resolve().parents[2] / "shared" / "datasets")) \
+    / "kvasir-seg"
+VAL_SIZE = 40
+
+
+def _real_val_data() -> str | None:
+    """The Kvasir-SEG test split (val_120) when the dataset is here, else the bundled val sample (also real)."""
+    return str(KVASIR) if (KVASIR / "images").is_dir() else None
+
+
+@contextlib.contextmanager
+def no_network():
+    """Every socket, connection and name lookup in this process raises."""
+    def refuse(*_a, **_k):
+        raise OSError("network disabled by the test")
+
+    class NoSocket(socket.socket):
+        def __init__(self, *a, **k):
+            refuse()
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(socket, "socket", NoSocket)
+        mp.setattr(socket, "create_connection", refuse)
+        mp.setattr(socket, "getaddrinfo", refuse)
+        yield
+
+
+@pytest.fixture(scope="session")
+def exported(tmp_path_factory):
+    """The one real export: ``simpleunet-export --checkpoint FIXTURE --int8`` with networking disabled."""
+    out = tmp_path_factory.mktemp("export") / "su16"
+    args = ["--checkpoint", str(FIXTURE), "--int8", "--out", str(out), "--val-size", str(VAL_SIZE)]
+    if _real_val_data():
+        args += ["--val-data", _real_val_data()]
+    stdout, stderr = io.StringIO(), io.StringIO()
+    with no_network(), contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+        code = cli.main(args)
+    assert code == 0, stderr.getvalue()
+    name = "simpleunet16"
+    files = {"onnx-fp32": out / f"{name}-fp32.onnx", "onnx-int8": out / f"{name}-int8.onnx",
+             "tflite-fp32": out / f"{name}-fp32.tflite", "tflite-int8": out / f"{name}-int8.tflite"}
+    return {"out": out, "files": files, "stdout": stdout.getvalue(), "manifest": json.loads(
+        (out / "manifest.json").read_text())}
+
+
+@pytest.fixture(scope="session")
+def reference():
+    """Real held-out images (normalized NCHW), their masks and the PyTorch fp32 probabilities."""
+    model, meta = load_model(FIXTURE)
+    pre = meta["preprocess"]
+    val = verification_set(_real_val_data(), pre["imgsz"], VAL_SIZE)
+    x = normalize(val.images, pre["mean"], pre["std"])
+    with torch.no_grad():
+        prob = torch.sigmoid(model(torch.from_numpy(x)))[:, 0].numpy()
+    return {"x": x, "prob": prob, "masks": val.masks, "threshold": pre["threshold"], "images": val.images}
+
+
+def _segmenter_probs(path: Path, x: np.ndarray) -> np.ndarray:
+    """Probabilities through the runtime's Segmenter: the deployment path, not the exporter's own runner."""
+    from simpleunet_runtime import Segmenter
+
+    seg = Segmenter(path, threads=1)
+    return np.concatenate([seg.run(x[i:i + 1]) for i in range(len(x))])
+
+
+def _dice(a: np.ndarray, b: np.ndarray) -> float:
+    inter = np.count_nonzero(a & b)
+    total = np.count_nonzero(a) + np.count_nonzero(b)
+    return 1.0 if total == 0 else 2 * inter / total
+
+
+# ---- the real export --------------------------------------------------------------------------------------------
+
+def test_export_writes_four_files_and_reports(exported):
+    for path in exported["files"].values():
+        assert path.is_file() and path.stat().st_size > 0
+    text = exported["stdout"]
+    for step in ("ONNX: success", "ONNX int8 qoperator: success", "TFLite: success", "TFLite int8: success",
+                 "Export complete", "Next:"):
+        assert step in text
+    assert not list(exported["out"].parent.glob(".*staging*")), "staging folder left behind"
+
+
+@pytest.mark.parametrize("key", ["onnx-fp32", "tflite-fp32"])
+def test_fp32_files_match_pytorch(exported, reference, key):
+    prob = _segmenter_probs(exported["files"][key], reference["x"])
+    assert prob.shape == reference["prob"].shape
+    assert np.abs(prob - reference["prob"]).max() <= 1e-4
+
+
+@pytest.mark.parametrize("key", ["onnx-int8", "tflite-int8"])
+def test_int8_masks_agree_with_fp32_on_real_images(exported, reference, key):
+    prob = _segmenter_probs(exported["files"][key], reference["x"])
+    thr = reference["threshold"]
+    agree = _dice(prob > thr, reference["prob"] > thr)
+    assert agree >= 0.98, f"{key}: int8 vs fp32 mask Dice {agree:.4f} on {len(prob)} real Kvasir images"
+    # and it is still a segmentation model: Dice vs ground truth close to PyTorch's
+    gt = reference["masks"]
+    assert _dice(prob > thr, gt) >= _dice(reference["prob"] > thr, gt) - 0.02
+
+
+def test_int8_files_are_small(exported):
+    size = {k: p.stat().st_size for k, p in exported["files"].items()}
+    assert size["onnx-int8"] <= 24 * 1024  # the issue's goal for SimpleUNet-16
+    assert size["tflite-int8"] < 0.45 * size["tflite-fp32"]
+    assert size["onnx-int8"] < 0.4 * size["onnx-fp32"]
+
+
+def test_manifest_lists_files_with_hashes_and_checks(exported):
+    man = exported["manifest"]
+    rows = {r["file"]: r for r in man["files"]}
+    assert set(rows) == {p.name for p in exported["files"].values()}
+    for path in exported["files"].values():
+        row = rows[path.name]
+        assert row["sha256"] == sha256(path) and row["bytes"] == path.stat().st_size
+        assert row["parameters"] == man["parameters"] == 16_234
+    assert rows["simpleunet16-int8.onnx"]["int8_weight_bytes"] > 15_000
+    assert rows["simpleunet16-fp32.onnx"]["checks"]["max_abs_delta_vs_pytorch"] <= 1e-4
+    assert rows["simpleunet16-int8.tflite"]["checks"]["dice_vs_fp32"] >= 0.98
+    assert man["calibration"]["images"] == 32 and man["verification"]["held_out"]
+    assert man["aff_folded"] and "onnx2tf" in man["tools"]
+
+
+def test_metadata_round_trips(exported):
+    model, meta = load_model(FIXTURE)
+    for key, path in exported["files"].items():
+        md = read_tflite_metadata(path) if key.startswith("tflite") else read_onnx_metadata(path)
+        assert md.family == "simpleunet" and (md.width, md.blocks, md.rate) == (16, 1, 0.5)
+        assert md.imgsz == (256, 256) and md.mean == tuple(meta["preprocess"]["mean"])
+        assert md.threshold == meta["preprocess"]["threshold"] and md.output == "probabilities"
+        assert md.precision == key.split("-")[1]
+        assert md.input_layout == ("NHWC" if key.startswith("tflite") else "NCHW")
+        assert md.weights_sha256 == sha256(FIXTURE / "model.safetensors")
+        assert md.dataset == "kvasir-seg" and "diagnostic" in md.notice
+        assert ModelMetadata.from_json(md.to_json()) == md
+
+
+def test_files_are_stripped(exported):
+    proto = onnx.load(str(exported["files"]["onnx-int8"]))
+    assert not any(n.name or n.doc_string for n in proto.graph.node)
+    assert max(len(i.name) for i in proto.graph.initializer) <= 3
+    assert [p.key for p in proto.metadata_props] == [METADATA_KEY]
+    tfl = exported["files"]["tflite-int8"].read_bytes()
+    assert b"CONVERSION_METADATA" not in tfl and b"serving_default" not in tfl
+
+
+def test_export_ran_offline_and_onnx2tf_child_blocks_sockets():
+    """The child that runs onnx2tf blocks the network itself (the parent's patch does not reach it)."""
+    code = ("from simpleunet.export.tflite import block_network; block_network(); import socket\n"
+            "try:\n    socket.create_connection(('github.com', 443), timeout=1)\nexcept OSError as e:\n"
+            "    print('blocked', e)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert "blocked network access is disabled" in out.stdout
+
+
+# ---- AFF folding ------------------------------------------------------------------------------------------------
+
+def _randomized(cfg: ModelConfig) -> torch.nn.Module:
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+    with torch.no_grad():
+        for p in list(model.alpha) + list(model.beta):
+            p.copy_(torch.randn_like(p) * 1.5)  # both signs
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.normal_(0, 0.2)
+                m.running_var.uniform_(0.5, 2.0)
+    return model
+
+
+@pytest.mark.parametrize("family", ["simpleunet", "simpleesknet"])
+def test_aff_fold_is_exact_and_removes_the_muls(family):
+    cfg = ModelConfig(family=family, width=8)
+    model = _randomized(cfg)
+    folded = fold_aff(model)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.allclose(model(x), folded(x), atol=1e-5)
+    assert all(torch.all(p == 1) for p in list(folded.alpha) + list(folded.beta))
+    assert not torch.all(model.alpha[0] == 1), "the original model must not be modified"
+    proto, sizes = export_onnx(model, 64, 1)
+    unfolded, _ = export_onnx(model, 64, 1, fold=False)
+    muls = lambda p: sum(n.op_type == "Mul" for n in p.graph.node)  # noqa: E731
+    assert muls(unfolded) - muls(proto) == 8
+    assert sizes["strip"] < sizes["torch.onnx.export"]
+
+
+def test_mul_by_one_that_broadcasts_is_kept():
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 4, 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+    ones = helper.make_tensor("c", TensorProto.FLOAT, [3, 1, 1], [1.0, 1.0, 1.0])
+    same = helper.make_tensor("d", TensorProto.FLOAT, [1, 1, 1], [1.0])
+    nodes = [helper.make_node("Mul", ["x", "c"], ["m"]), helper.make_node("Mul", ["m", "d"], ["n"]),
+             helper.make_node("Relu", ["n"], ["y"])]
+    proto = helper.make_model(helper.make_graph(nodes, "g", [x], [y], [ones, same]))
+    assert remove_mul_by_one(proto) == 1  # Mul by d goes; Mul by c broadcasts 1 -> 3 channels and stays
+    assert [n.op_type for n in proto.graph.node] == ["Mul", "Relu"]
+
+
+def test_onnx_metadata_is_replaced_not_duplicated():
+    proto = onnx.helper.make_model(onnx.helper.make_graph([], "g", [], []))
+    md = ModelMetadata(family="simpleunet", width=8, blocks=1, rate=0.5, imgsz=(64, 64), mean=(0.5,) * 3,
+                       std=(0.25,) * 3)
+    set_onnx_metadata(proto, md)
+    set_onnx_metadata(proto, md.replace(precision="int8"))
+    assert [p.key for p in proto.metadata_props] == [METADATA_KEY]
+    assert ModelMetadata.from_json(proto.metadata_props[0].value).precision == "int8"
+
+
+# ---- bad input: one-line errors, nothing half-written -----------------------------------------------------------
+
+@pytest.fixture(scope="session")
+def tiny_ckpt(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("ckpt") / "tiny"
+    model, meta = load_model(FIXTURE)
+    save_model(folder, model, meta)
+    return folder
+
+
+def _error(capsys, argv: list[str]) -> str:
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err and "Traceback" not in err
+    return err
+
+
+def test_cli_bad_inputs(capsys, tmp_path, tiny_ckpt):
+    ck = str(tiny_ckpt)
+    assert "does not exist" in _error(capsys, ["--checkpoint", str(tmp_path / "missing")])
+    assert "multiple of 16" in _error(capsys, ["--checkpoint", ck, "--imgsz", "250"])
+    assert "unknown format 'coreml'" in _error(capsys, ["--checkpoint", ck, "--formats", "onnx,coreml"])
+    assert "--width 32 does not match" in _error(capsys, ["--checkpoint", ck, "--width", "32"])
+    assert "--opset" in _error(capsys, ["--checkpoint", ck, "--opset", "9"])
+    (tmp_path / "empty").mkdir()
+    assert "holds no images" in _error(capsys, ["--checkpoint", ck, "--int8", "--calib-data",
+                                                str(tmp_path / "empty")])
+    assert "does not exist" in _error(capsys, ["--checkpoint", ck, "--int8", "--calib-data",
+                                               str(tmp_path / "nope")])
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "broken.jpg").write_bytes(b"not a jpeg")
+    assert "broken.jpg is not a readable image" in _error(capsys, ["--checkpoint", ck, "--int8", "--calib-data",
+                                                                   str(bad)])
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    assert "cannot write to --out" in _error(capsys, ["--checkpoint", ck, "--formats", "onnx",
+                                                      "--out", str(blocker / "sub")])
+
+
+def test_corrupt_and_mismatched_checkpoints(capsys, tmp_path, tiny_ckpt):
+    corrupt = tmp_path / "corrupt"
+    shutil.copytree(tiny_ckpt, corrupt)
+    (corrupt / "model.safetensors").write_bytes(b"\x00" * 64)
+    assert "not a readable safetensors" in _error(capsys, ["--checkpoint", str(corrupt)])
+    mismatch = tmp_path / "mismatch"
+    shutil.copytree(tiny_ckpt, mismatch)
+    cfg = json.loads((mismatch / "config.json").read_text())
+    cfg["model"]["width"] = 8
+    (mismatch / "config.json").write_text(json.dumps(cfg))
+    assert "do not match its config" in _error(capsys, ["--checkpoint", str(mismatch)])
+
+
+def test_no_shipped_weights_is_a_clear_error(capsys, monkeypatch, tmp_path):
+    import simpleunet.export.pipeline as pipeline
+
+    monkeypatch.setattr(pipeline, "zoo_dir", lambda: tmp_path)
+    assert "no pretrained weights for simpleunet width 24" in _error(capsys, ["--width", "24"])
+
+
+def test_few_calibration_images_warn(tmp_path):
+    for p in sorted(CALIBRATION_DIR.glob("*.jpg"))[:3]:
+        shutil.copy(p, tmp_path / p.name)
+    with pytest.warns(UserWarning, match="only 3 calibration"):
+        cal = calibration_set(tmp_path, 64)
+    assert cal.images.shape == (3, 64, 64, 3)
+    with pytest.raises(SimpleUNetError, match="at least 1"):
+        calibration_set(tmp_path, 64, 0)
+
+
+def test_failed_check_leaves_existing_files_untouched(tmp_path, tiny_ckpt):
+    out = tmp_path / "out"
+    out.mkdir()
+    good = out / "simpleunet16-fp32.onnx"
+    good.write_bytes(b"previous good export")
+    with pytest.raises(SimpleUNetError, match="max \\|Δ\\| vs PyTorch .* nothing was written"):
+        export_model(tiny_ckpt, formats="onnx", int8=False, out=out, max_delta=1e-12, val_size=2, log=None)
+    assert good.read_bytes() == b"previous good export"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no staging folder left
+
+
+def test_conversion_tool_failure_is_one_line(tmp_path):
+    from simpleunet.export.tflite import ConversionError, convert
+
+    bad = tmp_path / "bad.onnx"
+    proto = onnx.helper.make_model(onnx.helper.make_graph(
+        [onnx.helper.make_node("Relu", ["image"], ["prob"])], "g",
+        [onnx.helper.make_tensor_value_info("image", onnx.TensorProto.FLOAT, [1, 3, 16, 16])],
+        [onnx.helper.make_tensor_value_info("prob", onnx.TensorProto.FLOAT, [1, 3, 16, 16])]))
+    proto.graph.node[0].op_type = "NoSuchOp"
+    onnx.save(proto, str(bad))
+    images = np.zeros((1, 16, 16, 3), np.uint8)
+    with pytest.raises(ConversionError) as info:
+        convert(bad, {"fp32": tmp_path / "x.tflite"}, images, (0.5,) * 3, (0.25,) * 3, {"fp32": "{}"})
+    assert "onnx2tf failed" in str(info.value) and "\n" not in str(info.value)
+    assert not (tmp_path / "x.tflite").exists()
+
+
+# ---- calibration sample and publishing --------------------------------------------------------------------------
+
+def test_bundled_calibration_sample_is_real_train_images():
+    files = sorted(CALIBRATION_DIR.glob("*.jpg"))
+    assert len(files) == 32 and sum(f.stat().st_size for f in files) <= 1_000_000
+    assert "Jha" in (CALIBRATION_DIR / "README.md").read_text()
+    if (KVASIR / "splits").is_dir():
+        train = set((KVASIR / "splits" / "train_880.txt").read_text().split())
+        test = set((KVASIR / "splits" / "val_120.txt").read_text().split())
+        stems = {f.stem for f in files}
+        assert stems <= train and not stems & test
+
+
+def test_publish_bundles_every_zoo_checkpoint(tmp_path, tiny_ckpt):
+    from simpleunet.export.publish import publish
+    from simpleunet_runtime import zoo
+
+    zoo_dir = tmp_path / "zoo"
+    shutil.copytree(tiny_ckpt, zoo_dir / "simpleunet16-test")
+    (zoo_dir / "simpleunet16-test" / "metrics.json").write_text(json.dumps({"test": {"mDice": 0.5}}))
+    dest = tmp_path / "models"
+    dest.mkdir()
+    (dest / "stale-model.onnx").write_bytes(b"old")
+    entries = publish(zoo_dir, dest, formats=("onnx",), log=None)
+    assert {(e["precision"], e["format"]) for e in entries} == {("fp32", "onnx"), ("int8", "onnx")}
+    assert json.loads((dest / "index.json").read_text()) == entries
+    assert not (dest / "stale-model.onnx").exists()
+    assert not [p for p in dest.iterdir() if p.name.startswith(".")]
+    for e in entries:
+        assert e["name"] == "simpleunet16-test" and e["dataset"] == "kvasir-seg" and e["parameters"] == 16_234
+        assert e["metrics"]["test_mDice"] == 0.5
+        path = zoo.resolve(e["name"], e["precision"], e["format"], folder=dest)  # checks the sha256
+        assert read_onnx_metadata(path).name == "simpleunet16-test"
