@@ -92,3 +92,89 @@ def test_bench_adds_the_eager_row_with_the_same_dice(tiny, tmp_path):
     assert torch_row["backend"] == "torch" and torch_row["status"] == "ok"
     assert abs(torch_row["mDice"] - onnx_row["mDice"]) < 0.01  # same weights, same pixels
     assert onnx_row["macs"] == torch_row["macs"] > 0 and onnx_row["gmacs_per_s"] > 0
+
+
+# -- the suite (benchmarks/run.py), with the exporter replaced by a plain torch.onnx export --------------------------
+def _export_like(ckpt: Path, out: Path, name: str) -> Path:
+    from simpleunet.train.checkpoint import load_model
+
+    model, meta = load_model(ckpt)
+
+    class Prob(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = model
+
+        def forward(self, x):
+            return torch.sigmoid(self.model(x))
+
+    size = meta["preprocess"]["imgsz"]
+    path = out / f"{name}-fp32.onnx"
+    torch.onnx.export(Prob().eval(), torch.zeros(1, 3, size, size), str(path), input_names=["image"],
+                      output_names=["prob"], opset_version=17, dynamo=False)
+    cfg = ModelConfig.from_dict(meta["model"])
+    md = ModelMetadata(family=cfg.family, width=cfg.width, blocks=cfg.blocks, rate=cfg.rate, imgsz=(size, size),
+                       mean=MEAN, std=STD, parameters=1, name=name,
+                       weights_sha256=hashlib.sha256((ckpt / WEIGHTS).read_bytes()).hexdigest())
+    proto = onnx.load(str(path))
+    onnx.helper.set_model_props(proto, {METADATA_KEY: md.to_json()})
+    onnx.save(proto, str(path))
+    return path
+
+
+def test_suite_writes_results(tmp_path, monkeypatch):
+    from simpleunet.benchmarks import run as suite
+    from simpleunet.benchmarks.models import Subject
+    from simpleunet_runtime.sample import sample_pairs
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(width=16)
+    ckpt = tmp_path / "su16"
+    save_model(ckpt, build_model(cfg).eval(), {"model": cfg.to_dict(), "dataset": "kvasir-seg",
+                                               "preprocess": {"imgsz": SIZE, "mean": list(MEAN), "std": list(STD),
+                                                              "channel_order": "RGB", "threshold": 0.5}})
+    data = tmp_path / "datasets" / "kvasir-seg"
+    (data / "splits").mkdir(parents=True)
+    (data / "images").symlink_to(sample_pairs()[0][0].parent)
+    (data / "masks").symlink_to(sample_pairs()[0][1].parent)
+    (data / "splits" / "val_120.txt").write_text("\n".join(p.stem for p, _ in sample_pairs()[:4]))
+
+    def fake_export(subject, work, **kw):
+        out = work / "exports" / subject.name
+        out.mkdir(parents=True, exist_ok=True)
+        subject.files = [_export_like(subject.checkpoint, out, subject.name)]
+        return subject
+
+    monkeypatch.setattr(suite, "zoo_subjects", lambda names: [Subject("su16-test", ckpt, "kvasir-seg")])
+    monkeypatch.setattr(suite, "export_subject", fake_export)
+    out = tmp_path / "out"
+    argv = ["--out", str(out), "--work", str(tmp_path / "work"), "--no-unet", "--threads", "1", "--runs", "3",
+            "--warmup", "1", "--sizes", "", "--tune-rounds", "1", "--tune-runs", "2", "--data-root",
+            str(tmp_path / "datasets")]
+    assert suite.main(argv) == 0
+    md = (out / "RESULTS.md").read_text()
+    for part in ("# Benchmark results", "python -m simpleunet.benchmarks.run --out", "Peak per core",
+                 "## Ratios measured in this run", "su16-test onnx fp32 (A) vs PyTorch eager fp32 (B)",
+                 "## Kvasir-SEG val_120", "## Making the fastest SimpleUNet-16 path faster", "Where the time goes",
+                 "No BUSI model in the zoo yet"):
+        assert part in md, part
+    result = json.loads((out / "results.json").read_text())
+    rows = result["datasets"]["kvasir-seg"]["rows"]
+    assert [r["format"] for r in rows] == ["pytorch", "onnx"] and all(r["status"] == "ok" for r in rows)
+    assert rows[0]["images"] == 4 and abs(rows[0]["mDice"] - rows[1]["mDice"]) < 0.01
+    assert result["tuning_raw"]["variants"] and result["tuning_raw"]["profile"]
+
+
+def test_tuning_verdicts_and_interleaving():
+    from simpleunet.benchmarks import tuning
+
+    calls = []
+    times = tuning.interleaved({"a (baseline)": lambda: calls.append("a"), "b": lambda: calls.append("b")},
+                               rounds=2, runs=3, warmup=1)
+    assert calls == ["a", "b"] + ["a"] * 3 + ["b"] * 3 + ["a"] * 3 + ["b"] * 3
+    assert set(times) == {"a (baseline)", "b"} and all(0 <= best <= med for med, best in times.values())
+    r = lambda v, best: tuning.Result("g, f", v, best, best, 10.0, 10.0)
+    assert r("x (baseline)", 10).verdict == "baseline"
+    assert r("x", 8).verdict.startswith("helps (1.25x")
+    assert r("x", 10.4).verdict.startswith("no effect")
+    assert r("x", 12).verdict.startswith("hurts (1.20x")

@@ -477,7 +477,7 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
 def report_markdown(result: dict[str, Any]) -> str:
     info, s = result["machine"], result["settings"]
     parts = [f"# simpleunet-bench, {result['date']}", "", f"Command: `{result['command']}`", ""]
-    parts += [f"- {line}" for line in machine.header_lines(info, result.get("peak"))]
+    parts += machine.markdown_lines(machine.header_lines(info, result.get("peak")))
     parts += [f"- Data: {result['data']}" + (f" ({result['data_note']})" if result.get("data_note") else ""),
               f"- Latency: ms per image at batch {s['batch']}, {s['warmup']} warm-up runs then up to {s['runs']} "
               f"timed runs (at most {s['max_seconds']:g} s per row); device {s['device']}",

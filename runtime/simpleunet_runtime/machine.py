@@ -206,3 +206,8 @@ def header_lines(info: dict[str, Any], peaks: dict[str, Any] | None = None) -> l
         lines.append(f"Peak per core: fp32 {peaks['fp32'] / 1e9:.1f} G MAC/s, int8 {peaks['int8'] / 1e9:.1f} G MAC/s")
         lines += [f"  - {h}" for h in peaks["how"]]
     return lines
+
+
+def markdown_lines(lines: list[str]) -> list[str]:
+    """Header lines as a Markdown list (indented lines stay nested)."""
+    return [line if line.startswith("  - ") else f"- {line}" for line in lines]
