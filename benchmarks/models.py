@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from simpleunet_runtime.errors import SimpleUNetError
 
 import simpleunet
 from simpleunet.train.checkpoint import CONFIG, WEIGHTS, load_model, save_model, write_json
@@ -109,14 +108,13 @@ def export_subject(subject: Subject, work: Path, formats: tuple[str, ...] = ("on
     log(f"  {subject.name}: exporting {', '.join(formats)} at {size} px (fp32{' + int8' if int8 else ''}) ...")
     # Random weights give near-constant masks, so the exporter's int8-vs-fp32 agreement check means nothing there.
     checks = {"min_agreement": 1e-9, "max_delta": 1e-2} if subject.untrained else {}
-    lines: list[str] = []
-    try:
-        result = export_model(subject.checkpoint, imgsz=size, int8=int8, formats=formats, out=out, name=subject.name,
-                              int8_onnx=int8_onnx, log=lines.append, **checks)
-    except SimpleUNetError:
-        log("\n".join(lines))
-        raise
-    log("\n".join(f"    {line}" for line in lines if "success" in line or "failure" in line))
+
+    def step(line: str) -> None:  # the exporter's one line per step, without its long staging paths
+        if ": success" in line or ": failure" in line:
+            log(f"    {line.split(', saved as')[0]}")
+
+    result = export_model(subject.checkpoint, imgsz=size, int8=int8, formats=formats, out=out, name=subject.name,
+                          int8_onnx=int8_onnx, log=step, **checks)
     files = sorted({Path(p).resolve() for p in result.files.values() if Path(p).suffix in (".onnx", ".tflite")})
     write_json(done, [str(f.relative_to(out.resolve())) for f in files])
     subject.files = files

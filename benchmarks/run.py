@@ -138,7 +138,8 @@ def speed_experiments(subject: Subject, work: Path, data: bench.BenchData, args)
         trained = subject_imgsz(subject)
         lines += ["", f"Input size (ONNX, 1 thread, Segmenter.run; the model was trained at {trained}; Dice at each "
                   "image's original size):", "",
-                  f"| imgsz | precision | median ms | fastest ms | fastest vs {trained} | mDice | ΔmDice vs {trained} |",
+                  f"| imgsz | precision | median ms | fastest ms | fastest vs {trained} | mDice "
+                  f"| ΔmDice vs {trained} |",
                   "|---|---|---|---|---|---|---|"]
         base = {s["precision"]: s for s in sizes if s["imgsz"] == trained}
         for s in sizes:
@@ -146,7 +147,8 @@ def speed_experiments(subject: Subject, work: Path, data: bench.BenchData, args)
             rel = f"{s['best_ms'] / b['best_ms']:.2f}" if b else "–"
             dd = f"{s['mDice'] - b['mDice']:+.4f}" if b and s["mDice"] is not None and b["mDice"] is not None else "–"
             md = f"{s['mDice']:.4f}" if s["mDice"] is not None else "–"
-            lines.append(f"| {s['imgsz']} | {s['precision']} | {s['ms']:.2f} | {s['best_ms']:.2f} | {rel} | {md} | {dd} |")
+            lines.append(f"| {s['imgsz']} | {s['precision']} | {s['ms']:.2f} | {s['best_ms']:.2f} | {rel} | {md} "
+                         f"| {dd} |")
     return lines, raw
 
 
@@ -210,7 +212,8 @@ def render(result: dict[str, Any]) -> str:
         p += ["## Ratios measured in this run", ""] + result["ratios"] + [""]
     for name, block in result["datasets"].items():
         p += [f"## {block['title']}", "", f"Data: {block['data']}.", "", bench.markdown_table(block["rows"]), ""]
-    p += ["Columns: int8 KB = parameters at 1 byte each; peak RSS = the process's high-water mark during the row "
+    p += ["Columns: int8 KB = the int8 weight bytes the exporter recorded (else parameters at 1 byte each); "
+          "peak RSS = the process's high-water mark during the row "
           "(interpreter, torch, libraries and decoded images included), (+model) its rise while the model ran; "
           "mDice/mIoU per-image means and pooled Dice over all pixels, masks at each image's original size; "
           "ΔmDice against the fp32 ONNX file of the same weights; GMAC/s = MACs per image / p50; % peak = that "

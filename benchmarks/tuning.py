@@ -108,7 +108,8 @@ def onnx_variants(path: Path, x: np.ndarray, segmenter_run: Callable[[], object]
             v[f"graph optimization {level}"] = _ort_call(_ort_session(path, level=level), x)
         except AttributeError:  # a level this onnxruntime lacks
             pass
-    v["no NCHWc layout transformer (plain NCHW convs)"] = _ort_call(_ort_session(path, disabled=("NchwcTransformer",)), x)
+    plain = _ort_session(path, disabled=("NchwcTransformer",))
+    v["no NCHWc layout transformer (plain NCHW convs)"] = _ort_call(plain, x)
     v["execution mode PARALLEL (2 inter-op threads)"] = _ort_call(_ort_session(path, parallel=True), x)
     v["no CPU memory arena, no memory pattern"] = _ort_call(_ort_session(path, arena=False, mem_pattern=False), x)
     v["IO binding (no output copy)"] = _ort_iobinding(_ort_session(path), x)

@@ -56,7 +56,8 @@ class _Counter(TorchFunctionMode):
         elif name == "interpolate":
             mode = _arg(args, kwargs, 3, "mode", "nearest")
             self.macs["upsample"] += UPSAMPLE_OPS.get(mode, 0) * out.numel()
-        elif name in ("mean", "adaptive_avg_pool2d") and isinstance(args[0], torch.Tensor) and out.numel() < args[0].numel():
+        elif name in ("mean", "adaptive_avg_pool2d") and isinstance(args[0], torch.Tensor) \
+                and out.numel() < args[0].numel():
             self.macs["avg_pool"] += args[0].numel() + out.numel()
         return out
 

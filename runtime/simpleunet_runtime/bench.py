@@ -132,7 +132,8 @@ def load_data(folder: str | os.PathLike | None = None, split: str | None = None,
                 raise SimpleUNetError(f"mask {by_stem[p.stem].name} is {m.shape[1]}x{m.shape[0]} but image {p.name} "
                                       f"is {img.shape[1]}x{img.shape[0]}: mismatched pair")
             masks.append(m)
-    label = f"{name}{f' ({split})' if split else ''}: {len(decoded)} images" + ("" if masks is not None else ", no masks")
+    label = f"{name}{f' ({split})' if split else ''}: {len(decoded)} images" \
+        + ("" if masks is not None else ", no masks")
     return BenchData(label, decoded, masks, note)
 
 
@@ -159,6 +160,7 @@ class Job:
     error: str = ""
     dice_note: str = ""
     file_bytes: int | None = None
+    int8_weight_bytes: int | None = None
     metadata: Any = None
 
 
@@ -224,8 +226,11 @@ def describe(job: Job) -> Job:
     job.precision = m.precision
     job.parameters = m.parameters or None
     job.imgsz = tuple(m.imgsz)
-    macs = (m.extra or {}).get("macs")
+    extra = m.extra or {}
+    macs = extra.get("macs")
     job.macs = int(macs) if isinstance(macs, (int, float)) and macs > 0 else None
+    w8 = extra.get("int8_weight_bytes")  # what the exporter measured; else 1 byte per parameter
+    job.int8_weight_bytes = int(w8) if isinstance(w8, (int, float)) and w8 > 0 else job.parameters
     job.key = m.weights_sha256 or m.name or job.path.stem
     if (m.extra or {}).get("untrained"):
         job.dice_note = "untrained weights: Dice not scored"
@@ -343,7 +348,7 @@ def _base_row(job: Job, threads: int | None) -> dict[str, Any]:
     row: dict[str, Any] = {c: None for c in COLUMNS}
     row.update(model=job.name, format=job.format, precision=job.precision, backend=job.backend, threads=threads,
                file_bytes=job.file_bytes, parameters=job.parameters, path=str(job.path), macs=job.macs,
-               int8_weight_bytes=job.parameters, imgsz=list(job.imgsz) if job.imgsz else None)
+               int8_weight_bytes=job.int8_weight_bytes or job.parameters, imgsz=list(job.imgsz) if job.imgsz else None)
     return row
 
 
@@ -482,7 +487,8 @@ def report_markdown(result: dict[str, Any]) -> str:
               f"- Latency: ms per image at batch {s['batch']}, {s['warmup']} warm-up runs then up to {s['runs']} "
               f"timed runs (at most {s['max_seconds']:g} s per row); device {s['device']}",
               f"- {result['eager_note']}", "", markdown_table(result["rows"]), ""]
-    parts.append("Columns: int8 KB = parameters at 1 byte each; peak RSS = the process's high-water mark during "
+    parts.append("Columns: int8 KB = the int8 weight bytes the exporter recorded (else parameters at 1 byte each); "
+                 "peak RSS = the process's high-water mark during "
                  "the row (interpreter, libraries and decoded images included), (+model) = its rise while the "
                  "model ran; mDice/mIoU = per-image means, pooled Dice over all pixels, masks at each image's "
                  "original size; ΔmDice against the fp32 file of the same weights; % peak = MACs per image / "

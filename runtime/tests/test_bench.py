@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import HAS_TFLITE
 from simpleunet_runtime import bench, machine
 from simpleunet_runtime.sample import sample_pairs
 
+HAS_TFLITE = bench._has_tflite()  # not imported from conftest: tests/ has a conftest module of the same name
 FAST = ["--runs", "3", "--warmup", "1", "--no-peak", "--no-eager", "--threads", "1,2"]
 FILES = (("tiny_fp32.onnx", "onnx", "fp32"), ("tiny_int8.onnx", "onnx", "int8"), ("tiny_int8.tflite", "tflite", "int8"))
 
