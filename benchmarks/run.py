@@ -22,7 +22,8 @@ from simpleunet.train.cli import dataset_root
 from simpleunet.train.data import cache_dir
 
 from . import eager, tuning
-from .models import Subject, export_subject, load_checkpoint, random_subject, unet_peer, zoo_subjects
+from .models import (Subject, checkpoint_subject, export_subject, load_checkpoint, random_subject, unet_peer,
+                     zoo_subjects)
 
 HERE = Path(__file__).resolve().parent
 #: dataset name in the checkpoint -> (dataset folder name, split scored)
@@ -120,17 +121,16 @@ def speed_experiments(subject: Subject, work: Path, data: bench.BenchData, args)
             results += tuning.tflite_variants(f, x, lambda s=seg, x=x: s.run(x), **timing)
         log(f"  tuned {f.name}")
     lines = [tuning.markdown(results)]
-    fastest_onnx = min((r for r in results if r.variant.endswith("(baseline)") and r.group.startswith("onnx")),
-                       key=lambda r: r.best_ms, default=None)
-    profile = []
-    if fastest_onnx is not None:
-        path = next(f for f in subject.files if f.name == fastest_onnx.group.split(", ", 1)[1])
-        profile = tuning.ort_profile(path, Segmenter(path, threads=1).preprocess(data.images[:1]))
-        total = sum(ms for _, ms, _ in profile) or 1.0
-        lines += ["", f"Where the time goes in {path.name} (onnxruntime profiler, 1 thread, kernel time per run; "
-                  "NCHWc = onnxruntime's blocked layout, Reorder = conversions to and from it):", "",
+    profile = {}
+    for path in (f for f in subject.files if f.suffix == ".onnx"):
+        ops = tuning.ort_profile(path, Segmenter(path, threads=1).preprocess(data.images[:1]))
+        profile[path.name] = ops
+        total = sum(ms for _, ms, _ in ops) or 1.0
+        lines += ["", f"Where the time goes in {path.name} (onnxruntime's profiler, 1 thread, kernel time per run; "
+                  "profiling adds its own overhead, so read the shares; `_nchwc`/Reorder = onnxruntime's blocked "
+                  "NCHWc layout and the conversions to and from it):", "",
                   "| operator | ms per run | share | nodes |", "|---|---|---|---|"]
-        lines += [f"| {op} | {ms:.2f} | {100 * ms / total:.0f} % | {n} |" for op, ms, n in profile]
+        lines += [f"| {op} | {ms:.2f} | {100 * ms / total:.0f} % | {n} |" for op, ms, n in ops]
     sizes = _input_sizes(subject, work, data, args) if args.sizes else []
     raw = {"variants": [r.__dict__ | {"verdict": r.verdict} for r in results], "input_sizes": sizes,
            "profile": profile}
@@ -248,6 +248,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=HERE, help="where RESULTS.md, results.json, results.png go")
     p.add_argument("--work", type=Path, help="export cache (default $SIMPLEUNET_CACHE/benchmarks)")
     p.add_argument("--models", nargs="+", help="zoo names (default: every model in train/zoo)")
+    p.add_argument("--checkpoints", nargs="+", type=Path, default=[],
+                   help="also benchmark these checkpoint folders (e.g. a run still training; copied first)")
     p.add_argument("--random-weights", action="store_true",
                    help="also benchmark a random-weight SimpleUNet-16 (for trying the suite before the zoo exists)")
     p.add_argument("--no-unet", action="store_true", help="skip the classic U-Net peer")
@@ -274,8 +276,8 @@ def run(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
     info = machine.machine_info()
     peaks = machine.peak_macs(info["isa"])
     log(f"machine: {info['cpu']}; fp32 peak {peaks['fp32'] / 1e9:.1f} G MAC/s per core")
-    subjects = zoo_subjects(args.models)
-    notes = []
+    subjects = zoo_subjects(args.models) + [checkpoint_subject(c, work) for c in args.checkpoints]
+    notes = [f"Checkpoint outside the zoo: {c}" for c in args.checkpoints]
     if args.random_weights:
         subjects.append(random_subject(work))
         notes.append("A random-weight SimpleUNet-16 (`--random-weights`) is included: its latency and size are "
