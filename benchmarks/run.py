@@ -290,10 +290,15 @@ def run(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
         notes.append("The classic U-Net peer (width 32, Ronneberger-style with BatchNorm) has seeded random weights: "
                      "it cannot be trained on this CPU in the time available, so its Dice is not scored "
                      "(\"untrained\"); its latency, size and MACs are those of the trained network.")
-    if (info.get("load_average_1min") or 0) >= 0.5:
-        notes.append(f"The CPU was not idle (load average {info['load_average_1min']} at start on "
-                     f"{info['usable_cores']} cores): absolute times are pessimistic; ratios within the run are "
-                     "fairer.")
+    load = info.get("load_average_1min") or 0
+    if load >= 0.5:
+        notes.append(f"The CPU was not idle (load average {load} at start on {info['usable_cores']} cores): "
+                     "absolute times are pessimistic; ratios within the run are fairer, and the fastest-call "
+                     "column is the least disturbed.")
+    if load >= info["usable_cores"] - 0.5 and max(threads) > 1:
+        notes.append("Other processes kept every core busy, so rows with more than 1 thread compete with them "
+                     "(and torch's spinning OpenMP threads suffer most): read multi-thread rows as 'under load', "
+                     "not as this CPU's scaling.")
     log("exporting")
     for s in subjects:
         export_subject(s, work, log=log)

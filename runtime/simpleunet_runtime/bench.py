@@ -458,7 +458,7 @@ def _fmt(key: str, v: Any) -> str:
     if key in ("mDice", "mIoU", "pooled_dice"):
         return f"{v:.4f}"
     if key == "delta_dice":
-        return f"{v:+.4f}"
+        return f"{v + 0.0:+.4f}" if abs(v) >= 5e-5 else "+0.0000"
     if key in ("p50_ms", "p90_ms", "min_ms", "max_ms"):
         return f"{v:.2f}"
     if key in ("images_per_s", "gmacs_per_s", "pct_peak"):
@@ -552,6 +552,7 @@ def plot(rows: list[dict[str, Any]], path: str | os.PathLike, title: str = "") -
         if k not in fewest or (r["threads"] or 0) < (fewest[k]["threads"] or 0):
             fewest[k] = r
     pts = list(fewest.values())
+    one_model = len({r["model"] for r in pts}) == 1
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.8), dpi=110)
     marker = {"pytorch": "s", "onnx": "o", "tflite": "^"}
     panels = ((axes[0], "file_bytes", "model size (bytes, log)"),
@@ -563,15 +564,14 @@ def plot(rows: list[dict[str, Any]], path: str | os.PathLike, title: str = "") -
                 continue
             ax.scatter(x, r["mDice"], marker=marker.get(r["format"], "o"),
                        color="tab:red" if r["precision"] == "int8" else "tab:blue", zorder=3)
-            ax.annotate(f"{r['model']} {r['format']} {r['precision']}", (x, r["mDice"]), fontsize=6,
+            label = f"{r['format']} {r['precision']}" if one_model else f"{r['model']} {r['format']} {r['precision']}"
+            ax.annotate(label, (x, r["mDice"]), fontsize=6,
                         xytext=(3, 3), textcoords="offset points")
         front = _pareto([((r[key] if key != "file_bytes" else r["file_bytes"] or 0), r["mDice"]) for r in pts
                          if (r[key] if key != "file_bytes" else r["file_bytes"])])
         if len(front) > 1:
             ax.step(*zip(*front), where="post", color="grey", lw=1, ls="--", label="Pareto front (measured)")
         ax.set_xscale("log")
-        ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
-        ax.xaxis.set_minor_formatter(ticker.NullFormatter())
         ax.set_xlabel(xlabel)
         ax.set_ylabel("mDice (per image)")
         ax.grid(alpha=0.3, which="both")
@@ -585,7 +585,13 @@ def plot(rows: list[dict[str, Any]], path: str | os.PathLike, title: str = "") -
     axes[0].legend(fontsize=7, loc="best")
     if axes[1].get_legend_handles_labels()[0]:
         axes[1].legend(fontsize=7, loc="best")
-    fig.suptitle(title or "simpleunet-bench: size and latency against Dice", fontsize=10)
+    title = title or "simpleunet-bench: size and latency against Dice"
+    fig.suptitle(f"{title} — {pts[0]['model']}" if one_model and pts else title, fontsize=10)
+    for ax in axes:
+        ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+        lo, hi = ax.get_xlim()
+        small = hi / max(lo, 1e-12) < 10  # under one decade: label the minor ticks too
+        ax.xaxis.set_minor_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}") if small else ticker.NullFormatter())
     fig.tight_layout()
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
