@@ -178,3 +178,29 @@ def test_tuning_verdicts_and_interleaving():
     assert r("x", 8).verdict.startswith("helps (1.25x")
     assert r("x", 10.4).verdict.startswith("no effect")
     assert r("x", 12).verdict.startswith("hurts (1.20x")
+
+
+def test_graph_rewrites_keep_the_outputs(tmp_path):
+    """The speed experiments' ONNX rewrites (split Concat+Conv, head as MatMul) must not change a single output."""
+    import onnxruntime as ort
+
+    from simpleunet.benchmarks import tuning
+
+    torch.manual_seed(1)
+    cfg = ModelConfig(width=16)
+    ckpt = tmp_path / "ck"
+    model = build_model(cfg).eval()
+    for m in model.modules():  # non-trivial BN statistics, so folding mistakes would show
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+    save_model(ckpt, model, {"model": cfg.to_dict(), "dataset": "kvasir-seg",
+                             "preprocess": {"imgsz": SIZE, "mean": list(MEAN), "std": list(STD), "threshold": 0.5}})
+    src = _export_like(ckpt, tmp_path, "su16")
+    proto = onnx.load(str(src))
+    assert tuning.split_concat_conv(proto) == 4 and tuning.head_as_matmul(proto) == 1
+    assert not any(n.op_type == "Concat" for n in proto.graph.node)
+    both = tuning.rewritten(src, (tuning.split_concat_conv, tuning.head_as_matmul))
+    x = np.random.default_rng(0).normal(size=(1, 3, SIZE, SIZE)).astype(np.float32)
+    run = lambda p: ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]).run(None, {"image": x})[0]
+    np.testing.assert_allclose(run(both), run(src), atol=1e-5)
