@@ -82,6 +82,10 @@ def _ort_session(path: Path, threads: int = 1, level: str = "ORT_ENABLE_ALL", pa
     opts.enable_mem_pattern = mem_pattern
     opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
     opts.enable_profiling = profile
+    if profile:  # the trace goes to a temp folder, not the working directory
+        import tempfile
+
+        opts.profile_file_prefix = str(Path(tempfile.gettempdir()) / "simpleunet-ort-profile")
     return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"],
                                 disabled_optimizers=list(disabled))
 
