@@ -184,11 +184,13 @@ def _dedupe_initializers(g: onnx.GraphProto) -> None:
 
 
 def _drop_zero_dq_zero_points(g: onnx.GraphProto) -> None:
-    """DequantizeLinear's zero point is optional and defaults to 0: drop the all-zero ones (weights, biases)."""
+    """DequantizeLinear's zero point is optional and defaults to 0: drop the all-zero int32 ones (the biases).
+    The 8-bit weight zero points stay: onnxruntime's QDQ -> QGemm fusion fails at run time without them."""
     values = {init.name: init for init in g.initializer}
     for node in g.node:
         if node.op_type == "DequantizeLinear" and len(node.input) == 3 and node.input[2] in values:
-            if not np.any(numpy_helper.to_array(values[node.input[2]])):
+            zero = values[node.input[2]]
+            if zero.data_type == onnx.TensorProto.INT32 and not np.any(numpy_helper.to_array(zero)):
                 del node.input[2]
     used = {i for n in g.node for i in n.input}
     live = [init for init in g.initializer if init.name in used]

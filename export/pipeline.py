@@ -145,11 +145,6 @@ def find_pretrained(family: str, width: int, blocks: int, zoo: Path | None = Non
     return sorted(found, key=lambda p: ("kvasir" not in p.name, p.name))[0]
 
 
-def _shown(staged: Path, out: Path) -> tuple[Path, int]:
-    """Where a staged file will live once committed, and its size (for the status line)."""
-    return out / staged.name, staged.stat().st_size
-
-
 def _staging(out: Path) -> Path:
     """A fresh folder beside ``out`` (same filesystem, so the final moves are atomic renames)."""
     if out.exists() and not out.is_dir():
@@ -176,6 +171,155 @@ def _commit(staged: dict[str, Path], out: Path) -> dict[str, Path]:
 
 # ---- the export --------------------------------------------------------------------------------------------------
 
+@dataclass
+class _Run:
+    """What every stage needs: the model, its metadata, the real images and PyTorch's answers on them, and what
+    has been staged so far."""
+
+    name: str
+    out: Path
+    staging: Path
+    model: Any
+    base: ModelMetadata
+    val: ImageSet
+    calib: ImageSet | None
+    xval: np.ndarray
+    reference: np.ndarray
+    threshold: float
+    max_delta: float
+    min_agreement: float
+    say: Callable[[str], None]
+    report: list[Step] = field(default_factory=list)
+    entries: list[dict[str, Any]] = field(default_factory=list)
+    staged: dict[str, Path] = field(default_factory=dict)
+
+    def done(self, step: Step) -> None:
+        self.report.append(step)
+        self.say(step.line())
+
+    def fail(self, label: str, seconds: float, message: str) -> None:
+        self.done(Step(label, False, seconds, message=message))
+        raise ExportError(f"{label}: {message}; nothing was written to {self.out}")
+
+    def metadata(self, precision: str, layout: str, fmt: str) -> ModelMetadata:
+        extra = {**self.base.extra, "format": fmt}
+        if precision == "int8":
+            extra["calibration_images"] = len(self.calib.images)
+        return self.base.replace(precision=precision, input_layout=layout, extra=extra)
+
+    def checks(self, label: str, precision: str, prob: np.ndarray, t: float) -> dict[str, Any]:
+        """fp32: max |Δ| vs PyTorch <= max_delta; int8: mask Dice vs PyTorch fp32 >= min_agreement."""
+        from .verify import agreement, dice_vs_truth, foreground, max_abs_delta
+
+        mask = foreground(prob, self.threshold)
+        truth = dice_vs_truth(mask, self.val.masks)
+        n = f"on {len(self.xval)} real images"
+        if precision == "fp32":
+            delta = max_abs_delta(prob, self.reference)
+            if not delta <= self.max_delta:
+                self.fail(label, time.perf_counter() - t, f"max |Δ| vs PyTorch {delta:.2e} > {self.max_delta:.0e} {n}")
+            return {"max_abs_delta_vs_pytorch": delta, "dice_vs_gt": truth}
+        agree = agreement(mask, foreground(self.reference, self.threshold))
+        if not agree >= self.min_agreement:
+            self.fail(label, time.perf_counter() - t, f"int8 mask agrees with fp32 at Dice {agree:.4f} < "
+                                                      f"--min-agreement {self.min_agreement} {n}")
+        return {"dice_vs_fp32": agree, "dice_vs_gt": truth}
+
+    def keep(self, key: str, label: str, path: Path, t: float, checks: dict, message: str = "",
+             **fields: Any) -> None:
+        """Stage ``path`` for the commit, add its manifest row and print its status line."""
+        self.staged[key] = path
+        self.entries.append(manifest_mod.file_entry(path, checks=checks, **fields))
+        self.done(Step(label, True, time.perf_counter() - t, self.out / path.name, path.stat().st_size, checks,
+                       message))
+
+
+def _onnx_fp32(run: _Run, imgsz: int, opset: int, fold: bool, keep: bool) -> Path:
+    import onnx
+
+    from .metadata import set_onnx_metadata
+    from .onnx_export import export_onnx
+    from .verify import onnx_probabilities
+
+    t = time.perf_counter()
+    cfg = run.model.config
+    proto, sizes = export_onnx(run.model, imgsz, cfg.num_classes, opset, cfg.in_channels, fold=fold)
+    path = run.staging / f"{run.name}-fp32.onnx"
+    onnx.save(set_onnx_metadata(proto, run.metadata("fp32", "NCHW", "onnx")), str(path))
+    sizes["+ simpleunet metadata"] = path.stat().st_size
+    checks = run.checks("ONNX", "fp32", onnx_probabilities(path, run.xval), t)
+    message = f"opset {opset}, simplified with {'onnxsim' if 'onnxsim' in sizes else 'onnxslim'}"
+    if keep:
+        run.keep("onnx-fp32", "ONNX", path, t, checks, message, format="onnx", precision="fp32", layout="NCHW",
+                 parameters=run.base.parameters, int8_weight_bytes=0, size_steps=sizes)
+    else:
+        run.done(Step("ONNX", True, time.perf_counter() - t, checks=checks, message=message + " (intermediate)"))
+    return path
+
+
+def _onnx_int8(run: _Run, fp32: Path, kinds: list[str], mean, std) -> None:
+    import onnx
+
+    from .metadata import set_onnx_metadata
+    from .quantize import int8_weight_bytes, quantize_onnx
+    from .verify import onnx_probabilities
+
+    xcal = normalize(run.calib.images, mean, std)
+    for i, kind in enumerate(kinds):
+        t = time.perf_counter()
+        label = f"ONNX int8 {kind}"
+        proto, sizes = quantize_onnx(fp32, xcal, kind)
+        suffix = "" if i == 0 else f"-{kind}"
+        path = run.staging / f"{run.name}-int8{suffix}.onnx"
+        onnx.save(set_onnx_metadata(proto, run.metadata("int8", "NCHW", f"onnx-{kind}")), str(path))
+        sizes["+ simpleunet metadata"] = path.stat().st_size
+        checks = run.checks(label, "int8", onnx_probabilities(path, run.xval), t)
+        run.keep(f"onnx-int8{suffix}", label, path, t, checks, format="onnx", precision="int8", layout="NCHW",
+                 quant_format=kind, parameters=run.base.parameters, int8_weight_bytes=int8_weight_bytes(proto),
+                 size_steps=sizes)
+
+
+def _tflite(run: _Run, fp32: Path, int8: bool, mean, std) -> None:
+    """One onnx2tf run for both precisions; each file checked like the ONNX ones."""
+    from .tflite import convert
+    from .verify import tflite_probabilities
+
+    t = time.perf_counter()
+    precisions = ["fp32", "int8"] if int8 else ["fp32"]
+    outputs = {p: run.staging / f"{run.name}-{p}.tflite" for p in precisions}
+    metas = {p: run.metadata(p, "NHWC", "tflite").to_json() for p in precisions}
+    calib = run.calib.images if int8 else run.val.images[:1]
+    results = convert(fp32, outputs, calib, mean, std, metas)
+    for p in precisions:
+        label = "TFLite" if p == "fp32" else "TFLite int8"
+        checks = run.checks(label, p, tflite_probabilities(outputs[p], run.xval), t)
+        run.keep(f"tflite-{p}", label, outputs[p], t, checks,
+                 "onnx2tf: fp32 and int8 from one conversion" if p == "fp32" and int8 else "",
+                 format="tflite", precision=p, layout="NHWC", io="int8" if p == "int8" else "float32",
+                 parameters=run.base.parameters, int8_weight_bytes=results[p]["int8_weight_bytes"],
+                 size_steps=results[p]["sizes"])
+        t = time.perf_counter()
+
+
+def _load(checkpoint, family, width, blocks):
+    """(model, meta, checkpoint folder): the given checkpoint, or the shipped one for the config."""
+    from simpleunet.train.checkpoint import WEIGHTS, load_model
+
+    if checkpoint is None:
+        checkpoint = find_pretrained(family or "simpleunet", width or 16, blocks or 1)
+    checkpoint = Path(checkpoint)
+    if not checkpoint.is_dir():
+        raise ExportError(f"checkpoint folder {checkpoint} does not exist (expected config.json + {WEIGHTS})")
+    model, meta = load_model(checkpoint)
+    cfg = model.config
+    for flag, want, have in (("--family", family, cfg.family), ("--width", width, cfg.width),
+                             ("--blocks", blocks, cfg.blocks)):
+        if want is not None and want != have:
+            raise ExportError(f"{flag} {want} does not match the checkpoint {checkpoint} ({cfg.name}: "
+                              f"{flag[2:]} {have}); drop {flag} or pick another checkpoint")
+    return model, meta, checkpoint
+
+
 def export_model(checkpoint: str | os.PathLike | None = None, *, family: str | None = None,
                  width: int | None = None, blocks: int | None = None, imgsz: int | None = None, int8: bool = True,
                  formats: str | Iterable[str] = FORMATS, calib_data: str | os.PathLike | None = None,
@@ -191,10 +335,11 @@ def export_model(checkpoint: str | os.PathLike | None = None, *, family: str | N
     checks (default: the runtime's bundled Kvasir-SEG val sample). Raises ``SimpleUNetError`` (one line) on
     bad input or a failed check; ``out`` is then left as it was.
     """
-    from simpleunet.train.checkpoint import WEIGHTS, load_model
+    from simpleunet.train.checkpoint import WEIGHTS
     from simpleunet.train.model import count_parameters
 
-    from .verify import agreement, dice_vs_truth, foreground, max_abs_delta, torch_probabilities
+    from .onnx_export import Probabilities
+    from .verify import dice_vs_truth, foreground, torch_probabilities
 
     say = log or (lambda _msg: None)
     start = time.perf_counter()
@@ -211,19 +356,8 @@ def export_model(checkpoint: str | os.PathLike | None = None, *, family: str | N
         raise ExportError(f"unknown family {family!r}; choose simpleunet or simpleesknet")
 
     t = time.perf_counter()
-    if checkpoint is None:
-        checkpoint = find_pretrained(family or "simpleunet", width or 16, blocks or 1)
-    checkpoint = Path(checkpoint)
-    if not checkpoint.is_dir():
-        raise ExportError(f"checkpoint folder {checkpoint} does not exist (expected config.json + {WEIGHTS})")
-    model, meta = load_model(checkpoint)
-    cfg = model.config
-    for flag, want, have in (("--family", family, cfg.family), ("--width", width, cfg.width),
-                             ("--blocks", blocks, cfg.blocks)):
-        if want is not None and want != have:
-            raise ExportError(f"{flag} {want} does not match the checkpoint {checkpoint} ({cfg.name}: "
-                              f"{flag[2:]} {have}); drop {flag} or pick another checkpoint")
-    pre = meta["preprocess"]
+    model, meta, checkpoint = _load(checkpoint, family, width, blocks)
+    cfg, pre = model.config, meta["preprocess"]
     imgsz = check_imgsz(imgsz or int(pre["imgsz"]))
     mean, std, threshold = tuple(pre["mean"]), tuple(pre["std"]), float(pre.get("threshold", 0.5))
     name = name or cfg.name
@@ -231,14 +365,11 @@ def export_model(checkpoint: str | os.PathLike | None = None, *, family: str | N
     params = count_parameters(model)
     weights_sha = manifest_mod.sha256(checkpoint / WEIGHTS)
     report: list[Step] = []
+    first = Step("PyTorch", True, time.perf_counter() - t,
+                 message=f"{cfg.name} ({params:,} parameters) from {checkpoint}, input 1x3x{imgsz}x{imgsz}")
+    report.append(first)
+    say(first.line())
 
-    def done(step: Step) -> Step:
-        report.append(step)
-        say(step.line())
-        return step
-
-    done(Step("PyTorch", True, time.perf_counter() - t, message=f"{cfg.name} ({params:,} parameters) from "
-                                                                 f"{checkpoint}, input 1x3x{imgsz}x{imgsz}"))
     t = time.perf_counter()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -247,16 +378,16 @@ def export_model(checkpoint: str | os.PathLike | None = None, *, family: str | N
         say(f"warning: {w.message}")
     val = verification_set(val_data, imgsz, val_size)
     if calib is not None and set(calib.names) & set(val.names):
-        say("warning: calibration and verification images overlap; the int8 checks are not on held-out images")
+        say("warning: calibration and check images overlap: the int8 checks are not on held-out images")
         val.held_out = False
     xval = normalize(val.images, mean, std)
-    from .onnx_export import Probabilities
-
     reference = torch_probabilities(Probabilities(model, cfg.num_classes).eval(), xval)
-    ref_mask = foreground(reference, threshold)
-    done(Step("Data", True, time.perf_counter() - t, checks={"dice_vs_gt": dice_vs_truth(ref_mask, val.masks)},
-              message=(f"calibration: {len(calib.images)} images from {calib.source}; " if calib else "")
-              + f"checks: {len(val.images)} images from {val.source}"))
+    pytorch_gt = dice_vs_truth(foreground(reference, threshold), val.masks)
+    data = Step("Data", True, time.perf_counter() - t, checks={"dice_vs_gt": pytorch_gt},
+                message=(f"calibration: {len(calib.images)} images from {calib.source}; " if calib else "")
+                + f"checks: {len(val.images)} images from {val.source}")
+    report.append(data)
+    say(data.line())
 
     base = ModelMetadata(family=cfg.family, width=cfg.width, blocks=cfg.blocks, rate=cfg.rate,
                          imgsz=(imgsz, imgsz), mean=mean, std=std, num_classes=cfg.num_classes,
@@ -264,132 +395,42 @@ def export_model(checkpoint: str | os.PathLike | None = None, *, family: str | N
                          threshold=threshold, aff=cfg.aff, parameters=params, weights_sha256=weights_sha,
                          dataset=str(meta.get("dataset", "")), name=name, toolkit_version=_version(),
                          extra={"head": cfg.head, "opset": opset})
-    staging = _staging(out)
-    entries: list[dict[str, Any]] = []
-    staged: dict[str, Path] = {}
+    run = _Run(name, out, _staging(out), model, base, val, calib, xval, reference, threshold, max_delta,
+               min_agreement, say, report)
     try:
-        def check_fp32(step: str, prob: np.ndarray) -> dict:
-            delta = max_abs_delta(prob, reference)
-            checks = {"max_abs_delta_vs_pytorch": delta,
-                      "dice_vs_gt": dice_vs_truth(foreground(prob, threshold), val.masks)}
-            if not delta <= max_delta:
-                fail(step, f"max |Δ| vs PyTorch {delta:.2e} > {max_delta:.0e} on {len(xval)} real images")
-            return checks
-
-        def check_int8(step: str, prob: np.ndarray) -> dict:
-            mask = foreground(prob, threshold)
-            agree = agreement(mask, ref_mask)
-            checks = {"dice_vs_fp32": agree, "dice_vs_gt": dice_vs_truth(mask, val.masks)}
-            if not agree >= min_agreement:
-                fail(step, f"int8 mask agrees with fp32 at Dice {agree:.4f} < --min-agreement {min_agreement} "
-                           f"on {len(xval)} real images")
-            return checks
-
-        def fail(step: str, message: str) -> None:
-            done(Step(step, False, time.perf_counter() - t, message=message))
-            raise ExportError(f"{step}: {message}; nothing was written to {out}")
-
-        # ONNX fp32 (also the source of every other file)
-        import onnx
-
-        from .metadata import set_onnx_metadata
-        from .onnx_export import export_onnx
-        from .quantize import int8_weight_bytes, quantize_onnx
-        from .verify import onnx_probabilities, tflite_probabilities
-
-        t = time.perf_counter()
-        proto, sizes = export_onnx(model, imgsz, cfg.num_classes, opset, cfg.in_channels, fold=fold_aff)
-        fp32_onnx = staging / f"{name}-fp32.onnx"
-        onnx.save(set_onnx_metadata(proto, base.replace(precision="fp32", extra={**base.extra, "format": "onnx"})),
-                  str(fp32_onnx))
-        sizes["+ simpleunet metadata"] = fp32_onnx.stat().st_size
-        checks = check_fp32("ONNX", onnx_probabilities(fp32_onnx, xval))
-        if "onnx" in formats:
-            staged["onnx-fp32"] = fp32_onnx
-            entries.append(manifest_mod.file_entry(fp32_onnx, format="onnx", precision="fp32", layout="NCHW",
-                                                   parameters=params, int8_weight_bytes=0, checks=checks,
-                                                   size_steps=sizes))
-        shown = _shown(fp32_onnx, out) if "onnx" in formats else (None, 0)
-        done(Step("ONNX", True, time.perf_counter() - t, *shown, checks,
-                  message=f"opset {opset}, simplified with {'onnxsim' if 'onnxsim' in sizes else 'onnxslim'}"
-                  + ("" if "onnx" in formats else " (intermediate, not kept)")))
-
-        # ONNX int8
+        fp32 = _onnx_fp32(run, imgsz, opset, fold_aff, keep="onnx" in formats)
         if int8 and "onnx" in formats:
-            kinds = ["qoperator", "qdq"] if int8_onnx == "both" else [int8_onnx]
-            xcal = normalize(calib.images, mean, std)
-            for i, kind in enumerate(kinds):
-                t = time.perf_counter()
-                label = f"ONNX int8 {kind}"
-                qproto, qsizes = quantize_onnx(fp32_onnx, xcal, kind)
-                path = staging / (f"{name}-int8.onnx" if i == 0 else f"{name}-int8-{kind}.onnx")
-                meta8 = base.replace(precision="int8", extra={**base.extra, "format": f"onnx-{kind}",
-                                                              "calibration_images": len(calib.images)})
-                onnx.save(set_onnx_metadata(qproto, meta8), str(path))
-                qsizes["+ simpleunet metadata"] = path.stat().st_size
-                checks = check_int8(label, onnx_probabilities(path, xval))
-                key = "onnx-int8" if i == 0 else f"onnx-int8-{kind}"
-                staged[key] = path
-                entries.append(manifest_mod.file_entry(path, format="onnx", precision="int8", layout="NCHW",
-                                                       quant_format=kind, parameters=params,
-                                                       int8_weight_bytes=int8_weight_bytes(qproto), checks=checks,
-                                                       size_steps=qsizes))
-                done(Step(label, True, time.perf_counter() - t, *_shown(path, out), checks))
-
-        # TFLite fp32 + int8 (one onnx2tf run)
+            _onnx_int8(run, fp32, ["qoperator", "qdq"] if int8_onnx == "both" else [int8_onnx], mean, std)
         if "tflite" in formats:
-            from .tflite import convert
-
-            t = time.perf_counter()
-            precisions = ["fp32", "int8"] if int8 else ["fp32"]
-            outputs = {p: staging / f"{name}-{p}.tflite" for p in precisions}
-            metas = {p: base.replace(precision=p, input_layout="NHWC",
-                                     extra={**base.extra, "format": "tflite",
-                                            **({"calibration_images": len(calib.images)} if p == "int8" else {})})
-                     .to_json() for p in precisions}
-            results = convert(fp32_onnx, outputs, calib.images if int8 else val.images[:1], mean, std, metas)
-            seconds = time.perf_counter() - t
-            for p in precisions:
-                t = time.perf_counter()
-                path = outputs[p]
-                prob = tflite_probabilities(path, xval)
-                label = "TFLite" if p == "fp32" else "TFLite int8"
-                checks = check_fp32(label, prob) if p == "fp32" else check_int8(label, prob)
-                staged[f"tflite-{p}"] = path
-                entries.append(manifest_mod.file_entry(path, format="tflite", precision=p, layout="NHWC",
-                                                       io="int8" if p == "int8" else "float32", parameters=params,
-                                                       int8_weight_bytes=results[p]["int8_weight_bytes"],
-                                                       checks=checks, size_steps=results[p]["sizes"]))
-                done(Step(label, True, seconds + time.perf_counter() - t, *_shown(path, out), checks,
-                          message="onnx2tf, fp32 and int8 in one run" if p == "fp32" and int8 else ""))
-                seconds = 0.0
-
+            _tflite(run, fp32, int8, mean, std)
         t = time.perf_counter()
         man = manifest_mod.build(
-            entries, name=name, family=cfg.family, config=cfg.to_dict(), parameters=params,
+            run.entries, name=name, family=cfg.family, config=cfg.to_dict(), parameters=params,
             checkpoint={"path": str(checkpoint), "weights_sha256": weights_sha, "dataset": meta.get("dataset")},
             imgsz=[imgsz, imgsz], preprocess={"mean": list(mean), "std": list(std), "threshold": threshold,
                                               "channel_order": base.channel_order},
             calibration=None if calib is None else {"source": calib.source, "images": len(calib.images),
                                                     "names": calib.names},
             verification={"source": val.source, "images": len(val.images), "held_out": val.held_out,
-                          "pytorch_dice_vs_gt": dice_vs_truth(ref_mask, val.masks)},
-            thresholds={"max_abs_delta": max_delta, "min_agreement": min_agreement},
-            aff_folded=fold_aff)
-        man_path = manifest_mod.write(staging / manifest_mod.MANIFEST, man)
-        files = _commit(staged, out)
-        man_final = _commit({"manifest": man_path}, out)["manifest"]
-        result = ExportResult(files, man_final, report, time.perf_counter() - start)
-        done(Step("Manifest", True, time.perf_counter() - t, man_final, man_final.stat().st_size))
+                          "names": val.names, "pytorch_dice_vs_gt": pytorch_gt},
+            thresholds={"max_abs_delta": max_delta, "min_agreement": min_agreement}, aff_folded=fold_aff)
+        staged_manifest = manifest_mod.write(run.staging / manifest_mod.MANIFEST, man)
+        files = _commit(run.staged, out)
+        manifest = _commit({"manifest": staged_manifest}, out)["manifest"]
+        run.done(Step("Manifest", True, time.perf_counter() - t, manifest, manifest.stat().st_size))
+    except SimpleUNetError as exc:
+        if report[-1].ok:  # a tool failed (a failed check has printed its own line)
+            say(Step("Export", False, time.perf_counter() - start, message=f"{exc}; nothing was written to "
+                                                                          f"{out}").line())
+        raise
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    result.seconds = time.perf_counter() - start
-    say("")
-    say(result.table())
+        shutil.rmtree(run.staging, ignore_errors=True)
+    result = ExportResult(files, manifest, report, time.perf_counter() - start)
+    say("\n" + result.table())
     say(f"\nExport complete ({result.seconds:.1f}s)")
     say(f"Results saved to {out.resolve()}")
-    first = files.get("onnx-int8") or files.get("tflite-int8") or next(iter(files.values()))
-    say(f"Next:   simpleunet-infer IMAGE --model {first} --out masks/")
+    main = files.get("onnx-int8") or files.get("tflite-int8") or next(iter(files.values()))
+    say(f"Next:   simpleunet-infer IMAGE --model {main} --out masks/")
     say(f"        simpleunet-bench --models {' '.join(str(p) for p in files.values())}")
     return result
 

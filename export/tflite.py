@@ -40,9 +40,9 @@ def convert(onnx_path: Path, outputs: dict[str, Path], calib: np.ndarray, mean, 
     unknown = set(outputs) - set(OUTPUTS)
     if unknown or set(metadata) != set(outputs):
         raise ValueError(f"outputs/metadata must name the same precisions out of {sorted(OUTPUTS)}")
-    out_dir = Path(next(iter(outputs.values()))).parent
+    out_dir = Path(next(iter(outputs.values()))).resolve().parent  # the child runs in another working directory
     with tempfile.TemporaryDirectory(prefix=".onnx2tf-", dir=out_dir) as work:
-        work = Path(work)
+        work = Path(work).resolve()
         data = (calib.astype(np.float32) / 255.0).astype(np.float32)
         np.save(work / "calib.npy", data)
         np.save(work / ONNX2TF_SAMPLE, data[:20])

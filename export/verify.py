@@ -8,6 +8,7 @@ Segmenter so the export checks the files, not itself.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import sys
 from pathlib import Path
@@ -16,7 +17,24 @@ import numpy as np
 
 from simpleunet_runtime.metrics import SegmentationMeter
 
+from .errors import ExportError
 
+
+def _one_line(runner):
+    """A runtime that cannot run an exported file is a failed export step, reported in one line."""
+    @functools.wraps(runner)
+    def wrapped(path, x):
+        try:
+            return runner(path, x)
+        except ExportError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - onnxruntime/LiteRT raise their own types
+            text = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+            raise ExportError(f"cannot run {Path(path).name}: {text}") from None
+    return wrapped
+
+
+@_one_line
 def onnx_probabilities(path: Path, x: np.ndarray) -> np.ndarray:
     """(N, C, H, W) probabilities of an ONNX file for normalized NCHW float32 input, one image at a time."""
     import onnxruntime as ort
@@ -55,6 +73,7 @@ def _quiet_stderr():
         os.close(saved)
 
 
+@_one_line
 def tflite_probabilities(path: Path, x: np.ndarray) -> np.ndarray:
     """(N, C, H, W) probabilities of a TFLite file (NHWC inside; int8 input/output (de)quantized with the
     tensor's own scale and zero point)."""

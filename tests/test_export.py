@@ -237,6 +237,33 @@ def test_mul_by_one_that_broadcasts_is_kept():
     assert [n.op_type for n in proto.graph.node] == ["Mul", "Relu"]
 
 
+@pytest.mark.parametrize("fmt", ["qoperator", "qdq"])
+def test_quantized_graphs_are_valid_and_keep_the_output_float(tmp_path, fmt):
+    """Both int8 layouts pass the full ONNX check (onnxruntime's QDQ quantizer can emit invalid graphs) and end
+    in a float Sigmoid; on real calibration images the int8 probabilities stay close to fp32."""
+    from simpleunet.export.quantize import quantize_onnx
+    from simpleunet.export.verify import onnx_probabilities
+
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(width=8)).eval()  # untrained: every folded conv bias is 0, shared in the file
+    proto, _ = export_onnx(model, 64, 1)
+    assert sum(len(i.dims) == 1 for i in proto.graph.initializer) < 15
+    fp32 = tmp_path / "fp32.onnx"
+    onnx.save(proto, str(fp32))
+    x = normalize(calibration_set(None, 64, 16).images, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+    qproto, sizes = quantize_onnx(fp32, x, fmt)  # runs onnx.checker full_check
+    ops = [n.op_type for n in qproto.graph.node]
+    assert ops[-1] == "Sigmoid" and ops[-2] == "DequantizeLinear"
+    if fmt == "qoperator":
+        assert "QLinearConv" in ops and "Conv" not in ops
+    else:  # every float Conv reads dequantized int8 weights
+        assert ops.count("Conv") == 15 and ops.count("DequantizeLinear") >= 2 * 15
+    assert ("Resize" in ops) and sizes["strip + share"] < sizes["quantize_static"]
+    qpath = tmp_path / "int8.onnx"
+    onnx.save(qproto, str(qpath))
+    assert np.abs(onnx_probabilities(qpath, x[:4]) - onnx_probabilities(fp32, x[:4])).max() < 0.1
+
+
 def test_onnx_metadata_is_replaced_not_duplicated():
     proto = onnx.helper.make_model(onnx.helper.make_graph([], "g", [], []))
     md = ModelMetadata(family="simpleunet", width=8, blocks=1, rate=0.5, imgsz=(64, 64), mean=(0.5,) * 3,
@@ -328,7 +355,7 @@ def test_failed_check_leaves_existing_files_untouched(tmp_path, tiny_ckpt):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no staging folder left
 
 
-def test_conversion_tool_failure_is_one_line(tmp_path):
+def test_conversion_tool_failure_is_one_line(tmp_path, monkeypatch):
     from simpleunet.export.tflite import ConversionError, convert
 
     bad = tmp_path / "bad.onnx"
@@ -339,9 +366,11 @@ def test_conversion_tool_failure_is_one_line(tmp_path):
     proto.graph.node[0].op_type = "NoSuchOp"
     onnx.save(proto, str(bad))
     images = np.zeros((1, 16, 16, 3), np.uint8)
+    monkeypatch.chdir(tmp_path)  # relative paths: the child runs in its own working directory
     with pytest.raises(ConversionError) as info:
-        convert(bad, {"fp32": tmp_path / "x.tflite"}, images, (0.5,) * 3, (0.25,) * 3, {"fp32": "{}"})
-    assert "onnx2tf failed" in str(info.value) and "\n" not in str(info.value)
+        convert(Path("bad.onnx"), {"fp32": Path("x.tflite")}, images, (0.5,) * 3, (0.25,) * 3, {"fp32": "{}"})
+    message = str(info.value)
+    assert "onnx2tf failed" in message and "NoSuchOp" in message and "\n" not in message
     assert not (tmp_path / "x.tflite").exists()
 
 
