@@ -4,7 +4,7 @@ VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
 
-.PHONY: install export test test-runtime-slim bench benchmarks clean
+.PHONY: install export test test-runtime-slim bench benchmarks zoo-train clean
 
 install: $(VENV)/.installed
 
@@ -31,6 +31,19 @@ bench: install
 
 benchmarks: install
 	$(BIN)/python -m simpleunet.benchmarks.run
+
+# Train the zoo's recipes one after another into runs/<recipe>, resuming any that stopped (finished runs
+# are skipped in seconds). Run two queues side by side on a 2-core machine with THREADS=1 each.
+ZOO ?= simpleunet16-kvasir simpleunet16-busi simpleunet8-kvasir simpleunet32-kvasir simpleunet8-busi simpleunet32-busi
+THREADS ?= 2
+zoo-train: install
+	@set -e; for r in $(ZOO); do \
+	  if [ -f runs/$$r/last.safetensors ]; then \
+	    $(BIN)/simpleunet-train --out runs/$$r --resume --threads $(THREADS) --no-progress; \
+	  else \
+	    $(BIN)/simpleunet-train --recipe $$r --out runs/$$r --threads $(THREADS) --no-progress; \
+	  fi; \
+	done
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info runtime/*.egg-info exports

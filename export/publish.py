@@ -42,7 +42,9 @@ def _metrics(folder: Path, file_name: str, checks: dict[str, Any]) -> dict[str, 
     path = folder / "metrics.json"
     if path.is_file():
         zoo = json.loads(path.read_text())
-        own = (zoo.get("exports") or {}).get(file_name)
+        # The zoo scored its own export (e.g. simpleunet16-int8.onnx); match on the "-int8.onnx" part of the name.
+        kind = "-" + file_name.rsplit("-", 1)[-1]
+        own = next((s for f, s in (zoo.get("exports") or {}).items() if f.endswith(kind)), None)
         test = own or zoo.get("test") or {}
         for key in ("mDice", "mIoU", "pooled_dice"):
             if isinstance(test.get(key), (int, float)):

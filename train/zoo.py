@@ -78,6 +78,22 @@ def plot_curve(history: list[dict[str, Any]], path: Path, title: str) -> bool:
     return True
 
 
+FLAGS = {"epochs": "--epochs", "batch_size": "--batch-size", "lr": "--lr", "imgsz": "--imgsz", "seed": "--seed",
+         "val_fraction": "--val-fraction", "augment": "--augment"}
+
+
+def reproduce_command(name: str, train: dict[str, Any]) -> str:
+    """The ``simpleunet-train`` line that re-creates this run: its recipe plus a flag for every setting that differs
+    (e.g. a run stopped at fewer epochs than the recipe now plans)."""
+    from .cli import load_recipe, recipe_names
+
+    if name not in recipe_names():
+        return "simpleunet-train " + " ".join(f"{flag} {train[k]}" for k, flag in FLAGS.items())
+    recipe = load_recipe(name).to_dict()
+    extra = "".join(f" {flag} {train[k]}" for k, flag in FLAGS.items() if recipe.get(k) != train.get(k))
+    return f"simpleunet-train --recipe {name}{extra}"
+
+
 def write_card(folder: Path, name: str, meta: dict[str, Any], metrics: dict[str, Any]) -> None:
     train = meta["train"]
     m = meta["model"]
@@ -99,7 +115,7 @@ def write_card(folder: Path, name: str, meta: dict[str, Any], metrics: dict[str,
 the official val_120; BUSI: the 156-image stratified test split). Images and masks resized to {train['imgsz']} px.
 
 ## Recipe
-`simpleunet-train --recipe {name}`: {train['epochs']} epochs planned, {len(hist)} trained, batch {train['batch_size']},
+`{reproduce_command(name, train)}`: {train['epochs']} epochs planned, {len(hist)} trained, batch {train['batch_size']},
 AdamW lr {train['lr']} (wd {train['weight_decay']}), per-step cosine to {train['eta_min']}, BCE + Dice,
 augmentation `{train['augment']}` (flips, 90° turns, affine ±45°/0.75–1.25×/±10 %, light colour jitter), seed
 {train['seed']}. Best epoch {metrics['best']['epoch']} (val mDice {metrics['best']['val_mDice']:.4f}); threshold
