@@ -24,6 +24,11 @@ def _dataset(name: str) -> Path:
 
 
 @pytest.fixture(scope="session")
+def datasets() -> Path:
+    return DATASETS
+
+
+@pytest.fixture(scope="session")
 def kvasir() -> Path:
     return _dataset("kvasir-seg")
 
