@@ -360,7 +360,8 @@ def export_model(checkpoint: str | os.PathLike | None = None, *, family: str | N
     cfg, pre = model.config, meta["preprocess"]
     imgsz = check_imgsz(imgsz or int(pre["imgsz"]))
     mean, std, threshold = tuple(pre["mean"]), tuple(pre["std"]), float(pre.get("threshold", 0.5))
-    name = name or cfg.name
+    # A shipped checkpoint is named by its zoo folder (simpleunet16-kvasir), a run by its architecture.
+    name = name or (checkpoint.name if checkpoint.resolve().parent == zoo_dir() else cfg.name)
     out = Path(out) if out is not None else Path("exports") / name
     params = count_parameters(model)
     weights_sha = manifest_mod.sha256(checkpoint / WEIGHTS)
