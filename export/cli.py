@@ -63,6 +63,9 @@ def parser() -> argparse.ArgumentParser:
                    help="fail if an int8 file's mask Dice vs fp32 is below this (default 0.98)")
     p.add_argument("--max-delta", type=float, default=1e-4,
                    help="fail if an fp32 file's max |Δ| vs PyTorch is above this (default 1e-4)")
+    p.add_argument("--no-ort-rewrites", dest="ort_rewrites", action="store_false",
+                   help="write the plain ONNX graphs, without the exact rewrites that make them faster in "
+                        "onnxruntime (see export/rewrites.py)")
     return p
 
 
@@ -75,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
                      int8=args.int8, formats=parse_formats(args.formats), calib_data=args.calib_data,
                      calib_size=args.calib_size, val_data=args.val_data, val_size=args.val_size, out=args.out,
                      opset=args.opset, int8_onnx=args.int8_onnx, min_agreement=args.min_agreement,
-                     max_delta=args.max_delta)
+                     max_delta=args.max_delta, ort_rewrites=args.ort_rewrites)
     except SimpleUNetError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -234,30 +234,46 @@ class _Run:
                        message))
 
 
-def _onnx_fp32(run: _Run, imgsz: int, opset: int, fold: bool, keep: bool) -> Path:
+def _onnx_fp32(run: _Run, imgsz: int, opset: int, fold: bool, keep: bool, rewrites: bool) -> Path:
+    """The fp32 ONNX file (with ``rewrites``: ``rewrites.FP32`` applied, checked like any file) and the path of
+    the plain graph, which the int8 quantizer and onnx2tf read (the rewrites are for onnxruntime only)."""
     import onnx
 
     from .metadata import set_onnx_metadata
-    from .onnx_export import export_onnx
+    from .onnx_export import check, export_onnx
+    from .rewrites import FP32, apply
     from .verify import onnx_probabilities
 
     t = time.perf_counter()
     cfg = run.model.config
     proto, sizes = export_onnx(run.model, imgsz, cfg.num_classes, opset, cfg.in_channels, fold=fold)
+    plain = run.staging / f".{run.name}-fp32-plain.onnx"
+    onnx.save(proto, str(plain))
+    message = f"opset {opset}, simplified with {'onnxsim' if 'onnxsim' in sizes else 'onnxslim'}"
+    applied: dict[str, int] = {}
+    if keep and rewrites:
+        applied = apply(proto, FP32)
+        check(proto)
+        sizes["onnxruntime rewrites"] = proto.ByteSize()
+        message += _rewrites_note(applied)
     path = run.staging / f"{run.name}-fp32.onnx"
     onnx.save(set_onnx_metadata(proto, run.metadata("fp32", "NCHW", "onnx")), str(path))
     sizes["+ simpleunet metadata"] = path.stat().st_size
     checks = run.checks("ONNX", "fp32", onnx_probabilities(path, run.xval), t)
-    message = f"opset {opset}, simplified with {'onnxsim' if 'onnxsim' in sizes else 'onnxslim'}"
     if keep:
         run.keep("onnx-fp32", "ONNX", path, t, checks, message, format="onnx", precision="fp32", layout="NCHW",
-                 parameters=run.base.parameters, int8_weight_bytes=0, size_steps=sizes)
+                 parameters=run.base.parameters, int8_weight_bytes=0, size_steps=sizes, rewrites=applied)
     else:
         run.done(Step("ONNX", True, time.perf_counter() - t, checks=checks, message=message + " (intermediate)"))
-    return path
+    return plain
 
 
-def _onnx_int8(run: _Run, fp32: Path, kinds: list[str], mean, std) -> None:
+def _rewrites_note(applied: dict[str, int]) -> str:
+    done = [f"{name} x{count}" for name, count in applied.items() if count]
+    return f"; onnxruntime rewrites: {', '.join(done)}" if done else ""
+
+
+def _onnx_int8(run: _Run, fp32: Path, kinds: list[str], mean, std, rewrites: bool) -> None:
     import onnx
 
     from .metadata import set_onnx_metadata
@@ -268,15 +284,16 @@ def _onnx_int8(run: _Run, fp32: Path, kinds: list[str], mean, std) -> None:
     for i, kind in enumerate(kinds):
         t = time.perf_counter()
         label = f"ONNX int8 {kind}"
-        proto, sizes = quantize_onnx(fp32, xcal, kind)
+        applied: dict[str, int] = {}
+        proto, sizes = quantize_onnx(fp32, xcal, kind, rewrites=rewrites, applied=applied)
         suffix = "" if i == 0 else f"-{kind}"
         path = run.staging / f"{run.name}-int8{suffix}.onnx"
         onnx.save(set_onnx_metadata(proto, run.metadata("int8", "NCHW", f"onnx-{kind}")), str(path))
         sizes["+ simpleunet metadata"] = path.stat().st_size
         checks = run.checks(label, "int8", onnx_probabilities(path, run.xval), t)
-        run.keep(f"onnx-int8{suffix}", label, path, t, checks, format="onnx", precision="int8", layout="NCHW",
-                 quant_format=kind, parameters=run.base.parameters, int8_weight_bytes=int8_weight_bytes(proto),
-                 size_steps=sizes)
+        run.keep(f"onnx-int8{suffix}", label, path, t, checks, _rewrites_note(applied).lstrip("; "),
+                 format="onnx", precision="int8", layout="NCHW", quant_format=kind, parameters=run.base.parameters,
+                 int8_weight_bytes=int8_weight_bytes(proto), size_steps=sizes, rewrites=applied)
 
 
 def _tflite(run: _Run, fp32: Path, int8: bool, mean, std) -> None:
@@ -326,14 +343,17 @@ def export_model(checkpoint: str | os.PathLike | None = None, *, family: str | N
                  calib_size: int | None = 32, out: str | os.PathLike | None = None, opset: int = 17,
                  int8_onnx: str = "qoperator", min_agreement: float = 0.98, max_delta: float = 1e-4,
                  val_data: str | os.PathLike | None = None, val_size: int | None = None, name: str | None = None,
-                 fold_aff: bool = True, log: Callable[[str], None] | None = print) -> ExportResult:
+                 fold_aff: bool = True, ort_rewrites: bool = True,
+                 log: Callable[[str], None] | None = print) -> ExportResult:
     """Export a trained SimpleUNet/SimpleESKNet to ONNX and TFLite (fp32, and int8 with ``int8``).
 
     ``checkpoint``: a folder with config.json + model.safetensors; default: the shipped weights for
     (family, width, blocks) (defaults simpleunet, 16, 1). ``imgsz``: default the checkpoint's. ``out``: default
     ``exports/<name>``. ``int8_onnx``: qoperator (default), qdq or both. ``val_data``: images/ + masks/ for the
-    checks (default: the runtime's bundled Kvasir-SEG val sample). Raises ``SimpleUNetError`` (one line) on
-    bad input or a failed check; ``out`` is then left as it was.
+    checks (default: the runtime's bundled Kvasir-SEG val sample). ``ort_rewrites``: apply the exact graph
+    rewrites that make the ONNX files faster in onnxruntime (``rewrites.py``; TFLite is converted from the plain
+    graph either way). Raises ``SimpleUNetError`` (one line) on bad input or a failed check; ``out`` is then left
+    as it was.
     """
     from simpleunet.train.checkpoint import WEIGHTS
     from simpleunet.train.model import count_parameters
@@ -399,9 +419,10 @@ def export_model(checkpoint: str | os.PathLike | None = None, *, family: str | N
     run = _Run(name, out, _staging(out), model, base, val, calib, xval, reference, threshold, max_delta,
                min_agreement, say, report)
     try:
-        fp32 = _onnx_fp32(run, imgsz, opset, fold_aff, keep="onnx" in formats)
+        fp32 = _onnx_fp32(run, imgsz, opset, fold_aff, keep="onnx" in formats, rewrites=ort_rewrites)
         if int8 and "onnx" in formats:
-            _onnx_int8(run, fp32, ["qoperator", "qdq"] if int8_onnx == "both" else [int8_onnx], mean, std)
+            _onnx_int8(run, fp32, ["qoperator", "qdq"] if int8_onnx == "both" else [int8_onnx], mean, std,
+                       ort_rewrites)
         if "tflite" in formats:
             _tflite(run, fp32, int8, mean, std)
         t = time.perf_counter()
@@ -414,7 +435,8 @@ def export_model(checkpoint: str | os.PathLike | None = None, *, family: str | N
                                                     "names": calib.names},
             verification={"source": val.source, "images": len(val.images), "held_out": val.held_out,
                           "names": val.names, "pytorch_dice_vs_gt": pytorch_gt},
-            thresholds={"max_abs_delta": max_delta, "min_agreement": min_agreement}, aff_folded=fold_aff)
+            thresholds={"max_abs_delta": max_delta, "min_agreement": min_agreement}, aff_folded=fold_aff,
+            onnxruntime_rewrites=ort_rewrites)
         staged_manifest = manifest_mod.write(run.staging / manifest_mod.MANIFEST, man)
         files = _commit(run.staged, out)
         manifest = _commit({"manifest": staged_manifest}, out)["manifest"]

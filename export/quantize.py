@@ -72,9 +72,12 @@ def _unshare(graph: onnx.GraphProto) -> None:
             seen.add(name)
 
 
-def quantize_onnx(fp32_path: Path, calib: np.ndarray, fmt: str = "qoperator") -> tuple[onnx.ModelProto, dict]:
-    """Quantize the file ``fp32_path``; ``calib`` is normalized NCHW float32 calibration data.
-    Returns the checked, stripped model (the caller adds metadata and saves) and {step: bytes after it}."""
+def quantize_onnx(fp32_path: Path, calib: np.ndarray, fmt: str = "qoperator", rewrites: bool = True,
+                  applied: dict | None = None) -> tuple[onnx.ModelProto, dict]:
+    """Quantize the file ``fp32_path`` (the plain fp32 graph, before ``rewrites.FP32``); ``calib`` is normalized
+    NCHW float32 calibration data. ``rewrites``: apply ``rewrites.INT8`` to a QOperator graph (faster in
+    onnxruntime, see rewrites.py); ``applied``, if given, receives {rewrite: places changed}. Returns the checked,
+    stripped model (the caller adds metadata and saves) and {step: bytes after it}."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -99,7 +102,15 @@ def quantize_onnx(fp32_path: Path, calib: np.ndarray, fmt: str = "qoperator") ->
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
             raise ExportError(f"onnxruntime quantization ({fmt}) failed: {type(exc).__name__}: {first}") from None
         sizes = {"quantize_static": raw.stat().st_size}
-        proto = strip(onnx.load(str(raw)))
+        proto = onnx.load(str(raw))
+    if rewrites and fmt == "qoperator":
+        from .rewrites import INT8, apply
+
+        changed = apply(proto, INT8)
+        if applied is not None:
+            applied.update(changed)
+        sizes["onnxruntime rewrites"] = proto.ByteSize()
+    proto = strip(proto)
     check(proto)
     sizes["strip + share"] = proto.ByteSize()
     return proto, sizes

@@ -159,6 +159,24 @@ def test_manifest_lists_files_with_hashes_and_checks(exported):
     assert man["aff_folded"] and "onnx2tf" in man["tools"]
 
 
+def test_onnx_files_carry_the_onnxruntime_rewrites(exported):
+    """The exporter applies rewrites.FP32 / rewrites.INT8 (exactness: test_rewrites.py; parity with PyTorch and
+    int8 agreement of these very files: the tests above) and records them; TFLite is converted from the plain
+    graph (one concat per decoder step)."""
+    fp32 = [n.op_type for n in onnx.load(str(exported["files"]["onnx-fp32"])).graph.node]
+    assert "Concat" not in fp32 and fp32.count("Conv") == 18 and "MatMul" in fp32
+    int8 = [n.op_type for n in onnx.load(str(exported["files"]["onnx-int8"])).graph.node]
+    # 256^2 and 128^2 decoder convs padded to 16 outputs; the RGB input padded to 4 channels; float head
+    assert int8.count("Slice") == 2 and int8.count("QLinearConcat") == 4 and "MatMul" in int8
+    assert int8.count("QLinearConv") == 14 and int8.count("Pad") == 1 + 2 * 3 + 1
+    rows = {r["file"]: r for r in exported["manifest"]["files"]}
+    assert rows["simpleunet16-fp32.onnx"]["rewrites"] == {"split_concat_conv": 4, "head_as_matmul": 1}
+    assert rows["simpleunet16-int8.onnx"]["rewrites"] == {"pad_output_channels": 2, "pad_input_channels": 1,
+                                                          "requantize_once": 4, "head_as_matmul": 1}
+    assert exported["manifest"]["onnxruntime_rewrites"] is True
+    assert "onnxruntime rewrites: split_concat_conv x4" in exported["stdout"]
+
+
 def test_metadata_round_trips(exported):
     model, meta = load_model(FIXTURE)
     for key, path in exported["files"].items():
@@ -253,11 +271,12 @@ def test_quantized_graphs_are_valid_and_keep_the_output_float(tmp_path, fmt):
     x = normalize(calibration_set(None, 64, 16).images, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
     qproto, sizes = quantize_onnx(fp32, x, fmt)  # runs onnx.checker full_check
     ops = [n.op_type for n in qproto.graph.node]
-    assert ops[-1] == "Sigmoid" and ops[-2] == "DequantizeLinear"
-    if fmt == "qoperator":
+    assert ops[-1] == "Sigmoid"
+    if fmt == "qoperator":  # the head runs in float after a DequantizeLinear (rewrites.head_as_matmul)
         assert "QLinearConv" in ops and "Conv" not in ops
-    else:  # every float Conv reads dequantized int8 weights
-        assert ops.count("Conv") == 15 and ops.count("DequantizeLinear") >= 2 * 15
+        assert "MatMul" in ops[-8:]
+    else:  # every float Conv reads dequantized int8 weights; no onnxruntime rewrite applies to QDQ graphs
+        assert ops.count("Conv") == 15 and ops.count("DequantizeLinear") >= 2 * 15 and ops[-2] == "DequantizeLinear"
     assert ("Resize" in ops) and sizes["strip + share"] < sizes["quantize_static"]
     qpath = tmp_path / "int8.onnx"
     onnx.save(qproto, str(qpath))
