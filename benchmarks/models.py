@@ -106,13 +106,16 @@ def _exporter_key() -> str:
 
 
 def export_subject(subject: Subject, work: Path, formats: tuple[str, ...] = ("onnx", "tflite"),
-                   imgsz: int | None = None, int8: bool = True, int8_onnx: str = "qoperator", log=print) -> Subject:
-    """Export (or reuse the cached export of) ``subject`` with ``simpleunet.export.export_model``."""
+                   imgsz: int | None = None, int8: bool = True, int8_onnx: str = "qoperator", ort_rewrites: bool = True,
+                   log=print) -> Subject:
+    """Export (or reuse the cached export of) ``subject`` with ``simpleunet.export.export_model``
+    (``ort_rewrites=False``: the plain ONNX graphs, for before/after timings)."""
     from simpleunet.export import export_model
 
     size = imgsz or json.loads((subject.checkpoint / CONFIG).read_text())["preprocess"]["imgsz"]
     tag = f"{subject.name}-{_weights_key(subject.checkpoint)}-{size}-{'-'.join(formats)}" \
-          f"{'-int8-' + int8_onnx if int8 else ''}-v{simpleunet.__version__}-{_exporter_key()}"
+          f"{'-int8-' + int8_onnx if int8 else ''}{'' if ort_rewrites else '-plain'}-v{simpleunet.__version__}" \
+          f"-{_exporter_key()}"
     out = work / "exports" / tag
     done = out / "bench-files.json"
     if done.is_file():
@@ -132,7 +135,7 @@ def export_subject(subject: Subject, work: Path, formats: tuple[str, ...] = ("on
             log(f"    {line.split(', saved as')[0]}")
 
     result = export_model(subject.checkpoint, imgsz=size, int8=int8, formats=formats, out=out, name=subject.name,
-                          int8_onnx=int8_onnx, log=step, **checks)
+                          int8_onnx=int8_onnx, ort_rewrites=ort_rewrites, log=step, **checks)
     files = sorted({Path(p).resolve() for p in result.files.values() if Path(p).suffix in (".onnx", ".tflite")})
     write_json(done, [str(f.relative_to(out.resolve())) for f in files])
     subject.files = files

@@ -111,12 +111,14 @@ def speed_experiments(subject: Subject, work: Path, data: bench.BenchData, args)
 
     results: list[tuning.Result] = []
     timing = {"rounds": args.tune_rounds, "runs": args.tune_runs}
+    plain = _plain(subject, work)
     for f in subject.files:
         seg = Segmenter(f, threads=1)
         x = seg.preprocess(data.images[:1])
         if f.suffix == ".onnx":
             alt = _qdq(subject, work) if seg.metadata.precision == "int8" else {}
-            results += tuning.onnx_variants(f, x, lambda s=seg, x=x: s.run(x), alternatives=alt, **timing)
+            results += tuning.onnx_variants(f, x, lambda s=seg, x=x: s.run(x), alternatives=alt,
+                                            plain=plain.get(seg.metadata.precision), **timing)
         elif bench._has_tflite():
             results += tuning.tflite_variants(f, x, lambda s=seg, x=x: s.run(x), **timing)
         log(f"  tuned {f.name}")
@@ -154,6 +156,17 @@ def speed_experiments(subject: Subject, work: Path, data: bench.BenchData, args)
 
 def subject_imgsz(subject: Subject) -> int:
     return int(json.loads((subject.checkpoint / "config.json").read_text())["preprocess"]["imgsz"])
+
+
+def _plain(subject: Subject, work: Path) -> dict[str, Path]:
+    """precision -> the same weights' ONNX file without the exporter's onnxruntime rewrites (before/after)."""
+    try:
+        s = export_subject(Subject(subject.name, subject.checkpoint, subject.dataset, untrained=subject.untrained),
+                           work, formats=("onnx",), ort_rewrites=False, log=log)
+        return {("int8" if "int8" in f.name else "fp32"): f for f in s.files}
+    except SimpleUNetError as exc:
+        log(f"  plain-graph variant skipped: {exc}")
+        return {}
 
 
 def _qdq(subject: Subject, work: Path) -> dict[str, Path]:

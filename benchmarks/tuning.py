@@ -14,6 +14,9 @@ from typing import Callable
 
 import numpy as np
 
+# The graph rewrites live in the exporter, which applies them (simpleunet.export.rewrites); named here for experiments.
+from simpleunet.export.rewrites import head_as_matmul, split_concat_conv  # noqa: F401
+
 NOISE = 0.05
 
 
@@ -103,8 +106,13 @@ def _ort_iobinding(sess, x: np.ndarray) -> Callable[[], object]:
 
 
 def onnx_variants(path: Path, x: np.ndarray, segmenter_run: Callable[[], object],
-                  alternatives: dict[str, Path] | None = None, threads: int = 2, **timing) -> list[Result]:
-    """Session options of onnxruntime on one ONNX file, 1 thread unless named."""
+                  alternatives: dict[str, Path] | None = None, threads: int = 2, plain: Path | None = None,
+                  **timing) -> list[Result]:
+    """Session options of onnxruntime on one ONNX file, 1 thread unless named. ``plain``: the same weights
+    exported without the exporter's onnxruntime rewrites; it is timed too, alone and with each rewrite applied by
+    itself (fp32 rewrites to an fp32 file, int8 ones to an int8 file), so each rewrite's share shows."""
+    from simpleunet.export import rewrites
+
     v: dict[str, Callable[[], object]] = {"session.run, runtime defaults (baseline)": _ort_call(_ort_session(path), x)}
     v["Segmenter.run (the bench's timed call)"] = segmenter_run
     for level in ("ORT_DISABLE_ALL", "ORT_ENABLE_BASIC", "ORT_ENABLE_EXTENDED", "ORT_ENABLE_LAYOUT"):
@@ -112,131 +120,32 @@ def onnx_variants(path: Path, x: np.ndarray, segmenter_run: Callable[[], object]
             v[f"graph optimization {level}"] = _ort_call(_ort_session(path, level=level), x)
         except AttributeError:  # a level this onnxruntime lacks
             pass
-    plain = _ort_session(path, disabled=("NchwcTransformer",))
-    v["no NCHWc layout transformer (plain NCHW convs)"] = _ort_call(plain, x)
+    no_nchwc = _ort_session(path, disabled=("NchwcTransformer",))
+    v["no NCHWc layout transformer (plain NCHW convs)"] = _ort_call(no_nchwc, x)
     v["execution mode PARALLEL (2 inter-op threads)"] = _ort_call(_ort_session(path, parallel=True), x)
     v["no CPU memory arena, no memory pattern"] = _ort_call(_ort_session(path, arena=False, mem_pattern=False), x)
     v["IO binding (no output copy)"] = _ort_iobinding(_ort_session(path), x)
     v[f"{threads} intra-op threads"] = _ort_call(_ort_session(path, threads=threads), x)
     v[f"{threads} intra-op threads, no spinning"] = _ort_call(_ort_session(path, threads=threads, spinning=False), x)
-    if "int8" not in path.name:  # float graphs only: QOperator graphs would need QLinearAdd, measured slower
-        for label, rewrites in (("graph rewrite: Conv(Concat) -> Conv + Conv + Add", (split_concat_conv,)),
-                                ("graph rewrite: 1x1 head Conv -> MatMul", (head_as_matmul,)),
-                                ("both graph rewrites", (split_concat_conv, head_as_matmul))):
+    if plain is not None:
+        v["plain graph: no onnxruntime rewrites (before)"] = _ort_call(_ort_session(plain), x)
+        for rw in rewrites.INT8 if "int8" in path.name else rewrites.FP32:
             try:
-                other = rewritten(path, rewrites)
+                other = rewritten(plain, (rw,))
             except Exception as exc:  # noqa: BLE001 - an experiment that cannot run is skipped, not fatal
-                print(f"{label} skipped: {type(exc).__name__}: {exc}")
+                print(f"rewrite {rw.__name__} skipped: {type(exc).__name__}: {exc}")
                 continue
             if other is not None:
-                v[label] = _ort_call(_ort_session(other), x)
+                v[f"plain graph + {rw.__name__} only"] = _ort_call(_ort_session(other), x)
     for label, other in (alternatives or {}).items():  # another file of the same weights (e.g. QDQ vs QOperator)
         v[label] = _ort_call(_ort_session(other), x)
     return _results(f"onnxruntime, {path.name}", interleaved(v, **timing))
 
 
-def _users(g) -> dict[str, list]:
-    users: dict[str, list] = {}
-    for n in g.node:
-        for i in n.input:
-            users.setdefault(i, []).append(n)
-    return users
-
-
-def _shapes(model) -> dict[str, list[int]]:
-    from onnx import shape_inference
-
-    g = shape_inference.infer_shapes(model).graph
-    return {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim]
-            for v in list(g.value_info) + list(g.input) + list(g.output)}
-
-
-def _replace(g, replace: dict[int, list], drop: set[int]) -> None:
-    """Swap node ``i`` for ``replace[i]`` and remove the nodes in ``drop`` (by position: protobuf wrappers have no
-    stable identity)."""
-    nodes = []
-    for i, n in enumerate(g.node):
-        if i not in drop:
-            nodes += replace.get(i, [n])
-    del g.node[:]
-    g.node.extend(nodes)
-    used = {i for n in g.node for i in n.input}
-    keep = [t for t in g.initializer if t.name in used]
-    del g.initializer[:]
-    g.initializer.extend(keep)
-
-
-def split_concat_conv(model) -> int:
-    """Rewrite every ``Conv(Concat([a, b]))`` as ``Conv_a(a) + Conv_b(b)`` (the weight's input channels split to
-    match, bias on the first: the same arithmetic). SimpleUNet's decoder concatenates two R*C-channel tensors, which
-    onnxruntime's blocked NCHWc layout cannot do in place, so it converts both to plain NCHW and back; after the
-    split every tensor stays blocked and the Add fuses into the second Conv. Returns the number rewritten."""
-    from onnx import helper, numpy_helper
-
-    g = model.graph
-    inits, users, shapes = {i.name: i for i in g.initializer}, _users(g), _shapes(model)
-    position = {o: i for i, n in enumerate(g.node) for o in n.output}
-    replace: dict[int, list] = {}
-    drop: set[int] = set()
-    for i, n in enumerate(g.node):
-        conv = (users.get(n.output[0]) or [None])[0] if n.op_type == "Concat" else None
-        if conv is None or len(users[n.output[0]]) != 1 or conv.op_type != "Conv" or conv.input[1] not in inits:
-            continue
-        sizes = [(shapes.get(i) or [0, 0])[1] for i in n.input]
-        w = numpy_helper.to_array(inits[conv.input[1]])
-        if not all(sizes) or sum(sizes) != w.shape[1]:
-            continue
-        attrs = {a.name: helper.get_attribute_value(a) for a in conv.attribute}
-        parts, start, k = [], 0, len(replace)
-        for j, (inp, c) in enumerate(zip(n.input, sizes)):
-            name = f"split{k}_w{j}"
-            g.initializer.append(numpy_helper.from_array(np.ascontiguousarray(w[:, start:start + c]), name))
-            start += c
-            ins = [inp, name] + (list(conv.input[2:3]) if j == 0 else [])
-            parts.append(helper.make_node("Conv", ins, [f"split{k}_out{j}"], name=f"split{k}_conv{j}", **attrs))
-        op = "Add" if len(parts) == 2 else "Sum"
-        parts.append(helper.make_node(op, [p.output[0] for p in parts], [conv.output[0]], name=f"split{k}_sum"))
-        replace[position[conv.output[0]]] = parts
-        drop.add(i)
-    _replace(g, replace, drop)
-    return len(replace)
-
-
-def head_as_matmul(model) -> int:
-    """Rewrite a 1x1 Conv with one output channel (the segmentation head) as Reshape -> MatMul -> Add -> Reshape.
-    As a Conv, onnxruntime's NCHWc kernel pads its single output channel to a full block (16 on AVX-512) at full
-    resolution; as a (1 x C) @ (C x H*W) product it reads the input once. Returns the number rewritten."""
-    from onnx import helper, numpy_helper
-
-    g = model.graph
-    inits, shapes = {i.name: i for i in g.initializer}, _shapes(model)
-    replace: dict[int, list] = {}
-    for k, n in enumerate(g.node):
-        if n.op_type != "Conv" or n.input[1] not in inits:
-            continue
-        w = numpy_helper.to_array(inits[n.input[1]])
-        attrs = {a.name: helper.get_attribute_value(a) for a in n.attribute}
-        shape = shapes.get(n.input[0]) or []
-        if w.shape[0] != 1 or w.shape[2:] != (1, 1) or attrs.get("group", 1) != 1 or len(shape) != 4 \
-                or not all(shape) or any(v != 1 for v in attrs.get("strides", [1, 1])):
-            continue
-        b = numpy_helper.to_array(inits[n.input[2]]) if len(n.input) > 2 and n.input[2] else np.zeros(1, np.float32)
-        _, c, h, wd = shape
-        names = [f"head{k}_{s}" for s in ("s1", "w", "b", "s2", "r", "m", "a")]
-        g.initializer.extend([numpy_helper.from_array(np.array([1, c, h * wd], np.int64), names[0]),
-                              numpy_helper.from_array(w.reshape(1, c).astype(np.float32), names[1]),
-                              numpy_helper.from_array(b.reshape(1, 1, 1).astype(np.float32), names[2]),
-                              numpy_helper.from_array(np.array([1, 1, h, wd], np.int64), names[3])])
-        replace[k] = [helper.make_node("Reshape", [n.input[0], names[0]], [names[4]]),
-                          helper.make_node("MatMul", [names[1], names[4]], [names[5]]),
-                          helper.make_node("Add", [names[5], names[2]], [names[6]]),
-                          helper.make_node("Reshape", [names[6], names[3]], [n.output[0]])]
-    _replace(g, replace, set())
-    return len(replace)
-
-
 def rewritten(src: Path, rewrites: tuple) -> Path | None:
-    """``src`` with ``rewrites`` applied, saved beside it; None when none of them applied."""
+    """``src`` with ``rewrites`` applied, saved in the temp folder; None when none of them applied."""
+    import tempfile
+
     import onnx
 
     model = onnx.load(str(src))
@@ -244,7 +153,7 @@ def rewritten(src: Path, rewrites: tuple) -> Path | None:
         return None
     del model.graph.value_info[:]
     onnx.checker.check_model(model)
-    dst = src.with_name(f"{src.stem}-{'-'.join(rw.__name__ for rw in rewrites)}.onnx")
+    dst = Path(tempfile.gettempdir()) / f"simpleunet-{src.stem}-{'-'.join(rw.__name__ for rw in rewrites)}.onnx"
     onnx.save(model, str(dst))
     return dst
 
