@@ -145,12 +145,28 @@ def _is_pointwise_head(attrs: dict, wshape: tuple) -> bool:
 
 # ---- fp32 ----------------------------------------------------------------------------------------------------------
 
+_NCHWC_BLOCK = 16  # onnxruntime's blocked layout on AVX-512 (8 on AVX2, where 16 is two whole blocks)
+_ACTIVATIONS = ("Sigmoid", "Softmax", "Relu", "Identity")
+
+
+def _feeds_output(name: str, users: dict, hops: Sequence[str] = ()) -> bool:
+    """``name`` is a graph output, or reaches one through the single-reader ops ``hops`` then an activation."""
+    after = users.get(name, [])
+    if None in after:
+        return True
+    if len(after) != 1:
+        return False
+    n = after[0]
+    if hops and n.op_type == hops[0]:
+        return _feeds_output(n.output[0], users, hops[1:])
+    return n.op_type in _ACTIVATIONS and None in users.get(n.output[0], [])
+
 def split_concat_conv(model: onnx.ModelProto) -> int:
-    """Rewrite every ``Conv(Concat([a, b]))`` (channel concat, the concat read by this conv only) as
-    ``Conv_a(a) + Conv_b(b)``: the weight's input channels split to match, the bias on the first - the same sums.
-    SimpleUNet's decoder concatenates two R*C-channel tensors, which onnxruntime's blocked NCHWc layout cannot do
-    in place, so it converts both to plain NCHW and back; after the split every tensor stays blocked and the Add
-    fuses into the second conv. Returns the number rewritten."""
+    """Rewrite every ``Conv(Concat([a, b]))`` (channel concat, the concat read by this conv only, some input not a
+    multiple of 16 channels) as ``Conv_a(a) + Conv_b(b)``: the weight's input channels split to match, the bias on
+    the first - the same sums. SimpleUNet-16's decoder concatenates two 8-channel tensors, which onnxruntime's
+    16-channel blocked NCHWc layout cannot do in place, so it converts both to plain NCHW and back; after the split
+    every tensor stays blocked and the Add fuses into the second conv. Returns the number rewritten."""
     g = model.graph
     ed, users, shapes = _Editor(model, "sc"), _users(g), _shapes(model)
     count = 0
@@ -163,8 +179,8 @@ def split_concat_conv(model: onnx.ModelProto) -> int:
             continue
         sizes = [(shapes.get(t) or [None, None])[1] for t in n.input]
         w = ed.array(conv.input[1])
-        if not all(sizes) or sum(sizes) != w.shape[1]:
-            continue
+        if not all(sizes) or sum(sizes) != w.shape[1] or not any(c % _NCHWC_BLOCK for c in sizes):
+            continue  # whole 16-channel blocks concatenate in place: nothing to gain
         attrs, parts, start = _attrs(conv), [], 0
         for j, (inp, c) in enumerate(zip(n.input, sizes)):
             ins = [inp, ed.const(np.ascontiguousarray(w[:, start:start + c]), "w")]
@@ -181,7 +197,8 @@ def split_concat_conv(model: onnx.ModelProto) -> int:
 
 
 def head_as_matmul(model: onnx.ModelProto) -> int:
-    """Rewrite a 1x1 Conv with one output channel (the segmentation head) as Reshape -> MatMul -> Add -> Reshape.
+    """Rewrite the segmentation head - a 1x1 Conv with one output channel whose output is the graph's (after at
+    most an activation) - as Reshape -> MatMul -> Add -> Reshape.
     As a conv, onnxruntime's NCHWc kernel pads its single output channel to a full block (16 on AVX-512) at full
     resolution and applies a fused sigmoid to all 16; as a (1 x C) @ (C x H*W) product it reads the input once.
     In an int8 QOperator graph the head ``QLinearConv -> DequantizeLinear`` becomes ``DequantizeLinear`` of its
@@ -193,7 +210,7 @@ def head_as_matmul(model: onnx.ModelProto) -> int:
     for i, n in enumerate(g.node):
         if n.op_type == "Conv" and n.input[1] in ed.inits:
             w = ed.array(n.input[1])
-            if not _is_pointwise_head(_attrs(n), w.shape):
+            if not _is_pointwise_head(_attrs(n), w.shape) or not _feeds_output(n.output[0], users):
                 continue
             b = ed.array(n.input[2]) if len(n.input) > 2 and n.input[2] else np.zeros(1, np.float32)
             if b is None:
@@ -203,7 +220,8 @@ def head_as_matmul(model: onnx.ModelProto) -> int:
             w = ed.array(n.input[3])
             after = users.get(n.output[0], [])
             if not _is_pointwise_head(_attrs(n), w.shape) or len(after) != 1 or after[0] is None \
-                    or after[0].op_type != "DequantizeLinear":
+                    or after[0].op_type != "DequantizeLinear" \
+                    or not _feeds_output(n.output[0], users, ("DequantizeLinear",)):
                 continue
             xs, ws, wz = ed.array(n.input[1]), ed.array(n.input[4]), ed.array(n.input[5])
             bias = ed.array(n.input[8]) if len(n.input) > 8 and n.input[8] else np.zeros(1, np.int32)

@@ -138,3 +138,14 @@ def test_rewrites_leave_other_graphs_alone():
     fast, applied = _rewritten(proto, rewrites.FP32 + rewrites.INT8)
     assert applied["split_concat_conv"] == 1 and sum(applied.values()) == 1
     np.testing.assert_allclose(_run(fast, np.ones((1, 3, 8, 8), np.float32)), before, atol=1e-5)
+
+
+def test_whole_blocks_and_attention_maps_are_left_alone():
+    """SimpleESKNet-32: every concat joins whole 16-channel blocks (nothing to split) and each SK block's 1-output
+    1x1 conv is a spatial attention map, not the head: only the head becomes a MatMul."""
+    torch.manual_seed(0)
+    proto, _ = export_onnx(build_model(ModelConfig(family="simpleesknet", width=32)).eval(), SIZE, 1)
+    fast, applied = _rewritten(proto, rewrites.FP32)
+    assert applied == {"split_concat_conv": 0, "head_as_matmul": 1}
+    x = np.random.default_rng(1).normal(size=(1, 3, SIZE, SIZE)).astype(np.float32)
+    np.testing.assert_allclose(_run(fast, x), _run(proto, x), atol=1e-5)
