@@ -4,7 +4,7 @@ VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
 
-.PHONY: install export test test-runtime-slim bench benchmarks zoo-train clean
+.PHONY: install export test test-runtime-slim bench benchmarks zoo-train arm64 arm64-wheels clean
 
 install: $(VENV)/.installed
 
@@ -44,6 +44,15 @@ zoo-train: install
 	    $(BIN)/simpleunet-train --recipe $$r --out runs/$$r --threads $(THREADS) --no-progress; \
 	  fi; \
 	done
+
+# Emulated Raspberry Pi OS (Debian bookworm arm64, qemu-user) check of the slim runtime: pip install from PyPI,
+# tests, simpleunet-infer/bench, masks vs x86. Needs root; see benchmarks/arm64/README.md. arm64-wheels only checks
+# that pip finds aarch64 wheels for Python 3.11-3.13 (no root, no emulation).
+arm64:
+	bash benchmarks/arm64/run.sh
+
+arm64-wheels:
+	bash benchmarks/arm64/wheels.sh
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info runtime/*.egg-info exports
