@@ -163,6 +163,9 @@ def test_suite_writes_results(tmp_path, monkeypatch):
     assert [r["format"] for r in rows] == ["pytorch", "onnx"] and all(r["status"] == "ok" for r in rows)
     assert rows[0]["images"] == 4 and abs(rows[0]["mDice"] - rows[1]["mDice"]) < 0.01
     assert result["tuning_raw"]["variants"] and result["tuning_raw"]["profile"]
+    timed = result["interleaved"]["su16-test"]["1"]
+    assert set(timed) == {"pytorch fp32", "onnx fp32"} and all(0 < best <= med for med, best in timed.values())
+    assert "| su16-test onnx fp32 (A) vs PyTorch eager fp32 (B) | 1 | interleaved |" in md
 
 
 def test_tuning_verdicts_and_interleaving():
