@@ -4,7 +4,7 @@ VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
 
-.PHONY: install export test test-runtime-slim bench benchmarks zoo-train arm64 arm64-wheels clean
+.PHONY: install export test test-runtime-slim bench benchmarks zoo-train zoo-publish arm64 arm64-wheels clean
 
 install: $(VENV)/.installed
 
@@ -44,6 +44,15 @@ zoo-train: install
 	    $(BIN)/simpleunet-train --recipe $$r --out runs/$$r --threads $(THREADS) --no-progress; \
 	  fi; \
 	done
+
+# Ship a finished run: make zoo-publish NAME=simpleunet16-busi (runs/$(NAME) -> train/zoo/$(NAME) with its scores,
+# model card and curve; every zoo model re-exported into the runtime's bundled models; the runtime's parity fixture).
+zoo-publish: install
+	@test -n "$(NAME)" || { echo "zoo-publish: give NAME=<recipe>, e.g. make zoo-publish NAME=simpleunet16-busi"; exit 2; }
+	$(BIN)/simpleunet-export --checkpoint runs/$(NAME) --int8 --out exports/runs/$(NAME)
+	$(BIN)/python -m simpleunet.train.zoo runs/$(NAME) --name $(NAME) --exports exports/runs/$(NAME)
+	$(BIN)/python -m simpleunet.export.publish
+	$(BIN)/python runtime/tests/fixtures/make_fixtures.py --zoo train/zoo/$(NAME)
 
 # Emulated Raspberry Pi OS (Debian bookworm arm64, qemu-user) check of the slim runtime: pip install from PyPI,
 # tests, simpleunet-infer/bench, masks vs x86. Needs root; see benchmarks/arm64/README.md. arm64-wheels only checks
