@@ -5,8 +5,9 @@ and global state never leak into the caller, and a crash becomes a one-line erro
 socket before importing onnx2tf, and feeds it local data for the two things it would otherwise download: the
 int8 calibration set (``-cind`` with our real images, NHWC in [0, 1], and the model's own mean/std) and the
 sample images it uses for its own validation (a file it looks for in the working directory first).
-Then each file is compacted with ``flatbuffer_utils`` (strings, debug metadata, duplicate empty buffers; outputs
-unchanged) and gets the ``simpleunet`` metadata entry.
+Then each file is compacted with ``flatbuffer_utils`` (strings, debug metadata, duplicate empty buffers, buffers
+nothing references), gets the ``simpleunet`` metadata entry and is written with every identical vector and
+quantization/options table stored once (``to_bytes``); the model the interpreter reads is unchanged.
 """
 from __future__ import annotations
 
@@ -105,8 +106,8 @@ def block_network() -> None:
 
 def compact(model) -> None:
     """Remove what the interpreter never reads from a flatbuffer ``ModelT``: the converter's debug metadata,
-    duplicate ``min_runtime_version`` entries, and the one empty buffer per activation tensor (they all point
-    at the shared empty buffer 0 instead)."""
+    duplicate ``min_runtime_version`` entries, the one empty buffer per activation tensor (they all point at the
+    shared empty buffer 0 instead) and the buffers nothing references any more (the dropped entries' data)."""
     names = set()
     kept = []
     for entry in model.metadata or []:
@@ -115,21 +116,90 @@ def compact(model) -> None:
             kept.append(entry)
         names.add(name)
     model.metadata = kept
-    referenced = {m.buffer for m in kept}
+    by_tensor = {t.buffer for sub in model.subgraphs for t in sub.tensors}
+    by_model = {m.buffer for m in kept} | {int(b) for b in (model.metadataBuffer if model.metadataBuffer is not None
+                                                            else [])}
     remap, buffers = {0: 0}, [model.buffers[0]]
     for i, buf in enumerate(model.buffers[1:], start=1):
-        empty = buf.data is None or len(buf.data) == 0
-        if empty and i not in referenced and not getattr(buf, "offset", 0):
-            remap[i] = 0
-        else:
+        empty = (buf.data is None or len(buf.data) == 0) and not getattr(buf, "offset", 0)
+        if i in by_model or (i in by_tensor and not empty):
             remap[i] = len(buffers)
             buffers.append(buf)
+        elif i in by_tensor:
+            remap[i] = 0
     for sub in model.subgraphs:
         for tensor in sub.tensors:
             tensor.buffer = remap[tensor.buffer]
     for entry in kept:
         entry.buffer = remap[entry.buffer]
+    if model.metadataBuffer is not None:
+        model.metadataBuffer = np.array([remap[int(b)] for b in model.metadataBuffer], dtype=np.int32)
     model.buffers = buffers
+
+
+def _key(value):
+    """A hashable key equal for equal ``ModelT`` parts (arrays by dtype and bytes, objects by their fields)."""
+    if isinstance(value, np.ndarray):
+        return "array", value.dtype.str, value.shape, value.tobytes()
+    if isinstance(value, (list, tuple)):
+        return tuple(_key(v) for v in value)
+    if isinstance(value, np.generic):
+        return "scalar", value.dtype.str, value.item()
+    if value is None or isinstance(value, (bool, int, float, str, bytes)):
+        return value
+    return (type(value).__name__,) + tuple((k, _key(v)) for k, v in sorted(vars(value).items()))
+
+
+class _Shared:
+    """Packs the wrapped object once per builder; every later reference points at that first copy."""
+
+    def __init__(self, obj):
+        self.obj, self.key = obj, ("table", _key(obj))
+
+    def Pack(self, builder):  # noqa: N802 - the flatbuffers object API name
+        if self.key not in builder.shared:
+            builder.shared[self.key] = self.obj.Pack(builder)
+        return builder.shared[self.key]
+
+
+def to_bytes(model) -> bytes:
+    """Serialize a ``flatbuffer_utils`` ModelT like ``flatbuffer_utils.convert_object_to_bytearray``, but write each
+    distinct vector (shapes, operator inputs, quantization scales and zero points; not the buffers' data) and
+    each distinct quantization-parameter and builtin-options table once, every reference pointing at that copy.
+    Flatbuffer offsets may point anywhere, so a reader sees exactly the same model: the int8 file's all-zero
+    per-channel zero-point vectors, equal activation quantizations and identical conv options are the savings."""
+    import copy
+
+    import flatbuffers
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    class Builder(flatbuffers.Builder):
+        def __init__(self, size):
+            super().__init__(size)
+            self.shared = {}
+
+        def CreateNumpyVector(self, x):  # noqa: N802
+            if x.dtype == np.uint8:  # Buffer.data: one vector per buffer, as the converter writes them
+                return super().CreateNumpyVector(x)
+            key = ("vector", x.dtype.str, x.tobytes())
+            if key not in self.shared:
+                self.shared[key] = super().CreateNumpyVector(x)
+            return self.shared[key]
+
+    model = copy.deepcopy(model)
+    if sys.byteorder == "big":
+        flatbuffer_utils.byte_swap_tflite_model_obj(model, "big", "little")
+    for sub in model.subgraphs:
+        for tensor in sub.tensors:
+            if tensor.quantization is not None:
+                tensor.quantization = _Shared(tensor.quantization)
+        for op in sub.operators:
+            for field in ("builtinOptions", "builtinOptions2"):
+                if getattr(op, field, None) is not None:
+                    setattr(op, field, _Shared(getattr(op, field)))
+    builder = Builder(1024)
+    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
+    return bytes(builder.Output())
 
 
 def int8_weight_bytes(model) -> int:
@@ -159,9 +229,11 @@ def _finish(src: Path, dst: Path, meta_json: str) -> dict:
     sizes["strip_strings"] = dst.stat().st_size
     compact(model)
     flatbuffer_utils.write_model(model, str(dst))
-    sizes["debug metadata + empty buffers"] = dst.stat().st_size
+    sizes["debug metadata + unused buffers"] = dst.stat().st_size
+    dst.write_bytes(to_bytes(model))
+    sizes["shared vectors/tables"] = dst.stat().st_size
     set_tflite_metadata(model, ModelMetadata.from_json(meta_json))
-    flatbuffer_utils.write_model(model, str(dst))
+    dst.write_bytes(to_bytes(model))
     sizes["+ simpleunet metadata"] = dst.stat().st_size
     return {"path": str(dst), "sizes": sizes, "int8_weight_bytes": int8_weight_bytes(model)}
 
