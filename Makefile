@@ -52,7 +52,7 @@ zoo-publish: install
 	$(BIN)/simpleunet-export --checkpoint runs/$(NAME) --int8 --out exports/runs/$(NAME)
 	$(BIN)/python -m simpleunet.train.zoo runs/$(NAME) --name $(NAME) --exports exports/runs/$(NAME)
 	$(BIN)/python -m simpleunet.export.publish
-	$(BIN)/python runtime/tests/fixtures/make_fixtures.py --zoo train/zoo/$(NAME)
+	$(BIN)/python tests/make_runtime_fixtures.py --zoo train/zoo/$(NAME)
 
 # Emulated Raspberry Pi OS (Debian bookworm arm64, qemu-user) check of the slim runtime: pip install from PyPI,
 # tests, simpleunet-infer/bench, masks vs x86. Needs root; see benchmarks/arm64/README.md. arm64-wheels only checks

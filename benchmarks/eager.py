@@ -60,6 +60,11 @@ class EagerRunner:
         return p.argmax(axis=0).astype(np.uint8)
 
 
+def cuda_available() -> bool:
+    """Lets ``simpleunet-bench --device cuda`` run the eager baseline on a GPU even when onnxruntime has no CUDA."""
+    return torch.cuda.is_available()
+
+
 def state_dict_sha(model: nn.Module) -> str:
     h = hashlib.sha256()
     for k, v in sorted(model.state_dict().items()):

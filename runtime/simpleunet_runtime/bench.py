@@ -274,12 +274,25 @@ def resolve_models(specs: Sequence[str] | None, device: str = "cpu") -> list[Job
     return jobs
 
 
+EAGER_PLUGIN = "simpleunet.benchmarks.eager"  # the toolkit's PyTorch baseline; the runtime never imports torch
+
+
+def _eager_plugin_cuda() -> bool:
+    """Whether the toolkit's eager baseline can run on CUDA (False when the toolkit or torch is absent)."""
+    if importlib.util.find_spec("torch") is None:
+        return False
+    try:
+        return bool(importlib.import_module(EAGER_PLUGIN).cuda_available())
+    except ImportError:
+        return False
+
+
 def eager_jobs(jobs: Sequence[Job], device: str = "cpu") -> tuple[list[Job], str]:
     """PyTorch eager fp32 jobs for the weights behind ``jobs``, when the toolkit is installed; else a note."""
     if importlib.util.find_spec("torch") is None:
         return [], "PyTorch eager baseline: not run (torch not installed; the runtime alone needs no torch)"
     try:
-        plugin = importlib.import_module("simpleunet.benchmarks.eager")
+        plugin = importlib.import_module(EAGER_PLUGIN)
     except ImportError as exc:
         return [], f"PyTorch eager baseline: not run (simpleunet toolkit not importable: {_line(exc)})"
     out, seen = [], set()
@@ -665,14 +678,7 @@ def _check(args: argparse.Namespace) -> Settings:
         try:
             _cuda_providers()
         except SimpleUNetError:
-            import importlib.util as u
-
-            torch_cuda = False
-            if u.find_spec("torch") is not None and not args.no_eager:
-                import torch  # only the toolkit has it; the runtime never needs it
-
-                torch_cuda = torch.cuda.is_available()
-            if not torch_cuda:
+            if args.no_eager or not _eager_plugin_cuda():
                 raise
     return Settings(threads=parse_threads(args.threads), runs=args.runs, warmup=args.warmup, batch=args.batch,
                     max_seconds=args.max_seconds, device=args.device)

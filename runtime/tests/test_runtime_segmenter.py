@@ -205,15 +205,3 @@ def test_renamed_suffix_is_sniffed(tmp_path, fixtures):
     assert Segmenter(tmp_path / "model.dat").backend == "onnxruntime"
     if HAS_TFLITE:
         assert Segmenter(tmp_path / "model.bin").backend == "tflite"
-
-
-def test_preprocess_matches_live_toolkit_when_installed(onnx_fp32, sample_images):
-    """In the toolkit's venv, recompute the reference with the toolkit itself (skipped in the slim venv)."""
-    pytest.importorskip("torch")
-    data_mod = pytest.importorskip("simpleunet.train.data")
-    from simpleunet_runtime.image import resize_image
-
-    images = np.stack([resize_image(im, 32) for im in sample_images])
-    data = data_mod.InMemorySegmentation(images, np.zeros(images.shape[:3], bool), MEAN, STD)
-    want = data.normalize(data.to_tensors(np.arange(len(images)))[0]).numpy()
-    np.testing.assert_allclose(onnx_fp32.preprocess(sample_images), want, atol=1e-5, rtol=0)

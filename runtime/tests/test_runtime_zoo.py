@@ -1,10 +1,9 @@
 """Bundled models: index handling, sha256 check, listing; and the acceptance parity of the shipped int8 files
-with the PyTorch fp32 model (reference masks made by fixtures/make_fixtures.py --zoo)."""
+with the PyTorch fp32 model (reference masks made by tests/make_runtime_fixtures.py --zoo (toolkit))."""
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 from pathlib import Path
 
@@ -115,44 +114,10 @@ def test_bundled_int8_masks_agree_with_pytorch_fp32(ref, fmt):
     with np.load(ref, allow_pickle=False) as z:
         want, sha = np.unpackbits(z["masks"], axis=-1)[..., : int(z["imgsz"])].astype(bool), str(z["weights_sha256"])
     if seg.metadata.weights_sha256 and seg.metadata.weights_sha256 != sha:
-        pytest.skip(f"{ref.name} was made from other weights than the bundled {name}; rerun make_fixtures.py --zoo")
+        pytest.skip(f"{ref.name} was made from other weights than the bundled {name}; "
+                    "rerun tests/make_runtime_fixtures.py --zoo")
     from simpleunet_runtime.image import load_image
 
     prob = seg.run(seg.preprocess([load_image(p) for p, _ in sample_pairs()]))
     got = prob > seg.metadata.threshold
     assert dice(got, want) >= 0.98, [round(dice(g, w), 3) for g, w in zip(got, want)]  # pooled over the sample
-
-
-def _bundled_int8() -> list[tuple[str, str]]:
-    try:
-        return sorted({(e["name"], e["format"]) for e in zoo.index() if e.get("precision") == "int8"})
-    except SimpleUNetError:
-        return []
-
-
-@pytest.mark.parametrize("name,fmt", _bundled_int8() or [pytest.param("none", "onnx", marks=pytest.mark.skip(
-    reason=zoo.EMPTY))])
-def test_bundled_int8_agrees_with_live_pytorch_checkpoint(name, fmt):
-    """Acceptance in the toolkit's venv: PyTorch fp32 (train/zoo/<name>, same weights sha256) vs the int8 file."""
-    pytest.importorskip("torch")
-    checkpoint = pytest.importorskip("simpleunet.train.checkpoint")
-    if fmt == "tflite" and not HAS_TFLITE:
-        pytest.skip("no TFLite runtime")
-    import torch
-
-    folder = Path(os.environ.get("SIMPLEUNET_ZOO_CHECKPOINTS", FIXTURES.parents[2] / "train" / "zoo")) / name
-    if not (folder / "model.safetensors").is_file():
-        pytest.skip(f"no checkpoint {folder}")
-    seg = Segmenter.pretrained(name, precision="int8", format=fmt)
-    if seg.metadata.weights_sha256 != hashlib.sha256((folder / "model.safetensors").read_bytes()).hexdigest():
-        pytest.skip(f"bundled {name} was exported from other weights than {folder}")
-    model, _ = checkpoint.load_model(folder)
-    from simpleunet_runtime.image import load_image
-
-    x = seg.preprocess([load_image(p) for p, _ in sample_pairs()])
-    with torch.no_grad():
-        logits = model(torch.from_numpy(x))
-        ref = (torch.sigmoid(logits)[:, 0] if logits.shape[1] == 1 else 1 - torch.softmax(logits, 1)[:, 0]).numpy()
-    thr = seg.metadata.threshold
-    got, want = seg.run(x) > thr, ref > thr
-    assert dice(got, want) >= 0.98, [round(dice(g, w), 3) for g, w in zip(got, want)]
