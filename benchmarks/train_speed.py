@@ -15,6 +15,7 @@ import torch
 
 from simpleunet.train.config import ModelConfig
 from simpleunet.train.data import InMemorySegmentation
+from simpleunet.train.loop import MEMORY_FORMAT
 from simpleunet.train.losses import segmentation_loss
 from simpleunet.train.model import build_model, count_parameters
 
@@ -31,12 +32,12 @@ def seconds_per_step(cfg: ModelConfig, steps: int, batch: int, imgsz: int) -> fl
     data = InMemorySegmentation(rng.integers(0, 255, (batch * (steps + 1), imgsz, imgsz, 3), dtype=np.uint8),
                                 rng.random((batch * (steps + 1), imgsz, imgsz)) > 0.8,
                                 (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
-    model = build_model(cfg).train()
+    model = build_model(cfg).train().to(memory_format=MEMORY_FORMAT)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     times = []
     for x, y in data.batches(batch, epoch=0, seed=0, augment_with="strong"):
         t0 = time.perf_counter()
-        loss = segmentation_loss(model(x), y)
+        loss = segmentation_loss(model(x.contiguous(memory_format=MEMORY_FORMAT)), y)
         opt.zero_grad()
         loss.backward()
         opt.step()
