@@ -9,13 +9,20 @@ import pytest
 from simpleunet.train.cli import eval_main
 from simpleunet.train.checkpoint import load_model
 from simpleunet.train.model import count_parameters
-from simpleunet.train.zoo import ZOO
+from simpleunet.train.zoo import ZOO, readme_table
 
 SHIPPED = sorted(p for p in ZOO.iterdir() if (p / "config.json").is_file()) if ZOO.is_dir() else []
 
 
 def test_the_default_model_ships():
     assert "simpleunet16-kvasir" in {p.name for p in SHIPPED}
+
+
+def test_readme_table_matches_the_shipped_metrics():
+    """The README's results table is exactly what the shipped metrics.json files say (python -m simpleunet.train.zoo
+    --table regenerates it)."""
+    readme = (ZOO.parents[1] / "README.md").read_text()
+    assert readme_table() in readme, "README results table is stale: paste `python -m simpleunet.train.zoo --table`"
 
 
 @pytest.mark.parametrize("folder", SHIPPED, ids=[p.name for p in SHIPPED])

@@ -4,6 +4,7 @@
 checkpoint, evaluates it on the dataset's test split (never used for selection or threshold tuning), evaluates the
 exported model files in ``--exports`` (fp32/int8 ONNX/TFLite, through the runtime) on the same images, draws the
 training curve and writes ``MODEL_CARD.md``. Every number in the card comes from this one run of the script.
+``python -m simpleunet.train.zoo --table`` prints the README's results table from the shipped metrics.
 """
 from __future__ import annotations
 
@@ -29,6 +30,10 @@ from .model import count_parameters
 ZOO = Path(__file__).parent / "zoo"
 PAPER = {"kvasir-seg": "mDice 86.46 / mIoU 76.48 (paper, SimpleESKNet-32 N=2 + AFF, its own protocol)",
          "busi": "mDSC 85.76 / mIoU 75.60 on a multi-centre breast set (paper; not BUSI alone)"}
+#: The paper column of the README table (mDice / mIoU as fractions).
+PAPER_SHORT = {"kvasir-seg": "0.8646 / 0.7648 (SimpleESKNet-32 N=2)",
+               "busi": "none on BUSI (0.8576 / 0.7560 on a multi-centre set)"}
+DATASET_NAMES = {"kvasir-seg": "Kvasir-SEG", "busi": "BUSI"}
 
 
 def cpu_name() -> str:
@@ -135,6 +140,30 @@ Paper: {PAPER.get(meta['dataset'], 'n/a')}.
     (folder / "MODEL_CARD.md").write_text(card)
 
 
+def readme_table(zoo: Path = ZOO) -> str:
+    """The README's results table, one row per shipped model, every number read from its metrics.json."""
+    from .cli import load_recipe, recipe_names
+
+    def pair(s: dict[str, float] | None) -> str:
+        return f"{s['mDice']:.4f} / {s['mIoU']:.4f}" if s else "—"
+
+    rows = ["| model | params | data | epochs | PyTorch fp32 | ONNX int8 | TFLite int8 | paper |",
+            "|---|---|---|---|---|---|---|---|"]
+    for folder in sorted(p for p in zoo.iterdir() if (p / METRICS).is_file()):
+        meta = json.loads((folder / CONFIG).read_text())
+        metrics = json.loads((folder / METRICS).read_text())
+        exports = metrics.get("exports", {})
+        own = {kind: next((s for f, s in exports.items() if f.endswith(kind)), None)
+               for kind in ("-int8.onnx", "-int8.tflite")}
+        planned = load_recipe(folder.name).epochs if folder.name in recipe_names() else meta["train"]["epochs"]
+        trained = len(metrics["history"])
+        epochs = f"{trained}" if trained == planned else f"{trained} of {planned}"
+        rows.append(f"| [{folder.name}](train/zoo/{folder.name}/MODEL_CARD.md) | {metrics['parameters']:,} | "
+                    f"{DATASET_NAMES.get(meta['dataset'], meta['dataset'])} | {epochs} | {pair(metrics['test'])} | "
+                    f"{pair(own['-int8.onnx'])} | {pair(own['-int8.tflite'])} | {PAPER_SHORT.get(meta['dataset'], '—')} |")
+    return "\n".join(rows)
+
+
 def publish(run: Path, name: str, exports: Path | None = None, data: str | None = None) -> Path:
     model, meta = load_model(run)
     root = dataset_root(meta["dataset"], data)
@@ -155,11 +184,17 @@ def publish(run: Path, name: str, exports: Path | None = None, data: str | None 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser("python -m simpleunet.train.zoo", description=__doc__.splitlines()[0])
-    p.add_argument("run", type=Path, help="finished training run folder")
-    p.add_argument("--name", required=True, help="zoo name, e.g. simpleunet16-kvasir")
+    p.add_argument("run", type=Path, nargs="?", help="finished training run folder")
+    p.add_argument("--name", help="zoo name, e.g. simpleunet16-kvasir")
+    p.add_argument("--table", action="store_true", help="print the README's results table and exit")
     p.add_argument("--exports", type=Path, help="folder of exported model files to score too")
     p.add_argument("--data", help="dataset folder (default: ../shared/datasets/<dataset>)")
     args = p.parse_args(argv)
+    if args.table:
+        print(readme_table())
+        return 0
+    if args.run is None or args.name is None:
+        p.error("give a run folder and --name (or --table)")
     try:
         folder = publish(args.run, args.name, args.exports, args.data)
     except SimpleUNetError as exc:
