@@ -75,15 +75,25 @@ def _collect(inputs: list[str]) -> tuple[list[Path], list[tuple[str, str]]]:
     return files, bad
 
 
-def _names(files: list[Path]) -> list[str]:
-    """Output stems, made unique (a.jpg and a.png in one run give a and a-2)."""
-    seen: dict[str, int] = {}
-    out = []
+def _names(files: list[Path], out: Path, overlay: bool) -> list[str]:
+    """Output stems, unique within the run (a-2.jpg, a.jpg and a.png give a-2, a and a-3). Raises if a mask or
+    overlay would land on one of the input images."""
+    inputs = {f.resolve() for f in files}
+    taken: set[str] = set()
+    names = []
     for f in files:
-        n = seen.get(f.stem, 0) + 1
-        seen[f.stem] = n
-        out.append(f.stem if n == 1 else f"{f.stem}-{n}")
-    return out
+        stem, n = f.stem, 1
+        while stem in taken or f"{stem}_overlay" in taken:
+            n += 1
+            stem = f"{f.stem}-{n}"
+        written = [stem] + ([f"{stem}_overlay"] if overlay else [])
+        for name in written:
+            if (out / f"{name}.png").resolve() in inputs:
+                raise SimpleUNetError(f"writing {out / (name + '.png')} would overwrite an input image; "
+                                      "choose another --out folder")
+        taken.update(written)
+        names.append(stem)
+    return names
 
 
 class _Progress:
@@ -131,11 +141,16 @@ def infer_main(argv: list[str] | None = None) -> int:
         return 1
     load_s = time.perf_counter() - t0
     files, bad = _collect(args.inputs)
+    try:
+        names = _names(files, args.out, args.overlay)
+    except SimpleUNetError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     progress = _Progress(len(files), args.quiet)
     for raw, msg in bad:
         progress.error(f"{raw}: {msg}")
     failed, t1 = len(bad), time.perf_counter()
-    for i, (path, stem) in enumerate(zip(files, _names(files)), 1):
+    for i, (path, stem) in enumerate(zip(files, names), 1):
         try:
             image = load_image(path)
             mask = seg.predict(image)

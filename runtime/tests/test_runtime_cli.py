@@ -88,6 +88,25 @@ def test_tflite_model_and_duplicate_stems(tmp_path, fixtures, capsys):
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [f"{image.stem}-2.png", f"{image.stem}.png"]
 
 
+def test_colliding_stems_each_get_a_mask_and_inputs_are_never_overwritten(tmp_path, fixtures, capsys):
+    image = sample_pairs()[0][0]
+    src = tmp_path / "in"
+    src.mkdir()
+    for name in ("a.jpg", "a-2.jpg"):
+        shutil.copy(image, src / name)
+    from PIL import Image
+    Image.fromarray(load_image(image)).save(src / "a.png")
+    model = ["--model", str(fixtures / "tiny_int8.onnx"), "-q"]
+    assert infer_main([str(src), "--out", str(tmp_path / "out"), *model]) == 0
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a-2.png", "a-3.png", "a.png"]
+    capsys.readouterr()
+    before = {p.name: p.read_bytes() for p in src.iterdir()}
+    assert infer_main([str(src), "--out", str(src), *model]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "would overwrite an input image" in err and len(err.splitlines()) == 1
+    assert {p.name: p.read_bytes() for p in src.iterdir()} == before
+
+
 def test_usage_errors_exit_2(tmp_path, capsys):
     for args in (["x.jpg"], ["x.jpg", "--out", str(tmp_path), "--threads", "0"],
                  ["x.jpg", "--out", str(tmp_path), "--mean", "1,2"]):
