@@ -2,7 +2,6 @@
 so a deployment can verify what it ships and a reader can see how it was made."""
 from __future__ import annotations
 
-import hashlib
 import json
 import platform
 from datetime import datetime, timezone
@@ -10,17 +9,13 @@ from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Any
 
+from simpleunet_runtime.zoo import sha256  # noqa: F401  (re-exported: manifest.sha256)
+
 MANIFEST = "manifest.json"
 SCHEMA_VERSION = 1
 TOOLS = ("torch", "onnx", "onnxruntime", "onnxsim", "onnxslim", "onnx2tf", "tensorflow", "ai-edge-litert")
 
 
-def sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def tool_versions() -> dict[str, str]:

@@ -3,7 +3,7 @@ TFLite files in ``runtime/simpleunet_runtime/models/`` with ``index.json``.
 
 ``python -m simpleunet.export.publish [--zoo DIR] [--dest DIR]``. Each entry of index.json (a list): name, format,
 precision, file, sha256, bytes, parameters, dataset, metrics (the file's own test-split scores when the zoo
-scored the exported files, else PyTorch's, plus the export's checks). Everything is exported into a staging
+scored these exact files (by sha256), else PyTorch's, plus the export's checks). Everything is exported into a staging
 folder first; files and index are replaced only when every model exported and passed its checks.
 """
 from __future__ import annotations
@@ -36,15 +36,14 @@ def zoo_checkpoints(zoo: Path) -> list[Path]:
     return found
 
 
-def _metrics(folder: Path, file_name: str, checks: dict[str, Any]) -> dict[str, Any]:
-    """The file's own test-split scores if the zoo recorded them, else PyTorch's; then the export checks."""
+def _metrics(folder: Path, file_sha256: str, checks: dict[str, Any]) -> dict[str, Any]:
+    """The file's own test-split scores if the zoo scored these exact bytes, else PyTorch's; then the export
+    checks. (The export is deterministic, so a re-export of the scored checkpoint matches by sha256.)"""
     out: dict[str, Any] = {}
     path = folder / "metrics.json"
     if path.is_file():
         zoo = json.loads(path.read_text())
-        # The zoo scored its own export (e.g. simpleunet16-int8.onnx); match on the "-int8.onnx" part of the name.
-        kind = "-" + file_name.rsplit("-", 1)[-1]
-        own = next((s for f, s in (zoo.get("exports") or {}).items() if f.endswith(kind)), None)
+        own = next((s for s in (zoo.get("exports") or {}).values() if s.get("sha256") == file_sha256), None)
         test = own or zoo.get("test") or {}
         for key in ("mDice", "mIoU", "pooled_dice"):
             if isinstance(test.get(key), (int, float)):
@@ -76,7 +75,7 @@ def publish(zoo: Path, dest: Path = DEST, formats: Iterable[str] = ("onnx", "tfl
                                 "file": row["file"], "sha256": row["sha256"], "bytes": row["bytes"],
                                 "parameters": manifest["parameters"],
                                 "dataset": (manifest.get("checkpoint") or {}).get("dataset") or "",
-                                "metrics": _metrics(folder, row["file"], row["checks"])})
+                                "metrics": _metrics(folder, row["sha256"], row["checks"])})
         for e in entries:
             os.replace(staging / e["name"] / e["file"], dest / e["file"])
         index = dest / "index.json"

@@ -79,6 +79,45 @@ def test_cli_train_eval_and_errors(tiny_data, tmp_path, capsys):
     assert "multiple of 16" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("flags, msg", [
+    (["--batch-size", "0"], "batch_size must be an integer >= 1"),
+    (["--lr", "-1"], "lr must be > 0"),
+    (["--epochs", "0"], "epochs must be an integer >= 1"),
+    (["--val-fraction", "1.5"], "val_fraction must be in [0, 1)"),
+    (["--device", "gpu"], "unknown --device 'gpu'"),
+    (["--recipe", "RECIPE"], "is not readable JSON"),
+])
+def test_bad_training_settings_are_one_line_errors(flags, msg, tiny_data, tmp_path, capsys):
+    recipe = tmp_path / "broken.json"
+    recipe.write_text('{"epochs": 3,')
+    flags = [str(recipe) if f == "RECIPE" else f for f in flags]
+    out = tmp_path / "run"
+    rc = train_main(["--data", str(tiny_data), "--dataset", "tiny", "--out", str(out), "--width", "4", "--imgsz",
+                     "32", "--no-progress", *flags])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.startswith("error: ") and msg in err and len(err.strip().splitlines()) == 1, err
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_corrupt_resume_state_and_unwritable_report_are_one_line(tiny_data, tmp_path, capsys):
+    out = tmp_path / "run"
+    train(TrainConfig(**{**TINY, "epochs": 1}), tiny_data, out, progress=False)
+    blocker = tmp_path / "file"
+    blocker.write_text("a file, not a folder")
+    assert eval_main([str(out), "--data", str(tiny_data), "--split", "all", "--json", str(blocker / "r.json")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: cannot write") and len(err.strip().splitlines()) == 1
+    (out / "last.safetensors").write_bytes(b"\xff" * 64)
+    assert train_main(["--data", str(tiny_data), "--out", str(out), "--resume", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "not a readable training state" in err and len(err.strip().splitlines()) == 1
+    meta = json.loads((out / "config.json").read_text())
+    del meta["preprocess"]
+    (out / "config.json").write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match="not a simpleunet config"):
+        load_model(out)
+
+
 def test_checkpoint_config_mismatch_is_one_line(tmp_path, tiny_data):
     out = tmp_path / "run"
     train(TrainConfig(**{**TINY, "epochs": 1}), tiny_data, out, progress=False)

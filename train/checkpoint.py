@@ -31,14 +31,18 @@ class CheckpointError(ConfigError):
 def atomic_write(path: Path, write) -> None:
     """Call ``write(tmp_path)`` then rename over ``path``: readers never see a half-written file."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+        os.close(fd)
         write(tmp)
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+    except BaseException as exc:
+        if tmp:
+            Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise CheckpointError(f"cannot write {path}: {exc.strerror or exc}") from None
         raise
 
 
@@ -66,8 +70,12 @@ def read_config(folder: str | os.PathLike) -> dict[str, Any]:
     try:
         meta = json.loads(path.read_text())
         ModelConfig.from_dict(meta["model"])
-    except (json.JSONDecodeError, KeyError, TypeError) as exc:
-        raise CheckpointError(f"{path} is not a simpleunet config ({type(exc).__name__}: {exc})") from None
+        pre = meta["preprocess"]
+        if not (isinstance(pre["imgsz"], int) and len(pre["mean"]) == 3 and len(pre["std"]) == 3):
+            raise TypeError("preprocess needs an integer imgsz and 3-value mean/std")
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as exc:
+        raise CheckpointError(f"{path} is not a simpleunet config ({type(exc).__name__}: {exc}); "
+                              "pass a checkpoint folder written by simpleunet-train") from None
     return meta
 
 
@@ -121,19 +129,31 @@ def save_training_state(folder: Path, model: nn.Module, optimizer: torch.optim.O
     atomic_write(Path(folder) / LAST, lambda tmp: save_file(tensors, tmp, metadata=meta))
 
 
-def load_training_state(folder: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+def _open_training_state(folder: Path, with_tensors: bool) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """(metadata with its JSON fields parsed, tensors) of ``folder/last.safetensors``, or a one-line error."""
     path = Path(folder) / LAST
     if not path.is_file():
         raise CheckpointError(f"nothing to resume: {path} does not exist (start without --resume)")
     try:
         with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata()
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-        state = json.loads(meta["state"])
-        scalars = json.loads(meta["optim_scalars"])
-        groups = json.loads(meta["param_groups"])
-    except (SafetensorError, OSError, KeyError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"{path} is not a readable training state ({exc})") from None
+            raw = f.metadata()
+            tensors = {k: f.get_tensor(k) for k in f.keys()} if with_tensors else {}
+        meta = {k: json.loads(raw[k]) for k in ("state", "optim_scalars", "param_groups")}
+    except (SafetensorError, OSError, KeyError, TypeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{path} is not a readable training state ({exc}); start a new run in another "
+                              "--out folder") from None
+    return meta, tensors
+
+
+def read_training_state(folder: Path) -> dict[str, Any]:
+    """The JSON state of a run (epoch, best, history, train config) without loading its tensors."""
+    return _open_training_state(folder, with_tensors=False)[0]["state"]
+
+
+def load_training_state(folder: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    path = Path(folder) / LAST
+    meta, tensors = _open_training_state(folder, with_tensors=True)
+    state, scalars, groups = meta["state"], meta["optim_scalars"], meta["param_groups"]
     load_into(getattr(model, "module", model), {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}, path)
     opt_state: dict[int, dict[str, Any]] = {}
     for key, value in tensors.items():

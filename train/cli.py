@@ -9,7 +9,7 @@ from pathlib import Path
 
 from simpleunet_runtime.errors import SimpleUNetError
 
-from .config import FAMILIES, HEADS, ModelConfig, TrainConfig
+from .config import AUGMENTS, FAMILIES, HEADS, ModelConfig, TrainConfig
 
 RECIPES = Path(__file__).parent / "recipes"
 
@@ -22,7 +22,13 @@ def load_recipe(name: str) -> TrainConfig:
     path = RECIPES / f"{name}.json" if not name.endswith(".json") else Path(name)
     if not path.is_file():
         raise SimpleUNetError(f"unknown recipe {name!r}; choose one of {', '.join(recipe_names())} or pass a .json path")
-    return TrainConfig.from_dict(json.loads(path.read_text()))
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise SimpleUNetError(f"recipe {path} is not readable JSON ({exc}); fix it or pick a named recipe") from None
+    if not isinstance(data, dict):
+        raise SimpleUNetError(f"recipe {path} must be a JSON object of training settings")
+    return TrainConfig.from_dict(data)
 
 
 def dataset_root(name: str, explicit: str | None) -> Path:
@@ -37,14 +43,14 @@ def dataset_root(name: str, explicit: str | None) -> Path:
     raise SimpleUNetError(f"dataset {name!r} not found; pass --data DIR (or set SIMPLEUNET_DATA)")
 
 
-def _run(fn) -> int:
+def _run(fn, interrupted: str = "interrupted") -> int:
     try:
         return fn() or 0
     except SimpleUNetError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted: the last finished epoch is saved; continue with --resume", file=sys.stderr)
+        print(interrupted, file=sys.stderr)
         return 130
 
 
@@ -67,15 +73,15 @@ def train_main(argv: list[str] | None = None) -> int:
     for name, typ in (("epochs", int), ("batch-size", int), ("lr", float), ("imgsz", int), ("seed", int),
                       ("patience", int), ("threads", int), ("val-fraction", float)):
         p.add_argument(f"--{name}", type=typ)
-    p.add_argument("--augment", choices=("none", "light", "strong"))
+    p.add_argument("--augment", choices=AUGMENTS)
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
 
     def go() -> int:
+        from .checkpoint import read_training_state
         from .loop import train
         if args.resume and (Path(args.out) / "last.safetensors").is_file():
-            state_cfg = _resume_config(Path(args.out))
-            cfg = state_cfg
+            cfg = TrainConfig.from_dict(read_training_state(Path(args.out))["train"])
         else:
             cfg = load_recipe(args.recipe) if args.recipe else TrainConfig()
         model_over = {k: getattr(args, k) for k in ("family", "width", "blocks", "rate", "num_classes", "head")
@@ -91,9 +97,6 @@ def train_main(argv: list[str] | None = None) -> int:
         if args.data:
             d["data_root"] = args.data
         cfg = TrainConfig.from_dict(d)
-        if cfg.imgsz % 16:
-            raise SimpleUNetError(f"--imgsz must be a multiple of 16 (five levels), got {cfg.imgsz}; try "
-                                  f"{(cfg.imgsz // 16 + 1) * 16}")
         root = dataset_root(cfg.dataset, cfg.data_root)
         result = train(cfg, root, Path(args.out), resume=args.resume, device=args.device, layout=args.layout,
                        progress=not args.no_progress)
@@ -102,13 +105,7 @@ def train_main(argv: list[str] | None = None) -> int:
               f"weights in {args.out}. Next: simpleunet-eval {args.out} --split test")
         return 0
 
-    return _run(go)
-
-
-def _resume_config(out: Path) -> TrainConfig:
-    from safetensors import safe_open
-    with safe_open(str(out / "last.safetensors"), framework="pt") as f:
-        return TrainConfig.from_dict(json.loads(f.metadata()["state"])["train"])
+    return _run(go, "interrupted: the last finished epoch is saved; continue with --resume")
 
 
 def eval_main(argv: list[str] | None = None) -> int:

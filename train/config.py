@@ -14,6 +14,7 @@ from simpleunet_runtime.errors import SimpleUNetError
 
 FAMILIES = ("simpleunet", "simpleesknet", "unet")
 HEADS = ("paper", "logits")
+AUGMENTS = ("none", "light", "strong")
 
 
 class ConfigError(SimpleUNetError, ValueError):
@@ -103,6 +104,31 @@ class TrainConfig:
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
     model: ModelConfig = field(default_factory=ModelConfig)
 
+    def __post_init__(self) -> None:
+        def bad(name: str, want: str) -> ConfigError:
+            return ConfigError(f"{name} must be {want}, got {getattr(self, name)!r}")
+
+        for name, low in (("epochs", 1), ("batch_size", 1), ("imgsz", 16), ("seed", 0), ("workers", 0),
+                          ("patience", 0), ("threads", 0)):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < low:
+                raise bad(name, f"an integer >= {low}")
+        if self.imgsz % 16:
+            raise ConfigError(f"imgsz must be a multiple of 16 (five levels), got {self.imgsz}; try "
+                              f"{(self.imgsz // 16 + 1) * 16}")
+        if not self.lr > 0:
+            raise bad("lr", "> 0")
+        if not 0 <= self.eta_min <= self.lr:
+            raise bad("eta_min", f"between 0 and lr ({self.lr})")
+        if not self.weight_decay >= 0:
+            raise bad("weight_decay", ">= 0")
+        if not 0 <= self.val_fraction < 1:
+            raise bad("val_fraction", "in [0, 1)")
+        if self.augment not in AUGMENTS:
+            raise bad("augment", f"one of {', '.join(AUGMENTS)}")
+        if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
+            raise ConfigError(f"mean and std need 3 values each (RGB), std > 0; got {self.mean} / {self.std}")
+
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["model"] = self.model.to_dict()
@@ -118,7 +144,10 @@ class TrainConfig:
             raise ConfigError(f"unknown training config keys: {', '.join(unknown)}")
         if "model" in data and isinstance(data["model"], dict):
             data["model"] = ModelConfig.from_dict(data["model"])
-        for k in ("mean", "std"):
-            if k in data:
-                data[k] = tuple(float(v) for v in data[k])
-        return cls(**data)
+        try:
+            for k in ("mean", "std"):
+                if k in data:
+                    data[k] = tuple(float(v) for v in data[k])
+            return cls(**data)
+        except TypeError as exc:  # a wrong type in a hand-written recipe, e.g. "mean": 0.5
+            raise ConfigError(f"invalid training config: {exc}") from None

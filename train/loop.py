@@ -19,7 +19,7 @@ from simpleunet_runtime.metrics import SegmentationMeter
 
 from .checkpoint import (CheckpointError, load_training_state, save_model, save_training_state, write_json,
                          CONFIG, LAST, METRICS)
-from .config import TrainConfig
+from .config import ConfigError, TrainConfig
 from .data import InMemorySegmentation, carve_validation, discover, load_arrays, select_split
 from .losses import foreground_probability, segmentation_loss
 from .model import build_model, count_parameters
@@ -31,9 +31,13 @@ MEMORY_FORMAT = torch.channels_last
 
 def pick_device(name: str = "auto") -> torch.device:
     if name != "auto":
-        if name.startswith("cuda") and not torch.cuda.is_available():
-            raise CheckpointError("--device cuda asked for, but torch sees no CUDA GPU; use --device cpu")
-        return torch.device(name)
+        try:
+            device = torch.device(name)
+        except RuntimeError:
+            raise ConfigError(f"unknown --device {name!r}; use auto, cpu, cuda, cuda:N or mps") from None
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ConfigError("--device cuda asked for, but torch sees no CUDA GPU; use --device cpu")
+        return device
     if torch.cuda.is_available():
         return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
     if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():

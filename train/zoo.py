@@ -13,6 +13,7 @@ import json
 import platform
 import shutil
 import sys
+import tempfile
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -50,6 +51,7 @@ def evaluate_exports(exports: Path, meta: dict[str, Any], root: Path) -> dict[st
     """Score every .onnx/.tflite in ``exports`` on the test split at the model's input size (same protocol as
     simpleunet-eval: images and masks resized to imgsz once, threshold from the model's metadata)."""
     from simpleunet_runtime import Segmenter
+    from simpleunet_runtime.zoo import sha256
 
     pre = meta["preprocess"]
     images, masks = load_arrays(select_split(discover(root), root, "test"), pre["imgsz"])
@@ -57,7 +59,7 @@ def evaluate_exports(exports: Path, meta: dict[str, Any], root: Path) -> dict[st
     for path in sorted(list(exports.glob("*.onnx")) + list(exports.glob("*.tflite"))):
         seg = Segmenter(path)
         prob = np.concatenate([seg.run(seg.preprocess(list(images[i:i + 1]))) for i in range(len(images))])
-        out[path.name] = score(prob, masks, seg.metadata.threshold)
+        out[path.name] = {**score(prob, masks, seg.metadata.threshold), "sha256": sha256(path)}
     return out
 
 
@@ -149,7 +151,7 @@ def readme_table(zoo: Path = ZOO) -> str:
 
     rows = ["| model | params | data | epochs | PyTorch fp32 | ONNX int8 | TFLite int8 | paper |",
             "|---|---|---|---|---|---|---|---|"]
-    for folder in sorted(p for p in zoo.iterdir() if (p / METRICS).is_file()):
+    for folder in sorted(p for p in zoo.iterdir() if (p / METRICS).is_file() and not p.name.startswith(".")):
         meta = json.loads((folder / CONFIG).read_text())
         metrics = json.loads((folder / METRICS).read_text())
         exports = metrics.get("exports", {})
@@ -165,20 +167,34 @@ def readme_table(zoo: Path = ZOO) -> str:
 
 
 def publish(run: Path, name: str, exports: Path | None = None, data: str | None = None) -> Path:
+    """Score ``run`` and install it as ``train/zoo/<name>``. Everything is written into a staging folder first and
+    swapped in at the end, so a failed publish leaves the old entry as it was."""
     model, meta = load_model(run)
     root = dataset_root(meta["dataset"], data)
-    folder = ZOO / name
-    folder.mkdir(parents=True, exist_ok=True)
-    for f in (CONFIG, WEIGHTS):
-        shutil.copy2(run / f, folder / f)
+    if not (run / METRICS).is_file():
+        raise SimpleUNetError(f"{run / METRICS} is missing: publish a run folder written by simpleunet-train")
     history = json.loads((run / METRICS).read_text())
     metrics = {"best": history["best"], "history": history["history"], "parameters": count_parameters(model),
                "hardware": f"{cpu_name()}, torch CPU", "test": evaluate(model, meta, root, "test")}
     if exports:
         metrics["exports"] = evaluate_exports(exports, meta, root)
-    write_json(folder / METRICS, metrics)
-    plot_curve(metrics["history"], folder / "curve.png", name)
-    write_card(folder, name, meta, metrics)
+    folder = ZOO / name
+    ZOO.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=ZOO))
+    try:
+        for f in (CONFIG, WEIGHTS):
+            shutil.copy2(run / f, staging / f)
+        write_json(staging / METRICS, metrics)
+        plot_curve(metrics["history"], staging / "curve.png", name)
+        write_card(staging, name, meta, metrics)
+        old = ZOO / f".{name}.old"
+        shutil.rmtree(old, ignore_errors=True)
+        if folder.exists():
+            folder.rename(old)
+        staging.rename(folder)
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     return folder
 
 

@@ -43,7 +43,8 @@ def names(folder: str | os.PathLike | None = None) -> list[str]:
     return sorted({e["name"] for e in index(folder)})
 
 
-def sha256(path: Path) -> str:
+def sha256(path: str | os.PathLike) -> str:
+    """Hex sha256 of a file, read in 1 MiB chunks (the one file-hash helper of the toolkit)."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
