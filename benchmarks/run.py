@@ -47,7 +47,7 @@ def _jobs_for(subject: Subject) -> list[bench.Job]:
     ej.file_bytes = (subject.checkpoint / "model.safetensors").stat().st_size
     for j in [ej] + files:
         j.key = described.key
-        j.macs = j.macs or ej.macs  # same architecture: the exporter does not store MACs in the file
+        j.macs = j.macs or ej.macs  # same architecture (files exported before the exporter stored MACs)
         if subject.untrained:
             j.dice_note = UNTRAINED
     return [ej] + files

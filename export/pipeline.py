@@ -356,6 +356,7 @@ def export_model(checkpoint: str | os.PathLike | None = None, *, family: str | N
     as it was.
     """
     from simpleunet.train.checkpoint import WEIGHTS
+    from simpleunet.train.flops import count_macs
     from simpleunet.train.model import count_parameters
 
     from .onnx_export import Probabilities
@@ -373,7 +374,7 @@ def export_model(checkpoint: str | os.PathLike | None = None, *, family: str | N
     if not 0 < min_agreement <= 1:
         raise ExportError(f"--min-agreement must be in (0, 1], got {min_agreement}")
     if family not in (None, "simpleunet", "simpleesknet", "unet"):
-        raise ExportError(f"unknown family {family!r}; choose simpleunet or simpleesknet")
+        raise ExportError(f"unknown family {family!r}; choose simpleunet, simpleesknet or unet")
 
     t = time.perf_counter()
     model, meta, checkpoint = _load(checkpoint, family, width, blocks)
@@ -415,7 +416,7 @@ def export_model(checkpoint: str | os.PathLike | None = None, *, family: str | N
                          channel_order=pre.get("channel_order", "RGB"), output="probabilities",
                          threshold=threshold, aff=cfg.aff, parameters=params, weights_sha256=weights_sha,
                          dataset=str(meta.get("dataset", "")), name=name, toolkit_version=_version(),
-                         extra={"head": cfg.head, "opset": opset})
+                         extra={"head": cfg.head, "opset": opset, "macs": count_macs(model, (imgsz, imgsz))})
     run = _Run(name, out, _staging(out), model, base, val, calib, xval, reference, threshold, max_delta,
                min_agreement, say, report)
     try:

@@ -52,12 +52,12 @@ PEERS = (
 )
 
 #: Every output column, in order (JSON/CSV keep them all; the printed table shows ``TABLE``).
-COLUMNS = ("model", "format", "precision", "backend", "threads", "file_bytes", "parameters", "int8_weight_bytes",
+COLUMNS = ("model", "format", "precision", "backend", "threads", "file_bytes", "parameters",
            "imgsz", "batch", "runs", "p50_ms", "p90_ms", "min_ms", "max_ms", "images_per_s", "peak_rss_mb",
            "model_rss_mb", "images", "mDice", "mIoU", "pooled_dice", "delta_dice", "macs", "gmacs_per_s",
            "pct_peak", "path", "status")
 TABLE = (("model", "model"), ("format", "format"), ("precision", "prec"), ("backend", "backend"),
-         ("threads", "thr"), ("file_bytes", "file KB"), ("parameters", "params"), ("int8_weight_bytes", "int8 KB"),
+         ("threads", "thr"), ("file_bytes", "file KB"), ("parameters", "params"),
          ("p50_ms", "p50 ms"), ("p90_ms", "p90 ms"), ("min_ms", "min ms"), ("max_ms", "max ms"),
          ("images_per_s", "img/s"), ("peak_rss_mb", "peak RSS MB (+model)"), ("mDice", "mDice"), ("mIoU", "mIoU"),
          ("pooled_dice", "pooled Dice"), ("delta_dice", "ΔmDice vs fp32"), ("gmacs_per_s", "GMAC/s"),
@@ -160,7 +160,6 @@ class Job:
     error: str = ""
     dice_note: str = ""
     file_bytes: int | None = None
-    int8_weight_bytes: int | None = None
     metadata: Any = None
 
 
@@ -229,11 +228,7 @@ def describe(job: Job) -> Job:
     extra = m.extra or {}
     macs = extra.get("macs")
     job.macs = int(macs) if isinstance(macs, (int, float)) and macs > 0 else None
-    w8 = extra.get("int8_weight_bytes")  # what the exporter measured; else 1 byte per parameter
-    job.int8_weight_bytes = int(w8) if isinstance(w8, (int, float)) and w8 > 0 else job.parameters
     job.key = m.weights_sha256 or m.name or job.path.stem
-    if (m.extra or {}).get("untrained"):
-        job.dice_note = "untrained weights: Dice not scored"
     del runner
     return job
 
@@ -361,7 +356,7 @@ def _base_row(job: Job, threads: int | None) -> dict[str, Any]:
     row: dict[str, Any] = {c: None for c in COLUMNS}
     row.update(model=job.name, format=job.format, precision=job.precision, backend=job.backend, threads=threads,
                file_bytes=job.file_bytes, parameters=job.parameters, path=str(job.path), macs=job.macs,
-               int8_weight_bytes=job.int8_weight_bytes or job.parameters, imgsz=list(job.imgsz) if job.imgsz else None)
+               imgsz=list(job.imgsz) if job.imgsz else None)
     return row
 
 
@@ -464,7 +459,7 @@ def run_bench(jobs: list[Job], data: BenchData, settings: Settings, peaks: dict[
 def _fmt(key: str, v: Any) -> str:
     if v is None:
         return "–"
-    if key in ("file_bytes", "int8_weight_bytes"):
+    if key == "file_bytes":
         return f"{v / 1024:.1f}"
     if key == "parameters":
         return f"{v:,}"
@@ -500,8 +495,7 @@ def report_markdown(result: dict[str, Any]) -> str:
               f"- Latency: ms per image at batch {s['batch']}, {s['warmup']} warm-up runs then up to {s['runs']} "
               f"timed runs (at most {s['max_seconds']:g} s per row); device {s['device']}",
               f"- {result['eager_note']}", "", markdown_table(result["rows"]), ""]
-    parts.append("Columns: int8 KB = the int8 weight bytes the exporter recorded (else parameters at 1 byte each); "
-                 "peak RSS = the process's high-water mark during "
+    parts.append("Columns: peak RSS = the process's high-water mark during "
                  "the row (interpreter, libraries and decoded images included), (+model) = its rise while the "
                  "model ran; mDice/mIoU = per-image means, pooled Dice over all pixels, masks at each image's "
                  "original size; ΔmDice against the fp32 file of the same weights; % peak = MACs per image / "

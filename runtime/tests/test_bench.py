@@ -81,11 +81,11 @@ def test_default_run_writes_json_csv_markdown(full_run, capsys):
         assert 0 < r["min_ms"] <= r["p50_ms"] <= r["p90_ms"] <= r["max_ms"]
         assert r["runs"] == 3 and r["images"] == len(sample_pairs())
         assert 0.5 < r["mDice"] <= 1 and 0 < r["mIoU"] <= r["mDice"] and 0 < r["pooled_dice"] <= 1
-        assert r["peak_rss_mb"] > 0 and r["parameters"] == 1156 and r["int8_weight_bytes"] == 1156
-        assert r["delta_dice"] == (0.0 if r["precision"] == "fp32" else pytest.approx(r["delta_dice"]))
-    fp32 = next(r for r in rows if r["precision"] == "fp32")
-    int8 = next(r for r in rows if r["precision"] == "int8" and r["format"] == "onnx")
-    assert int8["delta_dice"] == pytest.approx(int8["mDice"] - fp32["mDice"])
+        assert r["peak_rss_mb"] > 0 and r["parameters"] == 1156
+    fp32 = next(r for r in rows if r["precision"] == "fp32" and r["format"] == "onnx")
+    for r in rows:  # every row is compared with the fp32 ONNX file of the same weights
+        if r["status"] == "ok":
+            assert r["delta_dice"] == pytest.approx(r["mDice"] - fp32["mDice"])
 
 
 def test_dice_floor_exit_code(bundled, capsys):
