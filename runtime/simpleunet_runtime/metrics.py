@@ -1,8 +1,8 @@
 """Segmentation metrics (numpy). One definition used by training validation, ``simpleunet-eval`` and the bench.
 
 Empty-mask rule: an image whose ground truth and prediction are both empty scores Dice = IoU = 1 (a correct
-"nothing here"); if only one of them is empty it scores 0. Precision/recall of an image with no predicted /
-no true pixels follow the same rule.
+"nothing here"); if only one of them is empty it scores 0. Precision (no predicted pixels) and recall (no true
+pixels) follow the same rule: 1 when both are empty, else 0.
 """
 from __future__ import annotations
 
@@ -39,8 +39,8 @@ class SegmentationMeter:
         d = _ratio(2 * tp, 2 * tp + fp + fn)
         self.dice.append(d)
         self.iou.append(_ratio(tp, tp + fp + fn))
-        self.precision.append(_ratio(tp, tp + fp) if tp + fn else float(tp + fp == 0))
-        self.recall.append(_ratio(tp, tp + fn) if tp + fp else float(tp + fn == 0))
+        self.precision.append(tp / (tp + fp) if tp + fp else float(tp + fn == 0))
+        self.recall.append(tp / (tp + fn) if tp + fn else float(tp + fp == 0))
         return d
 
     def __len__(self) -> int:
