@@ -8,11 +8,14 @@ BIN := $(VENV)/bin
 
 install: $(VENV)/.installed
 
-# torch==2.13.0 first: an unpinned torch would pull a multi-GB CUDA build.
+# torch==2.13.0 first: an unpinned torch would pull a multi-GB CUDA build. Where pip has no CPU wheel of it at hand
+# (this project's machines have one locally), point it at PyTorch's CPU index:
+#   make install TORCH_INDEX=https://download.pytorch.org/whl/cpu
+TORCH_INDEX ?=
 $(VENV)/.installed: pyproject.toml runtime/pyproject.toml .ci/requirements.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q torch==2.13.0 $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 	$(BIN)/pip install -q -r .ci/requirements.txt
 	$(BIN)/pip install -q --no-deps -e ./runtime -e .
 	touch $@

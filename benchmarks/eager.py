@@ -17,6 +17,7 @@ from simpleunet_runtime.bench import Job
 from simpleunet_runtime.errors import SimpleUNetError
 from simpleunet_runtime.image import load_image, normalize, resize_image, resize_probabilities
 from simpleunet_runtime.metadata import ModelMetadata
+from simpleunet_runtime.segmenter import class_mask, foreground_probability
 
 from simpleunet.train.checkpoint import WEIGHTS, load_model
 from simpleunet.train.config import ModelConfig
@@ -49,15 +50,12 @@ class EagerRunner:
             return y.cpu().numpy()
 
     def run(self, x: np.ndarray) -> np.ndarray:
-        p = self._probabilities(x)
-        return p[:, 0] if p.shape[1] == 1 else 1.0 - p[:, 0]
+        return foreground_probability(self._probabilities(x))
 
     def predict(self, image: np.ndarray) -> np.ndarray:
         img = load_image(image)
         p = resize_probabilities(self._probabilities(self.preprocess([img]))[0], img.shape[:2])
-        if p.shape[0] == 1:
-            return np.where(p[0] > self.metadata.threshold, np.uint8(255), np.uint8(0))
-        return p.argmax(axis=0).astype(np.uint8)
+        return class_mask(p, self.metadata.threshold)
 
 
 def cuda_available() -> bool:

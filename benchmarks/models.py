@@ -17,13 +17,12 @@ import torch
 
 import simpleunet
 from simpleunet.train.checkpoint import CONFIG, WEIGHTS, load_model, save_model, write_json
-from simpleunet.train.config import ConfigError, ModelConfig
+from simpleunet.train.config import ConfigError, ModelConfig, TrainConfig
 from simpleunet.train.model import build_model
 from simpleunet.train.zoo import ZOO
 
 UNET_PEER = ModelConfig(family="unet", width=32, num_classes=1, head="logits")
-DEFAULT_PREPROCESS = {"imgsz": 256, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225],
-                      "channel_order": "RGB", "threshold": 0.5}
+DEFAULT_PREPROCESS = TrainConfig().preprocess()
 
 
 @dataclass

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from simpleunet_runtime.metrics import SegmentationMeter
+from simpleunet_runtime.segmenter import foreground_probability
 
 from .errors import ExportError
 
@@ -107,8 +108,8 @@ def torch_probabilities(model, x: np.ndarray) -> np.ndarray:
 
 
 def foreground(prob: np.ndarray, threshold: float) -> np.ndarray:
-    """(N, H, W) bool: p > threshold for one channel, argmax != background for several."""
-    return prob[:, 0] > threshold if prob.shape[1] == 1 else prob.argmax(axis=1) > 0
+    """(N, H, W) bool foreground masks of (N, C, H, W) probabilities: the runtime's one binary decision."""
+    return foreground_probability(prob) > threshold
 
 
 def max_abs_delta(a: np.ndarray, b: np.ndarray) -> float:

@@ -129,6 +129,11 @@ class TrainConfig:
         if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
             raise ConfigError(f"mean and std need 3 values each (RGB), std > 0; got {self.mean} / {self.std}")
 
+    def preprocess(self, threshold: float = 0.5) -> dict[str, Any]:
+        """The ``preprocess`` block of a checkpoint's config.json: what every later stage feeds the model."""
+        return {"imgsz": self.imgsz, "mean": list(self.mean), "std": list(self.std), "channel_order": "RGB",
+                "threshold": threshold}
+
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["model"] = self.model.to_dict()

@@ -109,9 +109,7 @@ def load_training_data(cfg: TrainConfig, root: Path, layout: str = "auto"):
 
 
 def checkpoint_meta(cfg: TrainConfig, threshold: float) -> dict[str, Any]:
-    return {"model": cfg.model.to_dict(),
-            "preprocess": {"imgsz": cfg.imgsz, "mean": list(cfg.mean), "std": list(cfg.std),
-                           "channel_order": "RGB", "threshold": threshold},
+    return {"model": cfg.model.to_dict(), "preprocess": cfg.preprocess(threshold),
             "dataset": cfg.dataset, "train": cfg.to_dict()}
 
 

@@ -18,6 +18,19 @@ from .image import ImageInput, as_rgb, load_image, normalize, resize_image, resi
 from .metadata import ModelMetadata
 
 
+def foreground_probability(p: np.ndarray) -> np.ndarray:
+    """(N, C, H, W) class probabilities -> (N, H, W) foreground probability: the one channel, or 1 - background.
+    The toolkit's one binary decision is ``foreground_probability(p) > threshold`` (training, eval, export, bench)."""
+    return p[:, 0] if p.shape[1] == 1 else 1.0 - p[:, 0]
+
+
+def class_mask(p: np.ndarray, threshold: float) -> np.ndarray:
+    """(C, H, W) probabilities -> HxW uint8 mask: 0/255 for one class, the argmax class id for several."""
+    if p.shape[0] == 1:
+        return np.where(p[0] > threshold, np.uint8(255), np.uint8(0))
+    return p.argmax(axis=0).astype(np.uint8)
+
+
 def _triple(name: str, value: Sequence[float] | None) -> tuple[float, float, float] | None:
     if value is None:
         return None
@@ -142,15 +155,11 @@ class Segmenter:
 
     def run(self, x: np.ndarray) -> np.ndarray:
         """Raw inference: NCHW float32 -> (N, H, W) foreground probability at imgsz (1 - background for C > 1)."""
-        p = self._probabilities(x)
-        return p[:, 0] if p.shape[1] == 1 else 1.0 - p[:, 0]
+        return foreground_probability(self._probabilities(x))
 
     def _postprocess(self, p: np.ndarray, size: tuple[int, int]) -> np.ndarray:
         """(C, h, w) probabilities -> HxW uint8 mask at ``size``."""
-        p = resize_probabilities(p, size)
-        if p.shape[0] == 1:
-            return np.where(p[0] > self.metadata.threshold, np.uint8(255), np.uint8(0))
-        return p.argmax(axis=0).astype(np.uint8)
+        return class_mask(resize_probabilities(p, size), self.metadata.threshold)
 
     # -- user-facing --------------------------------------------------------------------------------------------
     def predict_proba(self, image: ImageInput) -> np.ndarray:
