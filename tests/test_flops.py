@@ -1,4 +1,4 @@
-"""MAC counts against MODEL_SPEC.md's published GMACs (thop's rules, 1x3x256x256, 2 classes, paper head)."""
+"""MAC counts against the paper's published GMACs (thop's rules, 1x3x256x256, 2 classes, paper head)."""
 from __future__ import annotations
 
 import pytest

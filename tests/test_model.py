@@ -1,4 +1,4 @@
-"""The models match MODEL_SPEC.md exactly and their config round-trips through JSON."""
+"""The models match the authors' parameter counts exactly and their config round-trips through JSON."""
 import pytest
 import torch
 
@@ -6,7 +6,7 @@ from simpleunet.train.config import ConfigError, ModelConfig
 from simpleunet.train.model import build_model, count_parameters
 
 WIDTHS = (8, 16, 24, 32, 48, 64)
-SPEC = {  # MODEL_SPEC.md: 3 input channels, 2 classes, R = 0.5, paper head, alpha/beta excluded
+SPEC = {  # the authors' counts: 3 input channels, 2 classes, R = 0.5, paper head, alpha/beta excluded
     ("simpleunet", 1): (4252, 16244, 35980, 63460, 141652, 250820),
     ("simpleunet", 2): (7380, 28548, 63508, 112260, 251140, 445188),
     ("simpleesknet", 1): (25842, 100434, 223794, 395922, 886482, 1572114),

@@ -23,7 +23,7 @@ class ConfigError(SimpleUNetError, ValueError):
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """Architecture of one model (see MODEL_SPEC.md). ``head``: ``paper`` = 1x1 conv + BN + ReLU on the logits
+    """Architecture of one model (the authors' architecture; README "Models"). ``head``: ``paper`` = 1x1 conv + BN + ReLU on the logits
     (the authors' code), ``logits`` = 1x1 conv + BN with no ReLU (needed for a 1-class sigmoid head)."""
 
     family: str = "simpleunet"
@@ -83,7 +83,7 @@ class ModelConfig:
 
 @dataclass
 class TrainConfig:
-    """One training run. Defaults are the usual recipe for this model family (MODEL_SPEC.md)."""
+    """One training run. Defaults are the usual recipe for this model family (EGE-UNet/LB-UNet configs)."""
 
     dataset: str = "kvasir-seg"
     data_root: str | None = None

@@ -1,4 +1,4 @@
-"""Multiply-accumulates per image, counted the way thop counts them (how MODEL_SPEC.md's GMACs were measured).
+"""Multiply-accumulates per image, counted the way thop counts them (how the paper's GMACs were measured).
 
 thop hooks ``nn.Module``s, so it misses what a model does functionally (our bilinear upsampling and the SK block's
 global average pool are ``F.interpolate`` / ``Tensor.mean`` calls). Here one ``TorchFunctionMode`` sees every torch

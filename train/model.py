@@ -1,4 +1,4 @@
-"""SimpleUNet, SimpleESKNet (MODEL_SPEC.md) and a classic U-Net peer, built from a ``ModelConfig``.
+"""SimpleUNet, SimpleESKNet (the authors' architecture, README "Models") and a classic U-Net peer, built from a ``ModelConfig``.
 
 Both SimpleUNet families share one skeleton (``_FixedWidthUNet``) and differ only in their block: a plain
 conv-BN-ReLU (``SingleConv``) or ESKNet's selective-kernel block (``SKBlock``).
@@ -147,7 +147,7 @@ def build_model(cfg: ModelConfig) -> nn.Module:
 
 
 def count_parameters(model: nn.Module, include_fusion: bool = False) -> int:
-    """Trainable parameters as MODEL_SPEC.md counts them: alpha/beta excluded unless ``include_fusion``."""
+    """Trainable parameters as the paper counts them: alpha/beta excluded unless ``include_fusion``."""
     fusion = {id(p) for name, p in model.named_parameters() if name.startswith(("alpha.", "beta."))}
     return sum(p.numel() for p in model.parameters()
                if p.requires_grad and (include_fusion or id(p) not in fusion))

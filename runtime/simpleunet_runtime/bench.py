@@ -40,7 +40,7 @@ MASK_SUFFIXES = re.compile(r"(_mask|_segmentation|_Segmentation)$")
 TFLITE_HINT = 'pip install "simpleunet-runtime[tflite]"'
 PLOT_HINT = 'pip install "simpleunet-runtime[plot]"'
 
-#: Published peers (MODEL_SPEC.md: each paper's own figures, on the dataset named), for the plot.
+#: Published peers (each paper's own figures, on the dataset named), for the plot.
 PEERS = (
     ("U-Net", 7.77e6, 13.76, 0.8699, "ISIC17"),
     ("UNeXt", 1.47e6, 0.57, 0.8661, "ISIC18"),
