@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from simpleunet.train.checkpoint import CheckpointError, load_model
 from simpleunet.train.cli import eval_main, train_main

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from simpleunet_runtime.errors import SimpleUNetError
 
-from .config import AUGMENTS, FAMILIES, HEADS, ModelConfig, TrainConfig
+from .config import AUGMENTS, FAMILIES, HEADS, TrainConfig
 
 RECIPES = Path(__file__).parent / "recipes"
 

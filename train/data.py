@@ -21,17 +21,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from simpleunet_runtime.errors import SimpleUNetError
+from simpleunet_runtime.folders import DataError, image_stem, read_split
 from simpleunet_runtime.image import IMAGE_SUFFIXES, load_image, load_mask, resize_image, resize_mask
 
 LAYOUTS = ("auto", "folder", "kvasir-zip", "busi-original", "isic2018")
-#: Split names per preset: the name a user types -> the file under splits/.
-SPLIT_ALIASES = {"train": ("train_880.txt", "train.txt"), "test": ("val_120.txt", "test.txt"),
-                 "val": ("val_120.txt", "val.txt")}
-
-
-class DataError(SimpleUNetError):
-    """A dataset folder is missing, empty or inconsistent."""
 
 
 @dataclass(frozen=True)
@@ -51,8 +44,7 @@ def _pairs_by_stem(images_dir: Path, masks_dir: Path) -> list[Sample]:
         raise DataError(f"no images found in {images_dir} (expected {', '.join(IMAGE_SUFFIXES)} files)")
     masks = {}
     for m in _images_in(masks_dir):
-        stem = re.sub(r"(_mask|_segmentation|_Segmentation)$", "", m.stem)
-        masks.setdefault(stem, m)
+        masks.setdefault(image_stem(m), m)
     out, missing = [], []
     for img in images:
         if img.stem in masks:
@@ -135,17 +127,11 @@ def select_split(samples: list[Sample], root: str | os.PathLike, split: str | No
     ``test``, ``val`` or a file stem) or a path to a text file with one id per line."""
     if split in (None, "all"):
         return samples
-    root = Path(root)
-    candidates = [Path(split)] if Path(split).suffix == ".txt" else []
-    candidates += [root / "splits" / name for name in SPLIT_ALIASES.get(split, ())] + [root / "splits" / f"{split}.txt"]
-    path = next((p for p in candidates if p.is_file()), None)
-    if path is None:
-        raise DataError(f"split {split!r} not found for {root} (looked for {', '.join(str(c) for c in candidates)})")
-    ids = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    ids = read_split(root, split)
     by_id = {s.id: s for s in samples}
     missing = [i for i in ids if i not in by_id]
     if missing:
-        raise DataError(f"split file {path} names {missing[0]!r}, which has no image/mask pair in {root}")
+        raise DataError(f"split {split!r} names {missing[0]!r}, which has no image/mask pair in {root}")
     return [by_id[i] for i in ids]
 
 
@@ -156,8 +142,12 @@ def cache_dir() -> Path:
 
 def load_arrays(samples: list[Sample], imgsz: int, cache: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """Decode + resize every pair once: (N, S, S, 3) uint8 images and (N, S, S) bool masks, cached on disk."""
-    key = hashlib.sha256(json.dumps([imgsz] + [(s.id, str(s.image), [str(m) for m in s.masks],
-                                                s.image.stat().st_size) for s in samples]).encode()).hexdigest()[:16]
+    def stamp(p: Path) -> tuple[str, int, int]:  # an edited or replaced file gets a new cache entry
+        st = p.stat()
+        return str(p), st.st_size, st.st_mtime_ns
+
+    key = hashlib.sha256(json.dumps([imgsz] + [(s.id, stamp(s.image), [stamp(m) for m in s.masks])
+                                               for s in samples]).encode()).hexdigest()[:16]
     path = cache_dir() / f"{key}.npz"
     if cache and path.is_file():
         with np.load(path) as z:

@@ -18,7 +18,6 @@ import importlib.util
 import io
 import json
 import os
-import re
 import shlex
 import sys
 import time
@@ -30,14 +29,14 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from . import machine, zoo
+from .backends import TFLITE_HINT
 from .errors import SimpleUNetError
+from .folders import image_stem, read_split
 from .image import list_images, load_image, load_mask
 from .metrics import SegmentationMeter
 
 FORMAT_ORDER = {"pytorch": 0, "onnx": 1, "tflite": 2}
 PRECISION_ORDER = {"fp32": 0, "fp16": 1, "int8": 2}
-MASK_SUFFIXES = re.compile(r"(_mask|_segmentation|_Segmentation)$")
-TFLITE_HINT = 'pip install "simpleunet-runtime[tflite]"'
 PLOT_HINT = 'pip install "simpleunet-runtime[plot]"'
 
 #: Published peers (each paper's own figures, on the dataset named), for the plot.
@@ -75,15 +74,6 @@ class BenchData:
     note: str = ""
 
 
-def _split_ids(root: Path, split: str) -> list[str]:
-    path = Path(split)
-    if not path.is_file():
-        path = next((p for p in (root / "splits" / split, root / "splits" / f"{split}.txt") if p.is_file()), path)
-    if not path.is_file():
-        raise SimpleUNetError(f"split {split!r} not found: give a text file of ids or a name under {root / 'splits'}")
-    return [line.strip() for line in path.read_text().splitlines() if line.strip()]
-
-
 def load_data(folder: str | os.PathLike | None = None, split: str | None = None,
               limit: int | None = None) -> BenchData:
     """``folder``/images (+ ``folder``/masks, same stems; ``_mask`` suffixes allowed) [+ a split]; None = the
@@ -99,7 +89,7 @@ def load_data(folder: str | os.PathLike | None = None, split: str | None = None,
     img_dir = root / "images" if (root / "images").is_dir() else root
     images = list_images(img_dir)
     if split:
-        wanted = _split_ids(root, split)
+        wanted = read_split(root, split)
         by_stem = {p.stem: p for p in images}
         missing = [i for i in wanted if i not in by_stem]
         if missing:
@@ -113,7 +103,7 @@ def load_data(folder: str | os.PathLike | None = None, split: str | None = None,
     masks: list[np.ndarray] | None = None
     note = ""
     if mask_dir.is_dir():
-        by_stem = {MASK_SUFFIXES.sub("", p.stem): p for p in list_images(mask_dir)}
+        by_stem = {image_stem(p): p for p in list_images(mask_dir)}
         missing = [p.name for p in images if p.stem not in by_stem]
         if missing:
             raise SimpleUNetError(f"no mask in {mask_dir} for image {missing[0]}"

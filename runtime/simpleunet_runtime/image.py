@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Sequence, Union
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from .errors import SimpleUNetError
 

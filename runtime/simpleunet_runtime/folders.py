@@ -1,0 +1,35 @@
+"""The dataset folder conventions shared by the runtime's bench and the toolkit's training data: images/ + masks/
+with matching file stems (a mask's stem may end in ``_mask`` or ``_segmentation``) and split files under splits/."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from .errors import SimpleUNetError
+
+_MASK_SUFFIX = re.compile(r"(_mask|_segmentation|_Segmentation)$")
+#: Split names per preset: the name a user types -> the files looked for under splits/ (Kvasir-SEG's official
+#: train_880/val_120, then the generic train/test/val).
+SPLIT_ALIASES = {"train": ("train_880.txt", "train.txt"), "test": ("val_120.txt", "test.txt"),
+                 "val": ("val_120.txt", "val.txt")}
+
+
+class DataError(SimpleUNetError):
+    """A dataset folder is missing, empty or inconsistent."""
+
+
+def image_stem(mask: Path) -> str:
+    """The stem of the image a mask file belongs to (``a_mask.png`` -> ``a``)."""
+    return _MASK_SUFFIX.sub("", mask.stem)
+
+
+def read_split(root: Path, split: str) -> list[str]:
+    """The ids of a split: a path to a text file (one id per line), or a name under ``root/splits/`` (``train``,
+    ``test``, ``val`` or a file stem)."""
+    root = Path(root)
+    candidates = [Path(split)] if Path(split).suffix == ".txt" else []
+    candidates += [root / "splits" / name for name in SPLIT_ALIASES.get(split, ())] + [root / "splits" / f"{split}.txt"]
+    path = next((p for p in candidates if p.is_file()), None)
+    if path is None:
+        raise DataError(f"split {split!r} not found for {root} (looked for {', '.join(str(c) for c in candidates)})")
+    return [line.strip() for line in path.read_text().splitlines() if line.strip()]
