@@ -29,12 +29,17 @@ from .loop import evaluate, score
 from .model import count_parameters
 
 ZOO = Path(__file__).parent / "zoo"
-PAPER = {"kvasir-seg": "mDice 86.46 / mIoU 76.48 (paper, SimpleESKNet-32 N=2 + AFF, its own protocol)",
-         "busi": "mDSC 85.76 / mIoU 75.60 on a multi-centre breast set (paper; not BUSI alone)"}
-#: The paper column of the README table (mDice / mIoU as fractions).
-PAPER_SHORT = {"kvasir-seg": "0.8646 / 0.7648 (SimpleESKNet-32 N=2)",
-               "busi": "none on BUSI (0.8576 / 0.7560 on a multi-centre set)"}
+#: The paper's headline results (mDice, mIoU, what they were measured on) per dataset of the zoo.
+PAPER = {"kvasir-seg": (0.8646, 0.7648, "SimpleESKNet-32 N=2 + AFF, its own protocol"),
+         "busi": (0.8576, 0.7560, "a multi-centre breast ultrasound set, not BUSI alone")}
 DATASET_NAMES = {"kvasir-seg": "Kvasir-SEG", "busi": "BUSI"}
+
+
+def paper_result(dataset: str) -> str:
+    if dataset not in PAPER:
+        return "n/a"
+    d, iou, what = PAPER[dataset]
+    return f"mDice {d:.4f} / mIoU {iou:.4f} ({what})"
 
 
 def cpu_name() -> str:
@@ -135,11 +140,19 @@ mDice / mIoU are per-image means; an image whose mask and prediction are both em
 |---|---|---|---|
 {chr(10).join(rows)}
 
-Paper: {PAPER.get(meta['dataset'], 'n/a')}.
+Paper: {paper_result(meta['dataset'])}.
 
 ![training curve](curve.png)
 """
     (folder / "MODEL_CARD.md").write_text(card)
+
+
+def paper_column(dataset: str) -> str:
+    if dataset == "kvasir-seg":
+        return f"{PAPER[dataset][0]:.4f} / {PAPER[dataset][1]:.4f} (SimpleESKNet-32 N=2)"
+    if dataset == "busi":
+        return f"none on BUSI ({PAPER[dataset][0]:.4f} / {PAPER[dataset][1]:.4f} on a multi-centre set)"
+    return "—"
 
 
 def readme_table(zoo: Path = ZOO) -> str:
@@ -162,7 +175,7 @@ def readme_table(zoo: Path = ZOO) -> str:
         epochs = f"{trained}" if trained == planned else f"{trained} of {planned}"
         rows.append(f"| [{folder.name}](train/zoo/{folder.name}/MODEL_CARD.md) | {metrics['parameters']:,} | "
                     f"{DATASET_NAMES.get(meta['dataset'], meta['dataset'])} | {epochs} | {pair(metrics['test'])} | "
-                    f"{pair(own['-int8.onnx'])} | {pair(own['-int8.tflite'])} | {PAPER_SHORT.get(meta['dataset'], '—')} |")
+                    f"{pair(own['-int8.onnx'])} | {pair(own['-int8.tflite'])} | {paper_column(meta['dataset'])} |")
     return "\n".join(rows)
 
 
