@@ -3,7 +3,9 @@
 Every image goes through ``simpleunet_runtime.image`` (load_image -> resize_image -> normalize): the same code
 the runtime runs, so int8 ranges are calibrated on the pixels the deployed model will see.
 Calibration default: the bundled Kvasir-SEG TRAIN sample in ``calibration/``. Checks default: the runtime's
-bundled Kvasir-SEG val_120 sample (held out from training, calibration and threshold tuning), with masks.
+bundled Kvasir-SEG val_120 sample (held out from training, calibration and threshold tuning), with masks. A model
+trained on another dataset (BUSI) is calibrated on that dataset's train split and checked on its test split when
+the dataset is found (``own_dataset``).
 """
 from __future__ import annotations
 
@@ -17,6 +19,8 @@ from simpleunet_runtime.errors import SimpleUNetError
 from simpleunet_runtime.image import list_images, load_image, load_mask, resize_image, resize_mask
 
 CALIBRATION_DIR = Path(__file__).resolve().parent / "calibration"
+#: The dataset the bundled calibration and check samples come from.
+BUNDLED_DATASET = "kvasir-seg"
 #: Below this many calibration images the activation ranges get noisy: warn (zero is an error).
 MIN_CALIBRATION = 16
 
@@ -40,20 +44,45 @@ def _pick(items: list, count: int | None) -> list:
     return [items[int(i * step)] for i in range(count)]
 
 
+def own_dataset(name: str) -> Path | None:
+    """The local copy of dataset ``name`` ($SIMPLEUNET_DATA or ../shared/datasets), if there is one."""
+    from simpleunet.train.cli import dataset_root
+
+    try:
+        return dataset_root(name, None)
+    except SimpleUNetError:
+        return None
+
+
+def _split_images(folder: Path, split: str) -> list[Path] | None:
+    """The images of a split of an images/ + masks/ + splits/ dataset folder, or None if it has no such split."""
+    from simpleunet_runtime.folders import read_split
+
+    if not (folder / "splits").is_dir() or not (folder / "images").is_dir():
+        return None
+    try:
+        ids = set(read_split(folder, split))
+    except SimpleUNetError:
+        return None
+    return [p for p in list_images(folder / "images") if p.stem in ids]
+
+
 def calibration_set(folder: str | Path | None, imgsz: int, count: int | None = None) -> ImageSet:
-    """Calibration images from ``folder`` (default: the bundled sample). Errors on a missing, empty or
-    unreadable folder; warns below ``MIN_CALIBRATION`` images."""
+    """Calibration images from ``folder`` (its train split if it has splits/; default: the bundled sample).
+    Errors on a missing, empty or unreadable folder; warns below ``MIN_CALIBRATION`` images."""
     folder = Path(folder) if folder is not None else CALIBRATION_DIR
     if count is not None and count < 1:
         raise SimpleUNetError(f"--calib-size must be at least 1, got {count}")
     if not folder.is_dir():
         raise SimpleUNetError(f"calibration folder {folder} does not exist or is not a folder")
     try:
-        paths = list_images(folder)
+        paths = _split_images(folder, "train")
+        source = f"{folder} (train split)" if paths else str(folder)
+        paths = paths or list_images(folder)
+        if not paths and (folder / "images").is_dir():
+            paths = list_images(folder / "images")
     except OSError as exc:
         raise SimpleUNetError(f"cannot read calibration folder {folder}: {exc.strerror or exc}") from None
-    if not paths and (folder / "images").is_dir():
-        paths = list_images(folder / "images")
     if not paths:
         raise SimpleUNetError(f"calibration folder {folder} holds no images (.jpg/.png/...); int8 calibration "
                               "needs real images like the ones the model will see")
@@ -62,7 +91,7 @@ def calibration_set(folder: str | Path | None, imgsz: int, count: int | None = N
         warnings.warn(f"only {len(paths)} calibration image(s) in {folder}: int8 ranges may be poor; "
                       f"use at least {MIN_CALIBRATION}", stacklevel=2)
     images = np.stack([resize_image(load_image(p), imgsz) for p in paths])
-    return ImageSet(images, None, [p.stem for p in paths], str(folder))
+    return ImageSet(images, None, [p.stem for p in paths], source)
 
 
 def _pairs_in(folder: Path) -> list[tuple[Path, Path]]:
@@ -85,7 +114,8 @@ def verification_set(folder: str | Path | None, imgsz: int, count: int | None = 
         folder = Path(folder)
         if not folder.is_dir():
             raise SimpleUNetError(f"verification folder {folder} does not exist")
-        pairs, source = _pairs_in(folder), str(folder)
+        pairs = _pairs_in(folder)
+        source = f"{folder} (test split)" if _split_images(folder, "test") else str(folder)
     else:
         from simpleunet_runtime.sample import sample_dir, sample_pairs
 

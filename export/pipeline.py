@@ -24,7 +24,7 @@ from simpleunet_runtime.metadata import ModelMetadata
 
 from . import manifest as manifest_mod
 from .errors import ExportError
-from .images import ImageSet, calibration_set, verification_set
+from .images import BUNDLED_DATASET, ImageSet, calibration_set, own_dataset, verification_set
 
 FORMATS = ("onnx", "tflite")
 INT8_ONNX = ("qoperator", "qdq", "both")
@@ -393,6 +393,15 @@ def export_model(checkpoint: str | os.PathLike | None = None, *, family: str | N
     say(first.line())
 
     t = time.perf_counter()
+    dataset = str(meta.get("dataset", ""))
+    if dataset and dataset != BUNDLED_DATASET and (calib_data is None or val_data is None):
+        own = own_dataset(dataset)  # calibrate and check a BUSI model on BUSI, not on the bundled Kvasir-SEG sample
+        if own is not None:
+            calib_data = own if calib_data is None else calib_data
+            val_data = own if val_data is None else val_data
+        else:
+            say(f"warning: the model was trained on {dataset!r}, which is not found here; calibrating and checking "
+                "on the bundled Kvasir-SEG sample (pass --calib-data/--val-data, or set SIMPLEUNET_DATA)")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         calib = calibration_set(calib_data, imgsz, calib_size) if int8 else None

@@ -475,3 +475,13 @@ def test_publish_bundles_every_zoo_checkpoint(tmp_path, tiny_ckpt):
         assert e["metrics"]["test_mDice"] == 0.5
         path = zoo.resolve(e["name"], e["precision"], e["format"], folder=dest)  # checks the sha256
         assert read_onnx_metadata(path).name == "simpleunet16-test"
+
+
+def test_a_dataset_folder_calibrates_on_train_and_checks_on_test(busi):
+    """A BUSI model is calibrated on BUSI's train split and checked on its test split (never on test for calibration)."""
+    train = set((busi / "splits" / "train.txt").read_text().split())
+    test = set((busi / "splits" / "test.txt").read_text().split())
+    cal = calibration_set(busi, 32, 8)
+    assert "train split" in cal.source and len(cal.names) == 8 and set(cal.names) <= train
+    val = verification_set(busi, 32, 8)
+    assert "test split" in val.source and len(val.names) == 8 and set(val.names) <= test
