@@ -52,7 +52,8 @@ zoo-train: install
 # model card and curve; every zoo model re-exported into the runtime's bundled models; the runtime's parity fixture).
 zoo-publish: install
 	@test -n "$(NAME)" || { echo "zoo-publish: give NAME=<recipe>, e.g. make zoo-publish NAME=simpleunet16-busi"; exit 2; }
-	$(BIN)/simpleunet-export --checkpoint runs/$(NAME) --int8 --out exports/runs/$(NAME)
+	rm -rf exports/runs/$(NAME)
+	$(BIN)/simpleunet-export --checkpoint runs/$(NAME) --int8 --name $(NAME) --out exports/runs/$(NAME)
 	$(BIN)/python -m simpleunet.train.zoo runs/$(NAME) --name $(NAME) --exports exports/runs/$(NAME)
 	$(BIN)/python -m simpleunet.export.publish
 	$(BIN)/python tests/make_runtime_fixtures.py --zoo train/zoo/$(NAME)

@@ -5,6 +5,7 @@ Exit codes: 0 success, 2 a user-fixable problem or a failed check (one ``error:`
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 
 from simpleunet_runtime.errors import SimpleUNetError
@@ -38,6 +39,12 @@ def _fraction(text: str) -> float:
     return value
 
 
+def _name(text: str) -> str:
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", text):
+        raise argparse.ArgumentTypeError(f"expected letters, digits, '.', '_' or '-', got {text!r}")
+    return text
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser("simpleunet-export", description=__doc__.splitlines()[0].split(": ", 1)[1],
                                 epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -49,13 +56,17 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--imgsz", type=_positive, help="input size, a multiple of 16 (default: the checkpoint's)")
     p.add_argument("--int8", action="store_true", help="also write int8 ONNX and full-integer int8 TFLite")
     p.add_argument("--formats", default=",".join(FORMATS), help="comma-separated: onnx,tflite (default both)")
-    p.add_argument("--calib-data", metavar="DIR", help="folder of real images for int8 calibration "
-                   "(default: the bundled Kvasir-SEG train sample)")
+    p.add_argument("--calib-data", metavar="DIR", help="folder of real images for int8 calibration, its train "
+                   "split if it has splits/ (default: the model's own dataset when found here, else the bundled "
+                   "Kvasir-SEG train sample)")
     p.add_argument("--calib-size", type=_positive, default=32, help="calibration images to use (default 32)")
-    p.add_argument("--val-data", metavar="DIR", help="images/ + masks/ for the checks (default: the bundled "
-                   "Kvasir-SEG val sample)")
+    p.add_argument("--val-data", metavar="DIR", help="images/ + masks/ for the checks, its test split if it has "
+                   "splits/ (default: the model's own dataset when found here, else the bundled Kvasir-SEG val "
+                   "sample)")
     p.add_argument("--val-size", type=_positive, help="check images to use (default all)")
     p.add_argument("--out", metavar="DIR", help="output folder (default exports/<model name>)")
+    p.add_argument("--name", type=_name, help="model name in the files' metadata and file names (default: the "
+                   "zoo folder's name, e.g. simpleunet16-kvasir, else the architecture, e.g. simpleunet16)")
     p.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
     p.add_argument("--int8-onnx", choices=INT8_ONNX, default="qoperator",
                    help="int8 ONNX layout (default qoperator: smallest; qdq for hardware execution providers)")
@@ -78,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
                      int8=args.int8, formats=parse_formats(args.formats), calib_data=args.calib_data,
                      calib_size=args.calib_size, val_data=args.val_data, val_size=args.val_size, out=args.out,
                      opset=args.opset, int8_onnx=args.int8_onnx, min_agreement=args.min_agreement,
-                     max_delta=args.max_delta, ort_rewrites=args.ort_rewrites)
+                     max_delta=args.max_delta, ort_rewrites=args.ort_rewrites, name=args.name)
     except SimpleUNetError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 import torch
 
+from simpleunet.export.images import own_dataset
 from simpleunet.train.checkpoint import load_model
-from simpleunet.train.data import InMemorySegmentation
+from simpleunet.train.data import InMemorySegmentation, discover, select_split
 from simpleunet.train.zoo import ZOO
 from simpleunet_runtime import Segmenter, SimpleUNetError, zoo
 from simpleunet_runtime.image import load_image, resize_image
@@ -38,6 +39,18 @@ def test_runtime_preprocess_matches_training():
     np.testing.assert_allclose(got, want, atol=1e-5, rtol=0)
 
 
+def _check_images(dataset: str, count: int = 16) -> list[np.ndarray]:
+    """The bundled Kvasir-SEG sample for a Kvasir-SEG model, else ``count`` images of the model's own test split
+    (a BUSI model's int8 ranges are calibrated on ultrasound, not on colonoscopy)."""
+    if dataset == "kvasir-seg":
+        return [load_image(p) for p, _ in sample_pairs()]
+    root = own_dataset(dataset)
+    if root is None:
+        pytest.skip(f"dataset {dataset!r} not found (its images are what this model's int8 file is checked on)")
+    samples = select_split(discover(root), root, "test")
+    return [load_image(s.image) for s in samples[:: max(1, len(samples) // count)][:count]]
+
+
 def _bundled_int8() -> list[tuple[str, str]]:
     try:
         return sorted({(e["name"], e["format"]) for e in zoo.index() if e.get("precision") == "int8"})
@@ -57,8 +70,8 @@ def test_bundled_int8_agrees_with_its_pytorch_checkpoint(name, fmt):
     seg = Segmenter.pretrained(name, precision="int8", format=fmt)
     assert seg.metadata.weights_sha256 == hashlib.sha256((folder / "model.safetensors").read_bytes()).hexdigest(), \
         f"bundled {name} was exported from other weights than {folder}: make zoo-publish NAME={name}"
-    model, _ = load_model(folder)
-    x = seg.preprocess([load_image(p) for p, _ in sample_pairs()])
+    model, meta = load_model(folder)
+    x = seg.preprocess(_check_images(meta.get("dataset", "")))
     with torch.no_grad():
         logits = model(torch.from_numpy(x))
         ref = (torch.sigmoid(logits)[:, 0] if logits.shape[1] == 1 else 1 - torch.softmax(logits, 1)[:, 0]).numpy()
