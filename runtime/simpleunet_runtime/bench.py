@@ -38,6 +38,7 @@ from .metrics import SegmentationMeter
 FORMAT_ORDER = {"pytorch": 0, "onnx": 1, "tflite": 2}
 PRECISION_ORDER = {"fp32": 0, "fp16": 1, "int8": 2}
 PLOT_HINT = 'pip install "simpleunet-runtime[plot]"'
+SAMPLE_DATASET = "kvasir-seg"  # what the bundled sample (simpleunet_runtime/sample) is drawn from
 
 #: Published peers (each paper's own figures, on the dataset named), for the plot.
 PEERS = (
@@ -72,6 +73,7 @@ class BenchData:
     images: list[np.ndarray]
     masks: list[np.ndarray] | None
     note: str = ""
+    dataset: str = ""  # known for the bundled sample: a model trained on another dataset is not scored on it
 
 
 def load_data(folder: str | os.PathLike | None = None, split: str | None = None,
@@ -124,7 +126,7 @@ def load_data(folder: str | os.PathLike | None = None, split: str | None = None,
             masks.append(m)
     label = f"{name}{f' ({split})' if split else ''}: {len(decoded)} images" \
         + ("" if masks is not None else ", no masks")
-    return BenchData(label, decoded, masks, note)
+    return BenchData(label, decoded, masks, note, dataset=SAMPLE_DATASET if folder is None else "")
 
 
 # -- what to benchmark ---------------------------------------------------------------------------------------------
@@ -373,8 +375,12 @@ def measure(job: Job, threads: int, data: BenchData, s: Settings, dice: dict[str
         row.update(batch=s.batch, runs=len(times), p50_ms=float(np.median(ms)), p90_ms=float(np.percentile(ms, 90)),
                    min_ms=float(ms.min()), max_ms=float(ms.max()), images_per_s=float(1000.0 / np.median(ms)))
         status = "ok"
+        # the dataset's name, without a note such as "kvasir-seg (bundled sample, test fixture)"
+        trained_on = job.metadata.dataset.split("(")[0].strip() if job.metadata is not None else ""
         if job.dice_note:
             status = f"ok; {job.dice_note}"
+        elif data.dataset and trained_on and trained_on != data.dataset:
+            status = f"ok; Dice not scored: trained on {trained_on}, data is {data.dataset} (give --data)"
         elif data.masks is None:
             status = "ok; Dice skipped (no masks)"
         else:

@@ -164,6 +164,16 @@ def test_split_and_limit(bundled, tmp_path):
         bench.load_data(data, "nope")
 
 
+def test_a_model_of_another_dataset_is_not_scored_on_the_bundled_sample(fixtures, tmp_path):
+    sample = bench.load_data(None, limit=2)
+    assert sample.dataset == "kvasir-seg" and bench.load_data(_copy_sample(tmp_path / "d", n=2)).dataset == ""
+    job = bench.describe(bench.file_job(fixtures / "tiny_int8.onnx"))
+    job.metadata = job.metadata.replace(dataset="busi")
+    [row] = bench.run_bench([job], sample, bench.Settings(threads=[1], runs=2, warmup=1))
+    assert row["status"] == "ok; Dice not scored: trained on busi, data is kvasir-seg (give --data)"
+    assert row["mDice"] is None and row["p50_ms"] > 0
+
+
 def test_broken_model_keeps_other_rows(bundled, fixtures, tmp_path, capsys):
     bad = tmp_path / "broken.onnx"
     bad.write_bytes(b"not an onnx model at all")
