@@ -19,8 +19,6 @@ from simpleunet_runtime.errors import SimpleUNetError
 from simpleunet_runtime.image import list_images, load_image, load_mask, resize_image, resize_mask
 
 CALIBRATION_DIR = Path(__file__).resolve().parent / "calibration"
-#: The dataset the bundled calibration and check samples come from.
-BUNDLED_DATASET = "kvasir-seg"
 #: Below this many calibration images the activation ranges get noisy: warn (zero is an error).
 MIN_CALIBRATION = 16
 

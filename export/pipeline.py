@@ -21,10 +21,11 @@ import numpy as np
 from simpleunet_runtime.errors import SimpleUNetError
 from simpleunet_runtime.image import normalize
 from simpleunet_runtime.metadata import ModelMetadata
+from simpleunet_runtime.sample import SAMPLE_DATASET
 
 from . import manifest as manifest_mod
 from .errors import ExportError
-from .images import BUNDLED_DATASET, ImageSet, calibration_set, own_dataset, verification_set
+from .images import ImageSet, calibration_set, own_dataset, verification_set
 
 FORMATS = ("onnx", "tflite")
 INT8_ONNX = ("qoperator", "qdq", "both")
@@ -394,7 +395,7 @@ def export_model(checkpoint: str | os.PathLike | None = None, *, family: str | N
 
     t = time.perf_counter()
     dataset = str(meta.get("dataset", ""))
-    if dataset and dataset != BUNDLED_DATASET and (calib_data is None or val_data is None):
+    if dataset and dataset != SAMPLE_DATASET and (calib_data is None or val_data is None):
         own = own_dataset(dataset)  # calibrate and check a BUSI model on BUSI, not on the bundled Kvasir-SEG sample
         if own is not None:
             calib_data = own if calib_data is None else calib_data

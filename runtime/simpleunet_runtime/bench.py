@@ -34,11 +34,11 @@ from .errors import SimpleUNetError
 from .folders import image_stem, read_split
 from .image import list_images, load_image, load_mask
 from .metrics import SegmentationMeter
+from .sample import SAMPLE_DATASET
 
 FORMAT_ORDER = {"pytorch": 0, "onnx": 1, "tflite": 2}
 PRECISION_ORDER = {"fp32": 0, "fp16": 1, "int8": 2}
 PLOT_HINT = 'pip install "simpleunet-runtime[plot]"'
-SAMPLE_DATASET = "kvasir-seg"  # what the bundled sample (simpleunet_runtime/sample) is drawn from
 
 #: Published peers (each paper's own figures, on the dataset named), for the plot.
 PEERS = (

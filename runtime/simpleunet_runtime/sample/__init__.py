@@ -8,6 +8,9 @@ from pathlib import Path
 
 from ..errors import SimpleUNetError
 
+#: The dataset the bundled sample (and the exporter's bundled calibration images) come from.
+SAMPLE_DATASET = "kvasir-seg"
+
 
 def sample_dir() -> Path:
     """Folder holding ``images/`` (JPEG) and ``masks/`` (PNG, 0/255) with matching stems."""
