@@ -65,6 +65,14 @@ def _is_su16(s: Subject) -> bool:
     return cfg["family"] == "simpleunet" and cfg["width"] == 16 and cfg.get("blocks", 1) == 1
 
 
+def _default_su16(subjects: list[Subject]) -> Subject | None:
+    """The SimpleUNet-16 the ratio table and speed experiments use: the trained Kvasir-SEG one (the toolkit's
+    default model) if present. The other SimpleUNet-16s share its architecture, so their latency is the same."""
+    trained = [s for s in subjects if _is_su16(s) and not s.untrained]
+    return next((s for s in trained if s.dataset == "kvasir-seg"), None) or next(iter(trained), None) \
+        or next((s for s in subjects if _is_su16(s)), None)
+
+
 def _find(rows, subject, fmt, precision, threads):
     for r in rows:
         if r["_subject"] is subject and r["format"] == fmt and r["precision"] == precision \
@@ -112,7 +120,7 @@ def ratios(rows: list[dict[str, Any]], subjects: list[Subject], threads: list[in
         r = _find(rows, s, fmt, prec, t)
         return ("table rows", (r["p50_ms"], r["min_ms"])) if r else None
 
-    su16 = [s for s in subjects if _is_su16(s)]
+    su16 = [s for s in (_default_su16(subjects),) if s is not None]
     peer = next((s for s in subjects if s.name.startswith("unet")), None)
     for s in su16:
         for t in threads:
@@ -371,15 +379,13 @@ def run(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
         title = {"kvasir-seg": "Kvasir-SEG val_120", "busi": "BUSI test"}[name]
         datasets[name] = {"title": title, "data": data.name, "rows": rows}
     h2h = {}
-    for s in subjects:
-        if _is_su16(s) and not s.untrained:
-            log(f"interleaved timing of every path of {s.name}")
-            h2h[s.name] = head_to_head(s, data_cache[s.dataset if s.dataset in DATASETS else "kvasir-seg"], threads,
-                                       args.tune_rounds, args.tune_runs)
+    su16 = _default_su16(subjects)
+    if su16 is not None and not su16.untrained:
+        log(f"interleaved timing of every path of {su16.name}")
+        h2h[su16.name] = head_to_head(su16, data_cache[su16.dataset if su16.dataset in DATASETS else "kvasir-seg"],
+                                      threads, args.tune_rounds, args.tune_runs)
     ratio_lines = ratios(all_rows, subjects, threads, h2h)
     tuning_lines, tuning_raw = [], {}
-    su16 = next((s for s in subjects if _is_su16(s) and s.dataset == "kvasir-seg"), None) or \
-        next((s for s in subjects if _is_su16(s)), None)
     if su16 and not args.no_tuning:
         log(f"speed experiments on {su16.name}")
         data = data_cache[su16.dataset if su16.dataset in DATASETS else "kvasir-seg"]
