@@ -27,10 +27,7 @@ def _checkpoint(folder: Path, family: str, width: int, blocks: int) -> Path:
     torch.manual_seed(0)
     cfg = ModelConfig(family=family, width=width, blocks=blocks)
     train = TrainConfig(model=cfg)
-    meta = {"model": cfg.to_dict(), "preprocess": {"imgsz": train.imgsz, "mean": list(train.mean),
-                                                   "std": list(train.std), "channel_order": "RGB",
-                                                   "threshold": 0.5},
-            "dataset": "random weights (size measurement)"}
+    meta = {"model": cfg.to_dict(), "preprocess": train.preprocess(), "dataset": "random weights (size measurement)"}
     model = build_model(cfg).eval()
     with torch.no_grad():  # trained AFF scales are not 1 (a Mul by exactly 1 is dropped by some converters)
         for p in list(model.alpha) + list(model.beta):
