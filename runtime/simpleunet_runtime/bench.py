@@ -30,7 +30,7 @@ import numpy as np
 
 from . import machine, zoo
 from .backends import TFLITE_HINT
-from .errors import SimpleUNetError
+from .errors import SimpleUNetError, console_script
 from .folders import image_stem, read_split
 from .image import list_images, load_image, load_mask
 from .metrics import SegmentationMeter
@@ -709,6 +709,7 @@ def floor_failures(rows: list[dict[str, Any]], floor: float) -> list[str]:
     return sorted(set(bad))
 
 
+@console_script
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 from .backends import BACKENDS
-from .errors import SimpleUNetError
+from .errors import SimpleUNetError, console_script
 from .image import list_images, load_image, overlay, save_png
 
 DEFAULT_MODEL = "simpleunet16-kvasir"
@@ -127,6 +127,7 @@ def _open(args):
     return Segmenter.pretrained(args.model, precision=args.precision, format=fmt, backend=args.backend, **kw)
 
 
+@console_script
 def infer_main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     t0 = time.perf_counter()

@@ -13,7 +13,7 @@ import os
 import sys
 from pathlib import Path
 
-from .errors import SimpleUNetError
+from .errors import SimpleUNetError, console_script
 
 EMPTY = "no bundled models; export some with simpleunet-export"
 FORMATS, PRECISIONS = ("onnx", "tflite"), ("fp32", "int8")
@@ -109,6 +109,7 @@ def table(entries: list[dict]) -> str:
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in [head, *rows])
 
 
+@console_script
 def list_main(argv: list[str] | None = None) -> int:
     """``simpleunet-models``: list the bundled models."""
     p = argparse.ArgumentParser(prog="simpleunet-models", description="List the models bundled with the runtime.")

@@ -40,7 +40,8 @@ t=$(now)
 echo "slim venv: runtime tests in $(since "$t")"
 
 SAMPLE="$("$VENV/bin/python" -c 'from simpleunet_runtime.sample import sample_dir; print(sample_dir() / "images")')"
-if (cd "$WORK" && "$VENV/bin/simpleunet-models") | grep -q '^simpleunet16-kvasir '; then
+MODELS="$(cd "$WORK" && "$VENV/bin/simpleunet-models")"
+if grep -q '^simpleunet16-kvasir ' <<< "$MODELS"; then
     ONNX=(--model simpleunet16-kvasir); TFL=(--model simpleunet16-kvasir --backend tflite)
 else
     echo "slim venv: no bundled simpleunet16-kvasir yet; segmenting with the test fixture models"
