@@ -478,7 +478,7 @@ def test_publish_bundles_every_zoo_checkpoint(tmp_path, tiny_ckpt):
 
 
 def test_a_dataset_folder_calibrates_on_train_and_checks_on_test(busi):
-    """A BUSI model is calibrated on BUSI's train split and checked on its test split (never on test for calibration)."""
+    """A BUSI model is calibrated on BUSI's train split and checked on its test split (never calibrated on test)."""
     train = set((busi / "splits" / "train.txt").read_text().split())
     test = set((busi / "splits" / "test.txt").read_text().split())
     cal = calibration_set(busi, 32, 8)

@@ -1,4 +1,5 @@
-"""SimpleUNet, SimpleESKNet (the authors' architecture, README "Models") and a classic U-Net peer, built from a ``ModelConfig``.
+"""SimpleUNet, SimpleESKNet (the authors' architecture, README "Models") and a classic U-Net peer, built from a
+``ModelConfig``.
 
 Both SimpleUNet families share one skeleton (``_FixedWidthUNet``) and differ only in their block: a plain
 conv-BN-ReLU (``SingleConv``) or ESKNet's selective-kernel block (``SKBlock``).
