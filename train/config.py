@@ -24,8 +24,8 @@ class ConfigError(SimpleUNetError, ValueError):
 @dataclass(frozen=True)
 class ModelConfig:
     """Architecture of one model (the authors' architecture; README "Models"). ``head``: ``paper`` = 1x1 conv + BN
-    + ReLU on the logits
-    (the authors' code), ``logits`` = 1x1 conv + BN with no ReLU (needed for a 1-class sigmoid head)."""
+    + ReLU on the logits (the authors' code), ``logits`` = 1x1 conv + BN with no ReLU (needed for a 1-class
+    sigmoid head)."""
 
     family: str = "simpleunet"
     width: int = 16
