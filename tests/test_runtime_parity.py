@@ -14,20 +14,16 @@ import torch
 from simpleunet.export.images import own_dataset
 from simpleunet.train.checkpoint import load_model
 from simpleunet.train.data import InMemorySegmentation, discover, select_split
+from simpleunet.train.losses import foreground_probability
 from simpleunet.train.zoo import ZOO
 from simpleunet_runtime import Segmenter, SimpleUNetError, zoo
 from simpleunet_runtime.image import load_image, resize_image
+from simpleunet_runtime.metrics import dice  # on (N, H, W) stacks: pooled over every pixel
 from simpleunet_runtime.sample import sample_pairs
 
 FIXTURES = Path(__file__).resolve().parents[1] / "runtime" / "tests" / "fixtures"
 HAS_TFLITE = any(importlib.util.find_spec(m) is not None for m in ("ai_edge_litert", "tflite_runtime"))
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)  # the fixture models' normalization
-
-
-def pooled_dice(a: np.ndarray, b: np.ndarray) -> float:
-    a, b = np.asarray(a, bool), np.asarray(b, bool)
-    den = a.sum() + b.sum()
-    return 1.0 if den == 0 else float(2 * (a & b).sum() / den)
 
 
 def test_runtime_preprocess_matches_training():
@@ -74,7 +70,7 @@ def test_bundled_int8_agrees_with_its_pytorch_checkpoint(name, fmt):
     x = seg.preprocess(_check_images(meta.get("dataset", "")))
     with torch.no_grad():
         logits = model(torch.from_numpy(x))
-        ref = (torch.sigmoid(logits)[:, 0] if logits.shape[1] == 1 else 1 - torch.softmax(logits, 1)[:, 0]).numpy()
+        ref = foreground_probability(logits)[:, 0].numpy()
     thr = seg.metadata.threshold
     got, want = seg.run(x) > thr, ref > thr
-    assert pooled_dice(got, want) >= 0.98, [round(pooled_dice(g, w), 3) for g, w in zip(got, want)]
+    assert dice(got, want) >= 0.98, [round(dice(g, w), 3) for g, w in zip(got, want)]
