@@ -17,7 +17,7 @@ from simpleunet_runtime.bench import Job
 from simpleunet_runtime.errors import SimpleUNetError
 from simpleunet_runtime.image import load_image, normalize, resize_image, resize_probabilities
 from simpleunet_runtime.metadata import ModelMetadata
-from simpleunet_runtime.segmenter import class_mask, foreground_probability
+from simpleunet_runtime.segmenter import foreground_probability
 
 from simpleunet.train.checkpoint import WEIGHTS, load_model
 from simpleunet.train.config import ModelConfig
@@ -27,7 +27,7 @@ from simpleunet.train.zoo import ZOO
 
 
 class EagerRunner:
-    """Same interface as ``Segmenter`` for the bench: ``metadata``, ``preprocess``, ``run``, ``predict``."""
+    """Same interface as ``Segmenter`` for the bench: ``metadata``, ``preprocess``, ``run``, ``predict_proba``."""
 
     def __init__(self, model: nn.Module, metadata: ModelMetadata, threads: int | None = None, device: str = "cpu"):
         if threads:
@@ -52,10 +52,9 @@ class EagerRunner:
     def run(self, x: np.ndarray) -> np.ndarray:
         return foreground_probability(self._probabilities(x))
 
-    def predict(self, image: np.ndarray) -> np.ndarray:
+    def predict_proba(self, image: np.ndarray) -> np.ndarray:
         img = load_image(image)
-        p = resize_probabilities(self._probabilities(self.preprocess([img]))[0], img.shape[:2])
-        return class_mask(p, self.metadata.threshold)
+        return resize_probabilities(self.run(self.preprocess([img])), img.shape[:2])[0]
 
 
 def cuda_available() -> bool:

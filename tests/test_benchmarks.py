@@ -17,6 +17,7 @@ from simpleunet.train.flops import count_macs
 from simpleunet.train.model import build_model
 from simpleunet_runtime import bench
 from simpleunet_runtime.metadata import METADATA_KEY, ModelMetadata
+from simpleunet_runtime.segmenter import Segmenter
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 SIZE = 32
@@ -64,8 +65,10 @@ def test_eager_job_found_through_metadata(tiny):
     with torch.no_grad():
         want = torch.sigmoid(tiny["model"](torch.from_numpy(x)))[:, 0].numpy()
     np.testing.assert_allclose(runner.run(x), want, atol=1e-6)
-    mask = runner.predict(np.zeros((40, 50, 3), np.uint8))
-    assert mask.shape == (40, 50) and mask.dtype == np.uint8
+    img = np.random.default_rng(1).integers(0, 256, (40, 50, 3), dtype=np.uint8)
+    proba = runner.predict_proba(img)  # what the bench scores: same pixels and rule as the exported file
+    assert proba.shape == (40, 50)
+    np.testing.assert_allclose(proba, Segmenter(tiny["onnx"]).predict_proba(img), atol=1e-5)
 
 
 def test_eager_job_refuses_other_weights_and_missing_checkpoint(tiny, tmp_path):

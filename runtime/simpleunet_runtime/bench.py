@@ -134,7 +134,7 @@ def load_data(folder: str | os.PathLike | None = None, split: str | None = None,
 class Job:
     """One model (a file, or the eager model of a checkpoint) to time at every thread count.
 
-    ``open(threads)`` returns a runner: ``.metadata``, ``.preprocess(images)``, ``.run(x)``, ``.predict(image)``
+    ``open(threads)`` returns a runner: ``.metadata``, ``.preprocess(images)``, ``.run(x)``, ``.predict_proba(image)``
     (a ``Segmenter`` is one). ``skip`` = why it is not run; ``dice_note`` = why Dice is not scored.
     """
 
@@ -326,10 +326,11 @@ def _rss_mb(field_name: str = "VmHWM") -> float | None:
 
 
 def score(runner: Any, data: BenchData) -> dict[str, float]:
-    """mDice/mIoU/pooled Dice of ``runner.predict`` (masks at each image's original size) against the truth."""
+    """mDice/mIoU/pooled Dice of the foreground decision at each image's original size against the truth: the
+    same ``foreground_probability > threshold`` rule as training and ``simpleunet-eval`` (also for C > 1)."""
     meter = SegmentationMeter()
     for img, truth in zip(data.images, data.masks or []):
-        meter.update(np.asarray(runner.predict(img)) > 0, truth)
+        meter.update(np.asarray(runner.predict_proba(img)) > runner.metadata.threshold, truth)
     s = meter.summary()
     return {"images": s["images"], "mDice": s["mDice"], "mIoU": s["mIoU"], "pooled_dice": s["pooled_dice"]}
 

@@ -262,3 +262,19 @@ def test_fp32_peak_is_measured():
     rate, how = machine.measure_fp32_peak(n=128, seconds=0.05)
     assert np.isfinite(rate) and rate > 1e8
     assert "measured" in how and "1 thread" in how
+
+
+def test_multiclass_dice_uses_the_toolkits_foreground_rule(fixtures):
+    """For C > 1 the bench scores 1 - p(background) > threshold, as training and simpleunet-eval do (not argmax)."""
+    from simpleunet_runtime.metrics import SegmentationMeter
+    from simpleunet_runtime.segmenter import Segmenter
+
+    data = bench.load_data(None, limit=4)
+    seg = Segmenter(fixtures / "three_class.onnx", threshold=0.6)
+    want = SegmentationMeter()
+    for img, truth in zip(data.images, data.masks):
+        p = seg.run(seg.preprocess([img]))
+        fg = np.asarray(Image.fromarray(p[0], mode="F").resize(img.shape[1::-1], Image.BILINEAR)) > 0.6
+        want.update(fg, truth)
+    got = bench.score(seg, data)
+    assert got["mDice"] == pytest.approx(want.summary()["mDice"]) and got["mDice"] > 0 and got["images"] == 4
