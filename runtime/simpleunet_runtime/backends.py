@@ -7,6 +7,7 @@ and zero point), a batch dimension fixed at 1, and where the embedded metadata l
 """
 from __future__ import annotations
 
+import numbers
 import os
 from pathlib import Path
 from typing import Sequence
@@ -225,8 +226,9 @@ def open_backend(path: str | os.PathLike, backend: str | None = None, threads: i
         hint = "; for a bundled model use Segmenter.pretrained(name)" if not path.suffix and path.parent == Path(".") \
             else ""
         raise SimpleUNetError(f"model file {path} not found{hint}")
-    if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool) or threads < 0):
+    if threads is not None and (not isinstance(threads, numbers.Integral) or isinstance(threads, bool) or threads < 0):
         raise SimpleUNetError(f"threads must be a non-negative integer, got {threads!r}")
+    threads = None if threads is None else int(threads)  # numpy integers welcome
     kind = resolve_backend(path, backend)
     if kind == "tflite":
         if providers:

@@ -2,10 +2,11 @@
 
 Pre/post-processing is numpy + Pillow only and shared by both backends: decode (``image.load_image``), resize to
 the model's input size, normalize with the model's own mean/std, run, resize the probabilities back to the
-image's size, threshold (1 class) or argmax (several classes).
+image's size, threshold the foreground probability (several classes: then the argmax of the foreground classes).
 """
 from __future__ import annotations
 
+import numbers
 import os
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -25,10 +26,12 @@ def foreground_probability(p: np.ndarray) -> np.ndarray:
 
 
 def class_mask(p: np.ndarray, threshold: float) -> np.ndarray:
-    """(C, H, W) probabilities -> HxW uint8 mask: 0/255 for one class, the argmax class id for several."""
+    """(C, H, W) probabilities -> HxW uint8 mask: 0/255 for one class; for several, 0 where 1 - p(background) is
+    not above ``threshold`` (the rule every score uses) and the most likely foreground class id elsewhere."""
     if p.shape[0] == 1:
         return np.where(p[0] > threshold, np.uint8(255), np.uint8(0))
-    return p.argmax(axis=0).astype(np.uint8)
+    ids = (p[1:].argmax(axis=0) + 1).astype(np.uint8)
+    return np.where(foreground_probability(p[None])[0] > threshold, ids, np.uint8(0))
 
 
 def _triple(name: str, value: Sequence[float] | None) -> tuple[float, float, float] | None:
@@ -76,8 +79,10 @@ class Segmenter:
         self.path = Path(path)
         self._backend = open_backend(self.path, backend, threads, providers)
         imgsz_, mean_, std_ = _size(imgsz), _triple("mean", mean), _triple("std", std)
-        if threshold is not None and not (isinstance(threshold, (int, float)) and 0.0 <= threshold <= 1.0):
-            raise SimpleUNetError(f"threshold must be a number in [0, 1], got {threshold!r}")
+        if threshold is not None:  # numpy scalars welcome, bools and NaN not
+            if not (isinstance(threshold, numbers.Real) and not isinstance(threshold, bool) and 0 <= threshold <= 1):
+                raise SimpleUNetError(f"threshold must be a number in [0, 1], got {threshold!r}")
+            threshold = float(threshold)
         text = self._backend.metadata_json()
         if text is not None:
             meta = _parse_metadata(text, self.path.name)

@@ -7,11 +7,12 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import FIXTURES, HAS_TFLITE, dice, needs_tflite
+from conftest import FIXTURES, HAS_TFLITE, needs_tflite
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from simpleunet_runtime import Segmenter, SimpleUNetError
+from simpleunet_runtime.metrics import dice
 from simpleunet_runtime.sample import sample_pairs
 from simpleunet_runtime.tflite_file import read_metadata
 
@@ -76,8 +77,11 @@ def test_metadata_view_and_overrides(fixtures):
     assert grey.shape == (1, 3, 32, 32) and np.allclose(grey, 2.0)  # (1 - 0.5) / 0.25
     with pytest.raises(SimpleUNetError, match="takes 32x32 input but imgsz is 64x64"):
         Segmenter(fixtures / "tiny_int8.onnx", imgsz=64)
-    with pytest.raises(SimpleUNetError, match="threshold"):
-        Segmenter(fixtures / "tiny_fp32.onnx", threshold=2)
+    for bad in (2, float("nan"), True):
+        with pytest.raises(SimpleUNetError, match="threshold"):
+            Segmenter(fixtures / "tiny_fp32.onnx", threshold=bad)
+    numpy_args = Segmenter(fixtures / "tiny_fp32.onnx", threshold=np.float32(0.25), threads=np.int64(1))
+    assert numpy_args.metadata.threshold == 0.25 and type(numpy_args.metadata.threshold) is float
 
 
 def test_class_ids_for_a_multiclass_model(fixtures, sample_images):
@@ -85,6 +89,10 @@ def test_class_ids_for_a_multiclass_model(fixtures, sample_images):
     assert seg.metadata.num_classes == 3
     mask = seg.predict(sample_images[0])
     assert mask.shape == sample_images[0].shape[:2] and mask.max() <= 2
+    fg = seg.predict_proba(sample_images[0])  # the threshold decides foreground, as in every score
+    for t in (0.3, 0.6):
+        at_t = Segmenter(fixtures / "three_class.onnx", threshold=t)
+        np.testing.assert_array_equal(at_t.predict(sample_images[0]) > 0, fg > t)
     fg = seg.run(seg.preprocess(sample_images[:2]))
     assert fg.shape == (2, 32, 32) and (0 <= fg).all() and (fg <= 1).all()
 
