@@ -31,7 +31,7 @@ import numpy as np
 from . import machine, zoo
 from .backends import TFLITE_HINT
 from .errors import SimpleUNetError, console_script
-from .folders import image_stem, read_split
+from .folders import masks_by_stem, read_split
 from .image import list_images, load_image, load_mask
 from .metrics import SegmentationMeter
 from .sample import SAMPLE_DATASET
@@ -105,7 +105,7 @@ def load_data(folder: str | os.PathLike | None = None, split: str | None = None,
     masks: list[np.ndarray] | None = None
     note = ""
     if mask_dir.is_dir():
-        by_stem = {image_stem(p): p for p in list_images(mask_dir)}
+        by_stem = masks_by_stem(list_images(mask_dir))
         missing = [p.name for p in images if p.stem not in by_stem]
         if missing:
             raise SimpleUNetError(f"no mask in {mask_dir} for image {missing[0]}"
@@ -503,9 +503,9 @@ def report_markdown(result: dict[str, Any]) -> str:
 def _write(path: Path, text: str) -> None:
     """Temp file + rename: a reader never sees half a report."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         tmp.write_text(text, encoding="utf-8")
         os.replace(tmp, path)
     except OSError as exc:
@@ -598,12 +598,29 @@ def plot(rows: list[dict[str, Any]], path: str | os.PathLike, title: str = "") -
         ax.xaxis.set_minor_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}") if small else ticker.NullFormatter())
     fig.tight_layout()
     out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.stem}.tmp{os.getpid()}{out.suffix or '.png'}")
-    fig.savefig(tmp)
-    plt.close(fig)
-    os.replace(tmp, out)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(tmp)
+        os.replace(tmp, out)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise SimpleUNetError(f"cannot write {out}: {exc.strerror or exc}") from None
+    finally:
+        plt.close(fig)
     return out
+
+
+def check_output_path(flag: str, path: str) -> None:
+    """Refuse an output path that cannot be written before the benchmark runs, not after minutes of timing."""
+    out = Path(path)
+    if out.is_dir():
+        raise SimpleUNetError(f"{flag} {path} is a folder; give a file path such as {out / 'bench'}.json")
+    parent = out.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK):
+        raise SimpleUNetError(f"{flag} {path} cannot be written: {parent} is not a writable folder")
 
 
 # -- command line --------------------------------------------------------------------------------------------------
@@ -663,6 +680,9 @@ def _check(args: argparse.Namespace) -> Settings:
         raise SimpleUNetError(f"--max-seconds must be > 0, got {args.max_seconds}")
     if args.dice_floor is not None and not 0.0 <= args.dice_floor <= 1.0:
         raise SimpleUNetError(f"--dice-floor is a Dice between 0 and 1 (e.g. 0.80), got {args.dice_floor}")
+    for flag in ("json", "csv", "markdown", "plot"):
+        if getattr(args, flag):
+            check_output_path(f"--{flag}", getattr(args, flag))
     if args.plot:
         _need_matplotlib()
     if args.device == "cuda":

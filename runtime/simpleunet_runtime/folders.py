@@ -23,6 +23,15 @@ def image_stem(mask: Path) -> str:
     return _MASK_SUFFIX.sub("", mask.stem)
 
 
+def masks_by_stem(files: list[Path]) -> dict[str, Path]:
+    """Image stem -> mask file for a masks/ folder's files. Sorted order, the first file wins: ``a.png`` before
+    ``a_mask.png``, so training, eval, export checks and the bench pair the same mask with an image."""
+    out: dict[str, Path] = {}
+    for m in sorted(files):
+        out.setdefault(image_stem(m), m)
+    return out
+
+
 def read_split(root: Path, split: str) -> list[str]:
     """The ids of a split: a path to a text file (one id per line), or a name under ``root/splits/`` (``train``,
     ``test``, ``val`` or a file stem)."""

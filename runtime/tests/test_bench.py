@@ -102,8 +102,13 @@ def test_dice_floor_exit_code(bundled, capsys):
     (["--threads", "one"], "comma-separated integers"),
     (["--runs", "0"], "--runs must be >= 1"),
     (["--data", "/nonexistent/folder"], "does not exist"),
+    (["--json", "{file}/out.json"], "is not a writable folder"),
+    (["--plot", "{file}/out.png"], "is not a writable folder"),
+    (["--csv", "{dir}"], "is a folder"),
 ])
-def test_bad_input_is_one_line_error(bundled, capsys, args, message):
+def test_bad_input_is_one_line_error(bundled, capsys, tmp_path, args, message):
+    (tmp_path / "afile").write_text("x")
+    args = [a.format(file=tmp_path / "afile", dir=tmp_path) for a in args]
     assert bench.main(FAST + args) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and message in err and "Traceback" not in err
