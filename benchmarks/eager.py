@@ -18,6 +18,7 @@ from simpleunet_runtime.errors import SimpleUNetError
 from simpleunet_runtime.image import load_image, normalize, resize_image, resize_probabilities
 from simpleunet_runtime.metadata import ModelMetadata
 from simpleunet_runtime.segmenter import foreground_probability
+from simpleunet_runtime.zoo import sha256
 
 from simpleunet.train.checkpoint import WEIGHTS, load_model
 from simpleunet.train.config import ModelConfig
@@ -106,7 +107,7 @@ def eager_job(meta: ModelMetadata, model_path: Path, device: str = "cpu") -> Job
         return Job(path=folder, format="pytorch", backend="torch", open=_never, name=meta.name, precision="fp32",
                    key=key, error=f"error: {exc}")
     if meta.weights_sha256:
-        file_sha = hashlib.sha256((folder / WEIGHTS).read_bytes()).hexdigest()
+        file_sha = sha256(folder / WEIGHTS)
         if meta.weights_sha256 not in (file_sha, state_dict_sha(model)):
             return Job(path=folder, format="pytorch", backend="torch", open=_never, name=meta.name,
                        precision="fp32", key=key, skip=f"skipped: checkpoint {folder} holds other weights than "

@@ -20,6 +20,7 @@ from simpleunet.train.checkpoint import CONFIG, WEIGHTS, load_model, save_model,
 from simpleunet.train.config import ConfigError, ModelConfig, TrainConfig
 from simpleunet.train.model import build_model
 from simpleunet.train.zoo import ZOO
+from simpleunet_runtime.zoo import sha256
 
 UNET_PEER = ModelConfig(family="unet", width=32, num_classes=1, head="logits")
 DEFAULT_PREPROCESS = TrainConfig().preprocess()
@@ -91,7 +92,7 @@ def random_subject(work: Path, seed: int = 0) -> Subject:
 
 
 def _weights_key(folder: Path) -> str:
-    return hashlib.sha256((folder / WEIGHTS).read_bytes()).hexdigest()[:16]
+    return sha256(folder / WEIGHTS)[:16]
 
 
 def _exporter_key() -> str:

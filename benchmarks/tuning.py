@@ -7,6 +7,9 @@ counts a change as helping or hurting only beyond +-5 %.
 """
 from __future__ import annotations
 
+import atexit
+import shutil
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -85,12 +88,22 @@ def _ort_session(path: Path, threads: int = 1, level: str = "ORT_ENABLE_ALL", pa
     opts.enable_mem_pattern = mem_pattern
     opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
     opts.enable_profiling = profile
-    if profile:  # the trace goes to a temp folder, not the working directory
-        import tempfile
-
-        opts.profile_file_prefix = str(Path(tempfile.gettempdir()) / "simpleunet-ort-profile")
+    if profile:  # the trace goes to this run's private temp folder, not the working directory
+        opts.profile_file_prefix = str(_scratch() / "ort-profile")
     return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"],
                                 disabled_optimizers=list(disabled))
+
+
+def _scratch() -> Path:
+    """A private temp folder for this process (no fixed, guessable /tmp names), removed at exit."""
+    global _SCRATCH
+    if _SCRATCH is None:
+        _SCRATCH = Path(tempfile.mkdtemp(prefix="simpleunet-tuning-"))
+        atexit.register(shutil.rmtree, _SCRATCH, ignore_errors=True)
+    return _SCRATCH
+
+
+_SCRATCH: Path | None = None
 
 
 def _ort_call(sess, x: np.ndarray) -> Callable[[], object]:
@@ -143,9 +156,7 @@ def onnx_variants(path: Path, x: np.ndarray, segmenter_run: Callable[[], object]
 
 
 def rewritten(src: Path, rewrites: tuple) -> Path | None:
-    """``src`` with ``rewrites`` applied, saved in the temp folder; None when none of them applied."""
-    import tempfile
-
+    """``src`` with ``rewrites`` applied, saved in this run's temp folder; None when none of them applied."""
     import onnx
 
     model = onnx.load(str(src))
@@ -153,7 +164,7 @@ def rewritten(src: Path, rewrites: tuple) -> Path | None:
         return None
     del model.graph.value_info[:]
     onnx.checker.check_model(model)
-    dst = Path(tempfile.gettempdir()) / f"simpleunet-{src.stem}-{'-'.join(rw.__name__ for rw in rewrites)}.onnx"
+    dst = _scratch() / f"{src.stem}-{'-'.join(rw.__name__ for rw in rewrites)}.onnx"
     onnx.save(model, str(dst))
     return dst
 

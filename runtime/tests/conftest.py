@@ -41,8 +41,3 @@ def onnx_fp32():
 
     return Segmenter(FIXTURES / "tiny_fp32.onnx")
 
-
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    a, b = np.asarray(a, bool), np.asarray(b, bool)
-    den = a.sum() + b.sum()
-    return 1.0 if den == 0 else float(2 * (a & b).sum() / den)

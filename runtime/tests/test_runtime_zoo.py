@@ -8,9 +8,10 @@ import shutil
 
 import numpy as np
 import pytest
-from conftest import FIXTURES, HAS_TFLITE, dice
+from conftest import FIXTURES, HAS_TFLITE
 
 from simpleunet_runtime import Segmenter, SimpleUNetError, zoo
+from simpleunet_runtime.metrics import dice
 from simpleunet_runtime.sample import sample_pairs
 
 
