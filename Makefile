@@ -12,7 +12,10 @@ install: $(VENV)/.installed
 # (this project's machines have one locally), point it at PyTorch's CPU index:
 #   make install TORCH_INDEX=https://download.pytorch.org/whl/cpu
 TORCH_INDEX ?=
+# The tested stack (TensorFlow 2.19, numpy 1.26 under onnx2tf's pins) has wheels for Python 3.10-3.12 only.
 $(VENV)/.installed: pyproject.toml runtime/pyproject.toml .ci/requirements.txt
+	@$(PYTHON) -c 'import sys; v = sys.version_info[:2]; sys.exit(0 if (3, 10) <= v <= (3, 12) else \
+	  f"error: {sys.executable} is Python {v[0]}.{v[1]}; the tested stack needs 3.10-3.12: make PYTHON=python3.12 ...")'
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0 $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))

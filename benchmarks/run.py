@@ -268,8 +268,7 @@ def render(result: dict[str, Any]) -> str:
             + result["ratios"] + [""]
     for name, block in result["datasets"].items():
         p += [f"## {block['title']}", "", f"Data: {block['data']}.", "", bench.markdown_table(block["rows"]), ""]
-    p += ["Columns: int8 KB = the int8 weight bytes the exporter recorded (else parameters at 1 byte each); "
-          "peak RSS = the process's high-water mark during the row "
+    p += ["Columns: peak RSS = the process's high-water mark during the row "
           "(interpreter, torch, libraries and decoded images included), (+model) its rise while the model ran; "
           "mDice/mIoU per-image means and pooled Dice over all pixels, masks at each image's original size; "
           "ΔmDice against the fp32 ONNX file of the same weights; GMAC/s = MACs per image / p50; % peak = that "
