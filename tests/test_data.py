@@ -111,3 +111,33 @@ def test_carved_validation_is_disjoint_and_seeded():
     tr, va = carve_validation(100, 0.1, 0)
     assert len(va) == 10 and not set(tr) & set(va)
     assert (carve_validation(100, 0.1, 0)[1] == va).all()
+
+
+@pytest.mark.parametrize("n, world, batch", [(15, 2, 4), (13, 3, 4), (9, 2, 4), (5, 2, 4), (7, 4, 2)])
+@pytest.mark.parametrize("drop_last", [True, False])
+def test_every_ddp_rank_gets_the_same_number_of_batches(n, world, batch, drop_last):
+    """An uneven split (e.g. 15 images, 2 ranks, batch 4) gave rank 0 one more step, hanging the all-reduce."""
+    from simpleunet.train.data import InMemorySegmentation
+    images = np.arange(n, dtype=np.uint8).reshape(n, 1, 1, 1).repeat(16, 1).repeat(16, 2).repeat(3, 3)
+    data = InMemorySegmentation(images, np.zeros((n, 16, 16), bool), (0, 0, 0), (1, 1, 1))
+    seen = [[round(float(v) * 255) for x, _ in data.batches(batch, epoch=1, seed=0, rank=r, world=world,
+                                                             drop_last=drop_last) for v in x[:, 0, 0, 0]]
+            for r in range(world)]
+    counts = [len(list(data.batches(batch, epoch=1, seed=0, rank=r, world=world, drop_last=drop_last)))
+              for r in range(world)]
+    assert len(set(counts)) == 1 and counts[0] >= 1, counts
+    assert len({i for s in seen for i in s}) == sum(map(len, seen))  # no image on two ranks
+    alone = [round(float(v) * 255) for x, _ in data.batches(batch, epoch=0, seed=0, shuffle=False, drop_last=False)
+             for v in x[:, 0, 0, 0]]
+    assert alone == list(range(n))  # evaluation (one process) still sees every image exactly once
+
+
+def test_mask_pairing_follows_the_runtime_rule(tmp_path):
+    """Training pairs the mask the runtime's bench pairs: sorted, first wins (a.png before a_mask.png)."""
+    from simpleunet_runtime.folders import masks_by_stem
+    for name in ("images/a.jpg", "images/b.jpg", "masks/a_mask.png", "masks/a.png", "masks/b_segmentation.png"):
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        (tmp_path / name).write_bytes(b"")
+    rule = masks_by_stem(list((tmp_path / "masks").iterdir()))
+    assert {s.id: s.masks for s in discover(tmp_path)} == {"a": (rule["a"],), "b": (rule["b"],)}
+    assert rule["a"].name == "a.png"

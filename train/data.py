@@ -21,7 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from simpleunet_runtime.folders import DataError, image_stem, read_split
+from simpleunet_runtime.folders import DataError, masks_by_stem, read_split
 from simpleunet_runtime.image import IMAGE_SUFFIXES, load_image, load_mask, resize_image, resize_mask
 
 LAYOUTS = ("auto", "folder", "kvasir-zip", "busi-original", "isic2018")
@@ -39,12 +39,11 @@ def _images_in(folder: Path) -> list[Path]:
 
 
 def _pairs_by_stem(images_dir: Path, masks_dir: Path) -> list[Sample]:
+    """images/ + masks/ pairs, matched by the runtime's rule so training, eval and the bench pick the same mask."""
     images = _images_in(images_dir)
     if not images:
         raise DataError(f"no images found in {images_dir} (expected {', '.join(IMAGE_SUFFIXES)} files)")
-    masks = {}
-    for m in _images_in(masks_dir):
-        masks.setdefault(image_stem(m), m)
+    masks = masks_by_stem(_images_in(masks_dir))
     out, missing = [], []
     for img in images:
         if img.stem in masks:
@@ -240,9 +239,10 @@ class InMemorySegmentation:
 
     def batches(self, batch_size: int, *, epoch: int, seed: int, augment_with: str | None = None,
                 shuffle: bool = True, rank: int = 0, world: int = 1, drop_last: bool = True):
+        """Every rank gets len // world images (an extra step on one rank hangs DDP); world=1 keeps every image."""
         gen = torch.Generator().manual_seed(seed * 100_003 + epoch)
         order = torch.randperm(len(self), generator=gen).numpy() if shuffle else np.arange(len(self))
-        order = order[rank::world]
+        order = order[: len(order) - len(order) % world][rank::world]
         stop = len(order) - (len(order) % batch_size if drop_last and len(order) >= batch_size else 0)
         for start in range(0, stop, batch_size):
             x, y = self.to_tensors(order[start:start + batch_size])
