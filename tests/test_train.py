@@ -12,10 +12,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from simpleunet.train.checkpoint import CheckpointError, load_model
+import simpleunet.train.checkpoint as checkpoint
+from simpleunet.train.checkpoint import CheckpointError, load_model, save_model
 from simpleunet.train.cli import eval_main, train_main
 from simpleunet.train.config import ModelConfig, TrainConfig
 from simpleunet.train.loop import train
+from simpleunet.train.model import build_model
 
 TINY = dict(dataset="tiny", imgsz=32, epochs=3, batch_size=4, val_fraction=0.25, augment="strong", threads=1,
             model=ModelConfig(width=4))
@@ -64,7 +66,7 @@ def test_torchrun_two_processes_gloo(tiny_data, tmp_path):
 def test_cli_train_eval_and_errors(tiny_data, tmp_path, capsys):
     out = tmp_path / "run"
     base = ["--data", str(tiny_data), "--dataset", "tiny", "--out", str(out), "--width", "4", "--imgsz", "32",
-            "--epochs", "1", "--no-progress", "--threads", "1"]
+            "--epochs", "1", "--no-progress", "--threads", "1", "--weight-decay", "0.02", "--eta-min", "0"]
     assert train_main(["--resume"] + base) == 2
     assert "nothing to resume" in capsys.readouterr().err
     assert not out.exists() or not any(out.iterdir())
@@ -75,6 +77,9 @@ def test_cli_train_eval_and_errors(tiny_data, tmp_path, capsys):
     assert eval_main([str(out), "--data", str(tiny_data), "--split", "all", "--json", str(report)]) == 0
     res = json.loads(report.read_text())
     assert res["images"] == 16 and 0 <= res["mDice"] <= 1
+    train_cfg = json.loads((out / "config.json").read_text())["train"]
+    assert (train_cfg["weight_decay"], train_cfg["eta_min"]) == (0.02, 0.0)
+    assert "torch CPU" in json.loads((out / "metrics.json").read_text())["history"][0]["trained_on"]
     assert train_main(["--data", str(tiny_data), "--out", str(tmp_path / "x"), "--imgsz", "33"]) == 2
     assert "multiple of 16" in capsys.readouterr().err
 
@@ -137,3 +142,44 @@ def test_loss_decreases_on_real_images(tiny_data, tmp_path):
                    tmp_path / "r", progress=False)
     losses = [h["loss"] for h in result["history"]]
     assert losses[-1] < losses[0]
+
+
+def _tiny_checkpoint(folder: Path, **meta) -> Path:
+    cfg = TrainConfig(**TINY)
+    save_model(folder, build_model(cfg.model), {"model": cfg.model.to_dict(), "preprocess": cfg.preprocess(), **meta})
+    return folder
+
+
+@pytest.mark.parametrize("value", ["7", "nan", "inf", "0", "1", "-0.5"])
+def test_eval_rejects_a_threshold_outside_0_1(value, tiny_data, tmp_path, capsys):
+    """--threshold 7 or nan used to score every image as empty and exit 0."""
+    ckpt = _tiny_checkpoint(tmp_path / "ck", dataset="tiny")
+    assert eval_main([str(ckpt), "--data", str(tiny_data), "--split", "all", "--threshold", value]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --threshold must be between 0 and 1") and len(err.strip().splitlines()) == 1, err
+
+
+@pytest.mark.parametrize("meta", [{}, {"dataset": ""}])
+def test_eval_of_a_checkpoint_without_dataset_asks_for_data(meta, tmp_path, capsys):
+    """Without a recorded dataset the error blamed the layout of the shared datasets folder."""
+    ckpt = _tiny_checkpoint(tmp_path / "ck", **meta)
+    assert eval_main([str(ckpt)]) == 2
+    err = capsys.readouterr().err
+    assert "does not record its dataset" in err and "--data" in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_crash_between_weights_and_config_is_caught(tmp_path, monkeypatch):
+    """Best weights and config.json are two renames: new weights with the old config's threshold must not load."""
+    ckpt = _tiny_checkpoint(tmp_path / "ck", dataset="tiny")
+    assert json.loads((ckpt / "config.json").read_text())["weights_sha256"]
+    load_model(ckpt)
+    monkeypatch.setattr(checkpoint, "write_json", lambda *a: (_ for _ in ()).throw(KeyboardInterrupt()))
+    with pytest.raises(KeyboardInterrupt):  # dies after the weights' rename, before config.json's
+        _tiny_checkpoint(ckpt, dataset="tiny")
+    with pytest.raises(CheckpointError, match="is not the file .*config.json was saved with") as err:
+        load_model(ckpt)
+    assert "\n" not in str(err.value)
+    cfg = json.loads((ckpt / "config.json").read_text())
+    del cfg["weights_sha256"]  # checkpoints from before the field (the shipped zoo) still load
+    (ckpt / "config.json").write_text(json.dumps(cfg))
+    load_model(ckpt)

@@ -2,14 +2,16 @@
 from __future__ import annotations
 
 import json
+import shlex
 from pathlib import Path
 
 import pytest
 
 from simpleunet.train.cli import eval_main
 from simpleunet.train.checkpoint import load_model
+from simpleunet.train.config import ModelConfig, TrainConfig
 from simpleunet.train.model import count_parameters
-from simpleunet.train.zoo import ZOO, readme_table
+from simpleunet.train.zoo import ZOO, readme_table, reproduce_command, write_card
 
 SHIPPED = sorted(p for p in ZOO.iterdir() if (p / "config.json").is_file()) if ZOO.is_dir() else []
 
@@ -47,3 +49,52 @@ def test_eval_reproduces_the_published_score(folder: Path, tmp_path: Path, datas
     published = json.loads((folder / "metrics.json").read_text())["test"]
     assert measured["mDice"] == pytest.approx(published["mDice"], abs=0.002)
     assert measured["mIoU"] == pytest.approx(published["mIoU"], abs=0.002)
+
+
+def _train_config_of(argv: list[str], monkeypatch) -> dict:
+    """The config simpleunet-train would train with for ``argv`` (training itself stubbed out)."""
+    import simpleunet.train.cli as cli
+    import simpleunet.train.loop as loop
+    seen = {}
+
+    def fake_train(cfg, *args, **kwargs):
+        seen["cfg"] = cfg
+        return {"best": {"val_mDice": 0.0, "epoch": 0, "threshold": 0.5}}
+
+    monkeypatch.setattr(cli, "dataset_root", lambda *a: Path("."))
+    monkeypatch.setattr(loop, "train", fake_train)
+    assert cli.train_main(argv) == 0
+    return seen["cfg"].to_dict()
+
+
+@pytest.mark.parametrize("folder", SHIPPED, ids=[p.name for p in SHIPPED])
+def test_reproduce_command_of_a_shipped_recipe_run(folder: Path):
+    meta = json.loads((folder / "config.json").read_text())
+    want = f"simpleunet-train --recipe {folder.name} --out runs/{folder.name}"
+    assert reproduce_command(folder.name, meta["train"]) == want  # threads=1 of the shipped runs is not a setting
+
+
+def test_reproduce_command_recreates_a_run_that_is_no_recipe(monkeypatch):
+    """It used to print only epochs/batch/lr/imgsz/seed/val/augment: a SimpleESKNet BUSI run read as SimpleUNet-16 on
+    Kvasir-SEG."""
+    run = TrainConfig(dataset="busi", epochs=50, weight_decay=0.05, eta_min=0.0, patience=20, augment="light",
+                      model=ModelConfig(family="simpleesknet", width=12, blocks=2, aff=False, rate=0.25)).to_dict()
+    cmd = reproduce_command("my-run", run)
+    assert "#" not in cmd
+    got = _train_config_of(shlex.split(cmd)[1:], monkeypatch)
+    assert got == run
+
+
+def test_card_takes_loss_augmentation_and_hardware_from_the_run(tmp_path: Path):
+    folder = ZOO / "simpleunet16-kvasir"
+    meta = json.loads((folder / "config.json").read_text())
+    metrics = json.loads((folder / "metrics.json").read_text())
+    meta["train"]["augment"] = "light"
+    meta["model"]["num_classes"] = meta["train"]["model"]["num_classes"] = 2
+    write_card(tmp_path, "x", meta, metrics)
+    card = (tmp_path / "MODEL_CARD.md").read_text()
+    assert "CE + Dice" in card and "BCE" not in card and "(flips, 90° turns)" in card and "affine" not in card
+    assert "Trained on: not recorded" in card and "publishing machine" in card
+    metrics["history"][0]["trained_on"] = "NVIDIA H100, torch CUDA"
+    write_card(tmp_path, "x", meta, metrics)
+    assert "Trained on: NVIDIA H100, torch CUDA." in (tmp_path / "MODEL_CARD.md").read_text()

@@ -18,6 +18,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file, safe_open
 from torch import nn
 
+from simpleunet_runtime.zoo import sha256
+
 from .config import ConfigError, ModelConfig
 from .model import build_model
 
@@ -56,10 +58,10 @@ def _state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def save_model(folder: Path, model: nn.Module, meta: dict[str, Any]) -> None:
-    """Write the weights and ``config.json`` (``meta`` = {"model": ..., "preprocess": ..., ...})."""
+    """Weights, then ``config.json`` naming their sha256: a crash between the two renames is caught on load."""
     folder = Path(folder)
     atomic_write(folder / WEIGHTS, lambda tmp: save_file(_state_dict(model), tmp))
-    write_json(folder / CONFIG, meta)
+    write_json(folder / CONFIG, {**meta, "weights_sha256": sha256(folder / WEIGHTS)})
 
 
 def read_config(folder: str | os.PathLike) -> dict[str, Any]:
@@ -108,7 +110,12 @@ def load_model(folder: str | os.PathLike, weights: str = WEIGHTS) -> tuple[nn.Mo
     folder = Path(folder)
     meta = read_config(folder)
     model = build_model(ModelConfig.from_dict(meta["model"]))
-    load_into(model, _load_weights(folder / weights), folder / weights)
+    tensors = _load_weights(folder / weights)
+    want = meta.get("weights_sha256") if weights == WEIGHTS else None  # absent in older checkpoints: not checked
+    if want and sha256(folder / weights) != want:
+        raise CheckpointError(f"{folder / weights} is not the file {folder / CONFIG} was saved with (sha256 differs: "
+                              "a save was interrupted or a file replaced); resume the run or copy both from one save")
+    load_into(model, tensors, folder / weights)
     return model.eval(), meta
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from simpleunet_runtime.errors import SimpleUNetError
 
-from .config import AUGMENTS, FAMILIES, HEADS, TrainConfig
+from .config import AUGMENTS, FAMILIES, HEADS, ConfigError, TrainConfig
 
 RECIPES = Path(__file__).parent / "recipes"
 
@@ -38,7 +38,7 @@ def dataset_root(name: str, explicit: str | None) -> Path:
     bases = [Path(os.environ["SIMPLEUNET_DATA"])] if os.environ.get("SIMPLEUNET_DATA") else []
     bases += [Path.cwd() / ".." / "shared" / "datasets", Path(__file__).resolve().parents[1] / ".." / "shared" / "datasets"]
     for base in bases:
-        if (base / name).is_dir():
+        if name and (base / name).is_dir():  # an empty name would match the datasets folder itself
             return (base / name).resolve()
     raise SimpleUNetError(f"dataset {name!r} not found; pass --data DIR (or set SIMPLEUNET_DATA)")
 
@@ -70,8 +70,9 @@ def train_main(argv: list[str] | None = None) -> int:
     p.add_argument("--classes", type=int, dest="num_classes")
     p.add_argument("--head", choices=HEADS)
     p.add_argument("--no-aff", action="store_true")
-    for name, typ in (("epochs", int), ("batch-size", int), ("lr", float), ("imgsz", int), ("seed", int),
-                      ("patience", int), ("threads", int), ("val-fraction", float)):
+    for name, typ in (("epochs", int), ("batch-size", int), ("lr", float), ("weight-decay", float),
+                      ("eta-min", float), ("imgsz", int), ("seed", int), ("patience", int), ("threads", int),
+                      ("val-fraction", float)):
         p.add_argument(f"--{name}", type=typ)
     p.add_argument("--augment", choices=AUGMENTS)
     p.add_argument("--no-progress", action="store_true")
@@ -88,8 +89,9 @@ def train_main(argv: list[str] | None = None) -> int:
                       if getattr(args, k) is not None}
         if args.no_aff:
             model_over["aff"] = False
-        train_over = {k: getattr(args, k) for k in ("epochs", "batch_size", "lr", "imgsz", "seed", "patience",
-                                                     "threads", "val_fraction", "augment", "dataset")
+        train_over = {k: getattr(args, k) for k in ("epochs", "batch_size", "lr", "weight_decay", "eta_min", "imgsz",
+                                                     "seed", "patience", "threads", "val_fraction", "augment",
+                                                     "dataset")
                       if getattr(args, k) is not None}
         d = cfg.to_dict()
         d["model"].update(model_over)
@@ -122,7 +124,11 @@ def eval_main(argv: list[str] | None = None) -> int:
     def go() -> int:
         from .checkpoint import load_model, write_json
         from .loop import evaluate
+        if args.threshold is not None and not 0 < args.threshold < 1:  # also rejects nan and inf
+            raise ConfigError(f"--threshold must be between 0 and 1 (exclusive), got {args.threshold}")
         model, meta = load_model(args.checkpoint)
+        if not (args.data or meta.get("dataset")):
+            raise SimpleUNetError(f"checkpoint {args.checkpoint} does not record its dataset; pass --data <folder>")
         root = dataset_root(meta.get("dataset", ""), args.data)
         res = evaluate(model, meta, root, args.split, args.layout, args.device, args.threshold)
         res = {"checkpoint": str(args.checkpoint), "data": str(root), "imgsz": meta["preprocess"]["imgsz"], **res}

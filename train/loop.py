@@ -15,6 +15,7 @@ import torch.distributed as dist
 from torch import nn
 from tqdm import tqdm
 
+from simpleunet_runtime.machine import cpu_model
 from simpleunet_runtime.metrics import SegmentationMeter
 
 from .checkpoint import (CheckpointError, load_training_state, save_model, save_training_state, write_json,
@@ -43,6 +44,12 @@ def pick_device(name: str = "auto") -> torch.device:
     if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
         return torch.device("mps")
     return torch.device("cpu")
+
+
+def hardware(dev: torch.device) -> str:
+    """The machine a run trains or is scored on, kept in metrics.json so a model card never guesses it."""
+    name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else cpu_model() if dev.type == "cpu" else dev.type
+    return f"{name}, torch {dev.type.upper()}"
 
 
 def seed_everything(seed: int) -> None:
@@ -145,6 +152,7 @@ def train(cfg: TrainConfig, root: Path, out: Path, *, resume: bool = False, devi
     use_amp = cfg.amp and dev.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     total_steps = cfg.epochs * steps_per_epoch
+    trained_on = hardware(dev) + (f" x{ddp.world} processes" if ddp.world > 1 else "")
 
     def lr_at(step: int) -> float:  # cosine annealing per step, eta_min at the end
         return cfg.eta_min + (cfg.lr - cfg.eta_min) * 0.5 * (1 + math.cos(math.pi * min(step, total_steps) / total_steps))
@@ -162,7 +170,7 @@ def train(cfg: TrainConfig, root: Path, out: Path, *, resume: bool = False, devi
         val = score(prob, val_set.masks, 0.5)
         row = {"epoch": epoch + 1, "loss": float(np.mean(losses)), "val_mDice": val["mDice"],
                "val_mIoU": val["mIoU"], "lr": lr_at((epoch + 1) * steps_per_epoch),
-               "seconds": round(time.perf_counter() - t0, 2)}
+               "seconds": round(time.perf_counter() - t0, 2), "trained_on": trained_on}
         history.append(row)
         improved = val["mDice"] > best["val_mDice"]
         if improved:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import shutil
 import sys
 import tempfile
@@ -24,8 +23,9 @@ from simpleunet_runtime.errors import SimpleUNetError
 
 from .checkpoint import CONFIG, METRICS, WEIGHTS, load_model, write_json
 from .cli import dataset_root
+from .config import TrainConfig
 from .data import discover, load_arrays, select_split
-from .loop import evaluate, score
+from .loop import evaluate, hardware, pick_device, score
 from .model import count_parameters
 
 ZOO = Path(__file__).parent / "zoo"
@@ -44,16 +44,6 @@ def paper_result(dataset: str) -> str:
     return f"mDice {d:.4f} / mIoU {iou:.4f} ({what})"
 
 
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def evaluate_exports(exports: Path, meta: dict[str, Any], root: Path) -> dict[str, dict[str, float]]:
     """Score every .onnx/.tflite in ``exports`` on the test split at the model's input size (same protocol as
     simpleunet-eval: images and masks resized to imgsz once, threshold from the model's metadata)."""
@@ -70,7 +60,7 @@ def evaluate_exports(exports: Path, meta: dict[str, Any], root: Path) -> dict[st
     return out
 
 
-def plot_curve(history: list[dict[str, Any]], path: Path, title: str) -> bool:
+def plot_curve(history: list[dict[str, Any]], path: Path, title: str, loss: str = "BCE + Dice") -> bool:
     try:
         import matplotlib
         matplotlib.use("Agg")
@@ -80,7 +70,7 @@ def plot_curve(history: list[dict[str, Any]], path: Path, title: str) -> bool:
         return False
     epochs = [h["epoch"] for h in history]
     fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
-    ax.plot(epochs, [h["loss"] for h in history], label="train loss (BCE + Dice)")
+    ax.plot(epochs, [h["loss"] for h in history], label=f"train loss ({loss})")
     ax.plot(epochs, [h["val_mDice"] for h in history], label="val mDice (carved from train)")
     ax.set_xlabel("epoch")
     ax.set_title(title)
@@ -92,20 +82,46 @@ def plot_curve(history: list[dict[str, Any]], path: Path, title: str) -> bool:
     return True
 
 
-FLAGS = {"epochs": "--epochs", "batch_size": "--batch-size", "lr": "--lr", "imgsz": "--imgsz", "seed": "--seed",
-         "val_fraction": "--val-fraction", "augment": "--augment"}
+#: simpleunet-train's flag per training setting (``model.*``: the architecture); --no-aff is handled apart.
+FLAGS = {"dataset": "--dataset", "epochs": "--epochs", "batch_size": "--batch-size", "lr": "--lr",
+         "weight_decay": "--weight-decay", "eta_min": "--eta-min", "imgsz": "--imgsz", "seed": "--seed",
+         "patience": "--patience", "val_fraction": "--val-fraction", "augment": "--augment",
+         "model.family": "--family", "model.width": "--width", "model.blocks": "--blocks", "model.rate": "--rate",
+         "model.num_classes": "--classes", "model.head": "--head"}
+#: Settings that say where and how fast a run ran, not what it learned: left out of the command.
+MACHINE_LOCAL = ("data_root", "threads", "workers")
+#: What each ``augment`` setting does (data.augment).
+AUGMENT_TEXT = {"none": "none", "light": "flips, 90° turns",
+                "strong": "flips, 90° turns, affine ±45°/0.75–1.25×/±10 %, light colour jitter"}
+
+
+def loss_name(meta: dict[str, Any]) -> str:
+    """The training loss, from the config (a ``loss`` field if it has one, else what the head implies)."""
+    return meta["train"].get("loss") or ("BCE + Dice" if meta["model"]["num_classes"] == 1 else "CE + Dice")
+
+
+def _settings(cfg: TrainConfig) -> dict[str, Any]:
+    """A config as flat ``setting -> value`` (``model.width``...), so runs and recipes compare key by key."""
+    d = cfg.to_dict()
+    return {**{k: v for k, v in d.items() if k != "model" and k not in MACHINE_LOCAL},
+            **{f"model.{k}": v for k, v in d["model"].items()}}
 
 
 def reproduce_command(name: str, train: dict[str, Any]) -> str:
-    """The ``simpleunet-train`` line that re-creates this run: its recipe plus a flag for every setting that differs
-    (e.g. a run stopped at fewer epochs than the recipe now plans)."""
+    """The ``simpleunet-train`` line that re-creates this run's config: the nearest recipe (or the defaults) plus a
+    flag for every setting that differs, so a run that is no named recipe is not printed as one."""
     from .cli import load_recipe, recipe_names
 
-    if name not in recipe_names():
-        return "simpleunet-train " + " ".join(f"{flag} {train[k]}" for k, flag in FLAGS.items())
-    recipe = load_recipe(name).to_dict()
-    extra = "".join(f" {flag} {train[k]}" for k, flag in FLAGS.items() if recipe.get(k) != train.get(k))
-    return f"simpleunet-train --recipe {name}{extra}"
+    want = _settings(TrainConfig.from_dict(train))
+    bases = sorted([(r, _settings(load_recipe(r))) for r in recipe_names()], key=lambda b: b[0] != name)
+    recipe, base = min(bases + [(None, _settings(TrainConfig()))],
+                       key=lambda b: sum(want[k] != b[1][k] for k in want))
+    diff = [k for k in want if want[k] != base[k]]
+    flags = [f"{FLAGS[k]} {want[k]}" for k in diff if k in FLAGS]
+    flags += ["--no-aff"] if "model.aff" in diff and not want["model.aff"] else []
+    unflagged = [f"{k}={want[k]}" for k in diff if k not in FLAGS and not (k == "model.aff" and not want[k])]
+    cmd = " ".join(["simpleunet-train"] + ([f"--recipe {recipe}"] if recipe else []) + flags + [f"--out runs/{name}"])
+    return cmd + (f"  # and in a recipe .json: {', '.join(unflagged)}" if unflagged else "")
 
 
 def write_card(folder: Path, name: str, meta: dict[str, Any], metrics: dict[str, Any]) -> None:
@@ -116,6 +132,7 @@ def write_card(folder: Path, name: str, meta: dict[str, Any], metrics: dict[str,
     for fname, s in metrics.get("exports", {}).items():
         rows.append(f"| {fname} | {s['mDice']:.4f} | {s['mIoU']:.4f} | {s['pooled_dice']:.4f} |")
     hist = metrics["history"]
+    trained_on = "; ".join(dict.fromkeys(h["trained_on"] for h in hist if "trained_on" in h)) or "not recorded"
     card = f"""# {name}
 
 {m['family']} width {m['width']}, {m['blocks']} block(s), R = {m['rate']}, AFF {'on' if m['aff'] else 'off'},
@@ -130,10 +147,11 @@ the official val_120; BUSI: the 156-image stratified test split). Images and mas
 
 ## Recipe
 `{reproduce_command(name, train)}`: {train['epochs']} epochs planned, {len(hist)} trained, batch {train['batch_size']},
-AdamW lr {train['lr']} (wd {train['weight_decay']}), per-step cosine to {train['eta_min']}, BCE + Dice,
-augmentation `{train['augment']}` (flips, 90° turns, affine ±45°/0.75–1.25×/±10 %, light colour jitter), seed
+AdamW lr {train['lr']} (wd {train['weight_decay']}), per-step cosine to {train['eta_min']}, {loss_name(meta)},
+augmentation `{train['augment']}` ({AUGMENT_TEXT.get(train['augment'], train['augment'])}), seed
 {train['seed']}. Best epoch {metrics['best']['epoch']} (val mDice {metrics['best']['val_mDice']:.4f}); threshold
-{meta['preprocess']['threshold']}. Hardware: {metrics['hardware']}.
+{meta['preprocess']['threshold']}. Trained on: {trained_on}. Test scores computed on (the publishing machine):
+{metrics['hardware']}.
 
 ## Scores on the test split ({date.today().isoformat()})
 mDice / mIoU are per-image means; an image whose mask and prediction are both empty counts 1.
@@ -189,7 +207,7 @@ def publish(run: Path, name: str, exports: Path | None = None, data: str | None 
         raise SimpleUNetError(f"{run / METRICS} is missing: publish a run folder written by simpleunet-train")
     history = json.loads((run / METRICS).read_text())
     metrics = {"best": history["best"], "history": history["history"], "parameters": count_parameters(model),
-               "hardware": f"{cpu_name()}, torch CPU", "test": evaluate(model, meta, root, "test")}
+               "hardware": hardware(pick_device("auto")), "test": evaluate(model, meta, root, "test")}
     if exports:
         metrics["exports"] = evaluate_exports(exports, meta, root)
     folder = ZOO / name
@@ -199,7 +217,7 @@ def publish(run: Path, name: str, exports: Path | None = None, data: str | None 
         for f in (CONFIG, WEIGHTS):
             shutil.copy2(run / f, staging / f)
         write_json(staging / METRICS, metrics)
-        plot_curve(metrics["history"], staging / "curve.png", name)
+        plot_curve(metrics["history"], staging / "curve.png", name, loss_name(meta))
         write_card(staging, name, meta, metrics)
         old = ZOO / f".{name}.old"
         shutil.rmtree(old, ignore_errors=True)
