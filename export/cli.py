@@ -5,6 +5,7 @@ Exit codes: 0 success, 2 a user-fixable problem or a failed check (one ``error:`
 from __future__ import annotations
 
 import argparse
+import math
 import re
 import sys
 
@@ -36,6 +37,17 @@ def _fraction(text: str) -> float:
         raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {text!r}") from None
     if not 0 < value <= 1:
         raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {value}")
+    return value
+
+
+def _tolerance(text: str) -> float:
+    """A positive finite number: a negative or NaN --max-delta would only fail after the ONNX export."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not 0 < value < math.inf:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {value}")
     return value
 
 
@@ -72,7 +84,7 @@ def parser() -> argparse.ArgumentParser:
                    help="int8 ONNX layout (default qoperator: smallest; qdq for hardware execution providers)")
     p.add_argument("--min-agreement", type=_fraction, default=0.98,
                    help="fail if an int8 file's mask Dice vs fp32 is below this (default 0.98)")
-    p.add_argument("--max-delta", type=float, default=1e-4,
+    p.add_argument("--max-delta", type=_tolerance, default=1e-4,
                    help="fail if an fp32 file's max |Δ| vs PyTorch is above this (default 1e-4)")
     p.add_argument("--no-ort-rewrites", dest="ort_rewrites", action="store_false",
                    help="write the plain ONNX graphs, without the exact rewrites that make them faster in "
@@ -93,8 +105,9 @@ def main(argv: list[str] | None = None) -> int:
     except SimpleUNetError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("interrupted: nothing was written to the output folder", file=sys.stderr)
+    except KeyboardInterrupt as exc:  # held while files move into --out; its message then says they did
+        print(f"interrupted: {exc.args[0] if exc.args else 'nothing was written to the output folder'}",
+              file=sys.stderr)
         return 130
     return 0
 

@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 
 from simpleunet_runtime.errors import SimpleUNetError
-from simpleunet_runtime.image import list_images, load_image, load_mask, resize_image, resize_mask
+from simpleunet_runtime.image import list_images, load_image, resize_image
+from simpleunet_runtime.sample import SAMPLE_DATASET
 
 CALIBRATION_DIR = Path(__file__).resolve().parent / "calibration"
 #: Below this many calibration images the activation ranges get noisy: warn (zero is an error).
@@ -32,6 +33,7 @@ class ImageSet:
     names: list[str]
     source: str
     held_out: bool = True
+    dataset: str = ""  # short name of the data (the folder's name; SAMPLE_DATASET for the bundled samples)
 
 
 def _pick(items: list, count: int | None) -> list:
@@ -89,46 +91,46 @@ def calibration_set(folder: str | Path | None, imgsz: int, count: int | None = N
         warnings.warn(f"only {len(paths)} calibration image(s) in {folder}: int8 ranges may be poor; "
                       f"use at least {MIN_CALIBRATION}", stacklevel=2)
     images = np.stack([resize_image(load_image(p), imgsz) for p in paths])
-    return ImageSet(images, None, [p.stem for p in paths], source)
+    return ImageSet(images, None, [p.stem for p in paths], source,
+                    dataset=SAMPLE_DATASET if folder == CALIBRATION_DIR else folder.resolve().name)
 
 
-def _pairs_in(folder: Path) -> list[tuple[Path, Path]]:
-    """(image, mask) pairs of an images/ + masks/ folder (same stems; the test split if splits/ names one)."""
+def _samples_in(folder: Path) -> tuple[list, str, bool]:
+    """(samples, source, held_out) of a dataset folder: its test split if splits/ has one, else every image
+    (held_out False when splits/ exists without a test split: the other images were trained on)."""
     from simpleunet.train.data import discover, select_split
+    from simpleunet_runtime.folders import read_split
 
     samples = discover(folder)
-    if (folder / "splits").is_dir():
-        try:
-            samples = select_split(samples, folder, "test")
-        except SimpleUNetError:
-            pass
-    return [(s.image, s.masks[0]) for s in samples]
+    if not (folder / "splits").is_dir():
+        return samples, str(folder), True
+    try:
+        read_split(folder, "test")
+    except SimpleUNetError:
+        return samples, f"{folder} (all images, training ones included: splits/ names no test set)", False
+    return select_split(samples, folder, "test"), f"{folder} (test split)", True
 
 
 def verification_set(folder: str | Path | None, imgsz: int, count: int | None = None) -> ImageSet:
-    """Held-out images with masks for the checks: ``folder`` (images/ + masks/, its test split if it has
-    splits/) or the runtime's bundled Kvasir-SEG val sample."""
+    """Held-out images with masks for the checks: ``folder`` (any layout training reads, its test split if it
+    has splits/) or the runtime's bundled Kvasir-SEG val sample. Masks are decoded by training's own
+    ``load_arrays`` (a sample's masks OR-merged, as in training and eval)."""
+    from simpleunet.train.data import Sample, load_arrays
+
+    if count is not None and count < 1:
+        raise SimpleUNetError(f"--val-size must be at least 1, got {count}")
     if folder is not None:
         folder = Path(folder)
         if not folder.is_dir():
             raise SimpleUNetError(f"verification folder {folder} does not exist")
-        pairs = _pairs_in(folder)
-        source = f"{folder} (test split)" if _split_images(folder, "test") else str(folder)
+        samples, source, held_out = _samples_in(folder)
+        dataset = folder.resolve().name
     else:
         from simpleunet_runtime.sample import sample_dir, sample_pairs
 
-        pairs, source = sample_pairs(), f"{sample_dir()} (bundled Kvasir-SEG val_120 sample)"
-    if count is not None and count < 1:
-        raise SimpleUNetError(f"--val-size must be at least 1, got {count}")
-    pairs = _pick(pairs, count)
-    images, masks = [], []
-    for img_path, mask_path in pairs:
-        img = load_image(img_path)
-        mask = load_mask(mask_path)
-        if mask.shape != img.shape[:2]:
-            raise SimpleUNetError(f"mask {mask_path} is {mask.shape[1]}x{mask.shape[0]} but image {img_path} is "
-                                  f"{img.shape[1]}x{img.shape[0]}")
-        images.append(resize_image(img, imgsz))
-        masks.append(resize_mask(mask, imgsz))
-    return ImageSet(np.stack(images), np.stack(masks), [p.stem for p, _ in pairs], source)
-
+        samples = [Sample(img.stem, img, (mask,)) for img, mask in sample_pairs()]
+        source, held_out = f"{sample_dir()} (bundled Kvasir-SEG val_120 sample)", True
+        dataset = SAMPLE_DATASET
+    samples = _pick(samples, count)
+    images, masks = load_arrays(samples, imgsz, cache=False)
+    return ImageSet(images, masks, [s.id for s in samples], source, held_out, dataset)

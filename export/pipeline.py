@@ -6,10 +6,14 @@ then a table, "Export complete", where the files are and the next command.
 """
 from __future__ import annotations
 
+import contextlib
+import math
 import os
 import shutil
+import signal
 import sys
 import tempfile
+import threading
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -157,14 +161,48 @@ def _staging(out: Path) -> Path:
         raise ExportError(f"cannot write to --out {out}: {exc.strerror or exc}") from None
 
 
-def _commit(staged: dict[str, Path], out: Path) -> dict[str, Path]:
+def _stale(out: Path, keep: set[str]) -> list[Path]:
+    """Files the previous manifest in ``out`` lists, unchanged (same sha256: the toolkit wrote them), that this run
+    does not write: left beside the new manifest, ``simpleunet-bench --models out`` would pick them up."""
+    try:
+        rows = manifest_mod.read(out / manifest_mod.MANIFEST)["files"]
+        names = {r["file"]: r["sha256"] for r in rows if isinstance(r, dict)}
+    except (OSError, ValueError, KeyError, TypeError):
+        return []
+    return [out / n for n, sha in names.items() if isinstance(n, str) and n and Path(n).name == n
+            and n not in keep and (out / n).is_file() and manifest_mod.sha256(out / n) == sha]
+
+
+@contextlib.contextmanager
+def _hold_interrupt(message: str):
+    """Ctrl-C inside the block waits for its end, then raises ``KeyboardInterrupt(message)``: the moves into
+    ``out`` are never left half done, and the CLI can say that the export was written."""
+    if threading.current_thread() is not threading.main_thread() or \
+            signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        yield
+        return
+    held: list[int] = []
+    signal.signal(signal.SIGINT, lambda signum, _frame: held.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    if held:
+        raise KeyboardInterrupt(message)
+
+
+def _commit(staged: dict[str, Path], manifest: Path, out: Path) -> dict[str, Path]:
+    """Move the staged files, then the manifest, into ``out``; then delete the stale files of a previous export."""
     try:
         out.mkdir(parents=True, exist_ok=True)
+        stale = _stale(out, {p.name for p in staged.values()} | {manifest.name})
         final = {}
         for key, path in staged.items():
-            dest = out / path.name
-            os.replace(path, dest)
-            final[key] = dest
+            final[key] = out / path.name
+            os.replace(path, final[key])
+        os.replace(manifest, out / manifest.name)
+        for path in stale:
+            path.unlink(missing_ok=True)
         return final
     except OSError as exc:
         raise ExportError(f"cannot write to --out {out}: {exc.strerror or exc}") from None
@@ -203,9 +241,14 @@ class _Run:
         raise ExportError(f"{label}: {message}; nothing was written to {self.out}")
 
     def metadata(self, precision: str, layout: str, fmt: str) -> ModelMetadata:
+        """The file's metadata; data other than the model's own dataset is named in it (own data: bytes as before)."""
         extra = {**self.base.extra, "format": fmt}
         if precision == "int8":
             extra["calibration_images"] = len(self.calib.images)
+            if self.calib.dataset != self.base.dataset:
+                extra["calibration_data"] = self.calib.dataset
+        if self.val.dataset != self.base.dataset:
+            extra["check_data"] = self.val.dataset
         return self.base.replace(precision=precision, input_layout=layout, extra=extra)
 
     def checks(self, label: str, precision: str, prob: np.ndarray, t: float) -> dict[str, Any]:
@@ -344,7 +387,7 @@ def export_model(checkpoint: str | os.PathLike | None = None, *, family: str | N
                  calib_size: int | None = 32, out: str | os.PathLike | None = None, opset: int = 17,
                  int8_onnx: str = "qoperator", min_agreement: float = 0.98, max_delta: float = 1e-4,
                  val_data: str | os.PathLike | None = None, val_size: int | None = None, name: str | None = None,
-                 fold_aff: bool = True, ort_rewrites: bool = True,
+                 fold_aff: bool = True, ort_rewrites: bool = True, require_own_data: bool = False,
                  log: Callable[[str], None] | None = print) -> ExportResult:
     """Export a trained SimpleUNet/SimpleESKNet to ONNX and TFLite (fp32, and int8 with ``int8``).
 
@@ -353,8 +396,10 @@ def export_model(checkpoint: str | os.PathLike | None = None, *, family: str | N
     ``exports/<name>``. ``int8_onnx``: qoperator (default), qdq or both. ``val_data``: images/ + masks/ for the
     checks (default: the runtime's bundled Kvasir-SEG val sample). ``ort_rewrites``: apply the exact graph
     rewrites that make the ONNX files faster in onnxruntime (``rewrites.py``; TFLite is converted from the plain
-    graph either way). Raises ``SimpleUNetError`` (one line) on bad input or a failed check; ``out`` is then left
-    as it was.
+    graph either way). ``require_own_data`` (publishing): a model whose dataset folder is not found here is an
+    error, not calibrated and checked on the bundled Kvasir-SEG sample. Raises ``SimpleUNetError`` (one line) on
+    bad input or a failed check; ``out`` is then left as it was. Files a previous export in ``out`` listed in its
+    manifest and this one does not write are deleted (``_stale``).
     """
     from simpleunet.train.checkpoint import WEIGHTS
     from simpleunet.train.flops import count_macs
@@ -374,6 +419,8 @@ def export_model(checkpoint: str | os.PathLike | None = None, *, family: str | N
         check_imgsz(imgsz)
     if not 0 < min_agreement <= 1:
         raise ExportError(f"--min-agreement must be in (0, 1], got {min_agreement}")
+    if not 0 < max_delta < math.inf:
+        raise ExportError(f"--max-delta must be a positive number, got {max_delta}")
     if family not in (None, "simpleunet", "simpleesknet", "unet"):
         raise ExportError(f"unknown family {family!r}; choose simpleunet, simpleesknet or unet")
 
@@ -395,23 +442,30 @@ def export_model(checkpoint: str | os.PathLike | None = None, *, family: str | N
 
     t = time.perf_counter()
     dataset = str(meta.get("dataset", ""))
+    notes: list[str] = []  # warnings, printed and kept in the manifest
     if dataset and dataset != SAMPLE_DATASET and (calib_data is None or val_data is None):
         own = own_dataset(dataset)  # calibrate and check a BUSI model on BUSI, not on the bundled Kvasir-SEG sample
         if own is not None:
             calib_data = own if calib_data is None else calib_data
             val_data = own if val_data is None else val_data
+        elif require_own_data:
+            raise ExportError(f"{name}: its dataset folder {dataset!r} was not found (looked in $SIMPLEUNET_DATA and "
+                              f"../shared/datasets); set SIMPLEUNET_DATA to the folder that holds {dataset}/")
         else:
-            say(f"warning: the model was trained on {dataset!r}, which is not found here; calibrating and checking "
-                "on the bundled Kvasir-SEG sample (pass --calib-data/--val-data, or set SIMPLEUNET_DATA)")
+            notes.append(f"the model was trained on {dataset!r}, which is not found here; calibrating and checking "
+                         "on the bundled Kvasir-SEG sample (pass --calib-data/--val-data, or set SIMPLEUNET_DATA)")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         calib = calibration_set(calib_data, imgsz, calib_size) if int8 else None
-    for w in caught:
-        say(f"warning: {w.message}")
+    notes += [str(w.message) for w in caught]
     val = verification_set(val_data, imgsz, val_size)
+    if not val.held_out:
+        notes.append(f"check images {val.source} include training images: the checks are not on held-out images")
     if calib is not None and set(calib.names) & set(val.names):
-        say("warning: calibration and check images overlap: the int8 checks are not on held-out images")
+        notes.append("calibration and check images overlap: the int8 checks are not on held-out images")
         val.held_out = False
+    for note in notes:
+        say(f"warning: {note}")
     xval = normalize(val.images, mean, std)
     reference = torch_probabilities(Probabilities(model, cfg.num_classes).eval(), xval)
     pytorch_gt = dice_vs_truth(foreground(reference, threshold), val.masks)
@@ -429,6 +483,7 @@ def export_model(checkpoint: str | os.PathLike | None = None, *, family: str | N
                          extra={"head": cfg.head, "opset": opset, "macs": count_macs(model, (imgsz, imgsz))})
     run = _Run(name, out, _staging(out), model, base, val, calib, xval, reference, threshold, max_delta,
                min_agreement, say, report)
+    written = "nothing was written to"
     try:
         fp32 = _onnx_fp32(run, imgsz, opset, fold_aff, keep="onnx" in formats, rewrites=ort_rewrites)
         if int8 and "onnx" in formats:
@@ -442,24 +497,32 @@ def export_model(checkpoint: str | os.PathLike | None = None, *, family: str | N
             checkpoint={"path": str(checkpoint), "weights_sha256": weights_sha, "dataset": meta.get("dataset")},
             imgsz=[imgsz, imgsz], preprocess={"mean": list(mean), "std": list(std), "threshold": threshold,
                                               "channel_order": base.channel_order},
-            calibration=None if calib is None else {"source": calib.source, "images": len(calib.images),
-                                                    "names": calib.names},
-            verification={"source": val.source, "images": len(val.images), "held_out": val.held_out,
-                          "names": val.names, "pytorch_dice_vs_gt": pytorch_gt},
+            calibration=None if calib is None else {"source": calib.source, "dataset": calib.dataset,
+                                                    "images": len(calib.images), "names": calib.names},
+            verification={"source": val.source, "dataset": val.dataset, "images": len(val.images),
+                          "held_out": val.held_out, "names": val.names, "pytorch_dice_vs_gt": pytorch_gt},
+            warnings=notes,
             thresholds={"max_abs_delta": max_delta, "min_agreement": min_agreement}, aff_folded=fold_aff,
             onnxruntime_rewrites=ort_rewrites)
         staged_manifest = manifest_mod.write(run.staging / manifest_mod.MANIFEST, man)
-        files = _commit(run.staged, out)
-        manifest = _commit({"manifest": staged_manifest}, out)["manifest"]
-        run.done(Step("Manifest", True, time.perf_counter() - t, manifest, manifest.stat().st_size))
+        written = "the new files may be partly moved into"
+        with _hold_interrupt(f"the export was already written to {out}"):  # from here to the end
+            files = _commit(run.staged, staged_manifest, out)
+            manifest = out / manifest_mod.MANIFEST
+            run.done(Step("Manifest", True, time.perf_counter() - t, manifest, manifest.stat().st_size))
+            shutil.rmtree(run.staging, ignore_errors=True)
+            return _finish(ExportResult(files, manifest, report, time.perf_counter() - start), out, say)
     except SimpleUNetError as exc:
         if report[-1].ok:  # a tool failed (a failed check has printed its own line)
-            say(Step("Export", False, time.perf_counter() - start, message=f"{exc}; nothing was written to "
-                                                                          f"{out}").line())
+            say(Step("Export", False, time.perf_counter() - start, message=f"{exc}; {written} {out}").line())
         raise
     finally:
         shutil.rmtree(run.staging, ignore_errors=True)
-    result = ExportResult(files, manifest, report, time.perf_counter() - start)
+
+
+def _finish(result: ExportResult, out: Path, say: Callable[[str], None]) -> ExportResult:
+    """The closing report: the table, where the files are and the next commands."""
+    files = result.files
     say("\n" + result.table())
     say(f"\nExport complete ({result.seconds:.1f}s)")
     say(f"Results saved to {out.resolve()}")

@@ -66,7 +66,8 @@ def publish(zoo: Path, dest: Path = DEST, formats: Iterable[str] = ("onnx", "tfl
     try:
         for folder in zoo_checkpoints(Path(zoo)):
             name = folder.name
-            result = export_model(folder, int8=True, formats=tuple(formats), out=staging / name, name=name, log=log)
+            result = export_model(folder, int8=True, formats=tuple(formats), out=staging / name, name=name, log=log,
+                                  require_own_data=True)  # never calibrate a BUSI model on the Kvasir sample
             manifest = read_manifest(result.manifest)
             for row in manifest["files"]:
                 if row.get("quant_format") not in (None, "qoperator") and row["precision"] == "int8":

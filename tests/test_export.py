@@ -485,3 +485,112 @@ def test_a_dataset_folder_calibrates_on_train_and_checks_on_test(busi):
     assert "train split" in cal.source and len(cal.names) == 8 and set(cal.names) <= train
     val = verification_set(busi, 32, 8)
     assert "test split" in val.source and len(val.names) == 8 and set(val.names) <= test
+
+
+# ---- review fixes: own data when publishing, stale files, held-out checks, --max-delta, Ctrl-C --------------------
+
+def _as_busi(src: Path, dest: Path) -> Path:
+    """A copy of a checkpoint whose config says it was trained on BUSI."""
+    shutil.copytree(src, dest)
+    cfg = json.loads((dest / "config.json").read_text())
+    cfg["dataset"] = cfg.setdefault("train", {})["dataset"] = "busi"
+    (dest / "config.json").write_text(json.dumps(cfg))
+    return dest
+
+
+def test_publish_refuses_a_model_whose_dataset_is_missing_and_export_records_the_fallback(tmp_path, tiny_ckpt,
+                                                                                         monkeypatch):
+    """Publishing never calibrates a BUSI model on the bundled Kvasir-SEG sample; a plain export still may, and
+    says so in its manifest and in each file's metadata."""
+    import simpleunet.export.pipeline as pipeline
+    from simpleunet.export.publish import publish
+
+    monkeypatch.setattr(pipeline, "own_dataset", lambda name: None)
+    busi = _as_busi(tiny_ckpt, tmp_path / "zoo" / "simpleunet16-busi")
+    dest = tmp_path / "models"
+    with pytest.raises(SimpleUNetError, match="'busi' was not found.*set SIMPLEUNET_DATA") as info:
+        publish(tmp_path / "zoo", dest, formats=("onnx",), log=None)
+    assert "\n" not in str(info.value) and not (dest / "index.json").exists()
+    out = tmp_path / "out"
+    export_model(busi, formats="onnx", int8=True, val_size=2, out=out, log=None)
+    man = json.loads((out / "manifest.json").read_text())
+    assert man["calibration"]["dataset"] == man["verification"]["dataset"] == "kvasir-seg"
+    assert man["checkpoint"]["dataset"] == "busi" and "'busi', which is not found here" in man["warnings"][0]
+    extra = read_onnx_metadata(out / "simpleunet16-int8.onnx").extra
+    assert extra["calibration_data"] == extra["check_data"] == "kvasir-seg"
+
+
+def test_reexport_removes_only_the_stale_files_it_wrote(tmp_path, tiny_ckpt):
+    """Files the previous manifest listed and the new run does not write go; the user's files and a listed file
+    the user changed (other sha256) stay."""
+    out = tmp_path / "out"
+    export_model(tiny_ckpt, formats="onnx", int8=True, int8_onnx="both", val_size=2, out=out, log=None)
+    assert {"simpleunet16-int8.onnx", "simpleunet16-int8-qdq.onnx"} <= {p.name for p in out.iterdir()}
+    (out / "notes.txt").write_text("mine")
+    (out / "simpleunet16-int8-qdq.onnx").write_bytes(b"edited by the user")
+    result = export_model(tiny_ckpt, formats="onnx", int8=False, val_size=2, out=out, log=None)
+    assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "notes.txt", "simpleunet16-fp32.onnx",
+                                                     "simpleunet16-int8-qdq.onnx"]
+    assert [r["file"] for r in json.loads(result.manifest.read_text())["files"]] == ["simpleunet16-fp32.onnx"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no staging folder left
+
+
+def test_ctrl_c_while_committing_waits_and_says_the_export_was_written():
+    import signal
+
+    from simpleunet.export.pipeline import _hold_interrupt
+
+    moved = []
+    with pytest.raises(KeyboardInterrupt, match="already written"):
+        with _hold_interrupt("the export was already written to out"):
+            os.kill(os.getpid(), signal.SIGINT)
+            moved.append("all files")  # still running after the signal
+    assert moved == ["all files"] and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def _copy_sample(folder: Path, count: int) -> list[str]:
+    from simpleunet_runtime.sample import sample_pairs
+
+    (folder / "images").mkdir(parents=True)
+    (folder / "masks").mkdir()
+    pairs = sample_pairs()[:count]
+    for img, mask in pairs:
+        shutil.copy(img, folder / "images" / img.name)
+        shutil.copy(mask, folder / "masks" / mask.name)
+    return [img.stem for img, _ in pairs]
+
+
+def test_a_folder_whose_splits_have_no_test_split_is_not_called_held_out(tmp_path):
+    ids = _copy_sample(tmp_path / "data", 4)
+    (tmp_path / "data" / "splits").mkdir()
+    (tmp_path / "data" / "splits" / "train.txt").write_text("\n".join(ids[:3]))
+    val = verification_set(tmp_path / "data", 32)
+    assert sorted(val.names) == sorted(ids) and not val.held_out and "(test split)" not in val.source
+    (tmp_path / "data" / "splits" / "test.txt").write_text(ids[3])
+    val = verification_set(tmp_path / "data", 32)
+    assert val.names == ids[3:] and val.held_out and val.source.endswith("(test split)")
+
+
+def test_check_masks_merge_every_mask_of_a_sample(tmp_path):
+    """A BUSI image with _mask and _mask_1 is checked against both lesions, as training and eval see it."""
+    from PIL import Image
+
+    cls = tmp_path / "Dataset_BUSI_with_GT" / "benign"
+    cls.mkdir(parents=True)
+    Image.fromarray(np.full((16, 16, 3), 128, np.uint8)).save(cls / "benign (1).png")
+    for suffix, cols in (("_mask", slice(0, 8)), ("_mask_1", slice(8, 16))):
+        mask = np.zeros((16, 16), np.uint8)
+        mask[:, cols] = 255
+        Image.fromarray(mask).save(cls / f"benign (1){suffix}.png")
+    val = verification_set(tmp_path, 16)
+    assert val.names == ["benign_001"] and val.masks[0].all()
+
+
+def test_max_delta_is_checked_up_front(capsys, tiny_ckpt):
+    for bad in ("-1", "nan", "inf", "0"):
+        with pytest.raises(SystemExit) as info:
+            cli.main(["--checkpoint", str(tiny_ckpt), "--max-delta", bad])
+        assert info.value.code == 2
+        assert "argument --max-delta: expected a positive number" in capsys.readouterr().err
+    with pytest.raises(SimpleUNetError, match="--max-delta must be a positive number, got nan"):
+        export_model(tiny_ckpt, max_delta=float("nan"), log=None)
