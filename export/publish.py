@@ -36,9 +36,10 @@ def zoo_checkpoints(zoo: Path) -> list[Path]:
     return found
 
 
-def _metrics(folder: Path, file_sha256: str, checks: dict[str, Any]) -> dict[str, Any]:
+def _metrics(folder: Path, file_sha256: str, checks: dict[str, Any], checked_on: dict[str, Any]) -> dict[str, Any]:
     """The file's own test-split scores if the zoo scored these exact bytes, else PyTorch's; then the export
-    checks. (The export is deterministic, so a re-export of the scored checkpoint matches by sha256.)"""
+    checks, apart and saying which images they ran on (a few sample images are not the test split). The export
+    is deterministic, so a re-export of the scored checkpoint matches by sha256."""
     out: dict[str, Any] = {}
     path = folder / "metrics.json"
     if path.is_file():
@@ -50,7 +51,9 @@ def _metrics(folder: Path, file_sha256: str, checks: dict[str, Any]) -> dict[str
                 out[f"test_{key}"] = test[key]
         if out:
             out["scored"] = "this file" if own else "PyTorch fp32"
-    out.update({k: v for k, v in checks.items() if v is not None})
+    held_out = "held-out " if checked_on.get("held_out") else ""
+    out["export_checks"] = {"on": f"{checked_on.get('images')} {held_out}{checked_on.get('dataset') or ''} images",
+                            **{k: v for k, v in checks.items() if v is not None}}
     return out
 
 
@@ -76,7 +79,7 @@ def publish(zoo: Path, dest: Path = DEST, formats: Iterable[str] = ("onnx", "tfl
                                 "file": row["file"], "sha256": row["sha256"], "bytes": row["bytes"],
                                 "parameters": manifest["parameters"],
                                 "dataset": (manifest.get("checkpoint") or {}).get("dataset") or "",
-                                "metrics": _metrics(folder, row["sha256"], row["checks"])})
+                                "metrics": _metrics(folder, row["sha256"], row["checks"], manifest["verification"])})
         for e in entries:
             os.replace(staging / e["name"] / e["file"], dest / e["file"])
         index = dest / "index.json"

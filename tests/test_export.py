@@ -473,6 +473,7 @@ def test_publish_bundles_every_zoo_checkpoint(tmp_path, tiny_ckpt):
     for e in entries:
         assert e["name"] == "simpleunet16-test" and e["dataset"] == "kvasir-seg" and e["parameters"] == 16_234
         assert e["metrics"]["test_mDice"] == 0.5
+        assert e["metrics"]["export_checks"]["on"] == "16 held-out kvasir-seg images"  # not the test split
         path = zoo.resolve(e["name"], e["precision"], e["format"], folder=dest)  # checks the sha256
         assert read_onnx_metadata(path).name == "simpleunet16-test"
 

@@ -88,18 +88,15 @@ def resolve(name: str, precision: str = "int8", format: str = "onnx", folder: st
 
 
 def _metric(entry: dict) -> str:
-    metrics = entry.get("metrics") or {}
-    if not isinstance(metrics, dict):
-        return "-"
-    for key, value in metrics.items():
-        if "dice" in key.lower() and isinstance(value, (int, float)):
-            return f"{value:.4f}"
-    return "-"
+    """The file's mDice on its dataset's test split (``metrics.test_mDice``), or "-"."""
+    metrics = entry.get("metrics")
+    value = metrics.get("test_mDice") if isinstance(metrics, dict) else None
+    return f"{value:.4f}" if isinstance(value, (int, float)) and not isinstance(value, bool) else "-"
 
 
 def table(entries: list[dict]) -> str:
     """A plain text table of bundled models."""
-    head = ("name", "format", "precision", "size", "params", "dataset", "dice")
+    head = ("name", "format", "precision", "size", "params", "dataset", "test mDice")
     rows = [(e["name"], e.get("format", "?"), e.get("precision", "?"),
              f"{e['bytes'] / 1024:.1f} KB" if isinstance(e.get("bytes"), int) else "?",
              f"{e['parameters']:,}" if isinstance(e.get("parameters"), int) else "?",

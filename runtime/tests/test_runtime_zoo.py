@@ -24,7 +24,7 @@ def make_zoo(folder, fixtures, tamper=False):
         data = (folder / name).read_bytes()
         entries.append({"name": "tiny-kvasir", "format": fmt, "precision": prec, "file": name,
                         "sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data), "parameters": 1234,
-                        "dataset": "kvasir-seg", "metrics": {"mDice": 0.5}})
+                        "dataset": "kvasir-seg", "metrics": {"export_checks": {"dice_vs_gt": 0.9}, "test_mDice": 0.5}})
     (folder / "index.json").write_text(json.dumps(entries))
     if tamper:
         with open(folder / "tiny.onnx", "ab") as f:
@@ -77,7 +77,7 @@ def test_list_main_prints_a_table(tmp_path, fixtures, monkeypatch, capsys):
     monkeypatch.setenv("SIMPLEUNET_MODELS_DIR", str(tmp_path))
     assert zoo.list_main([]) == 0
     out = capsys.readouterr().out.splitlines()
-    assert out[0].split() == ["name", "format", "precision", "size", "params", "dataset", "dice"]
+    assert out[0].split() == ["name", "format", "precision", "size", "params", "dataset", "test", "mDice"]
     assert len([line for line in out if line.startswith("tiny-kvasir")]) == 3 and "0.5000" in out[1]
     assert zoo.list_main(["--json"]) == 0
     assert len(json.loads(capsys.readouterr().out)) == 3
