@@ -53,7 +53,7 @@ def test_resume_after_crash_matches_uninterrupted(tiny_data, tmp_path):
 def test_torchrun_two_processes_gloo(tiny_data, tmp_path):
     exe = Path(sys.executable).with_name("simpleunet-train")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29533",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone",  # a free port
            "--no-python", str(exe), "--data", str(tiny_data), "--dataset", "tiny", "--out", str(tmp_path / "ddp"),
            "--width", "4", "--imgsz", "32", "--epochs", "2", "--batch-size", "2", "--no-progress", "--threads", "1"]
     run = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
