@@ -69,12 +69,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--int8", action="store_true", help="also write int8 ONNX and full-integer int8 TFLite")
     p.add_argument("--formats", default=",".join(FORMATS), help="comma-separated: onnx,tflite (default both)")
     p.add_argument("--calib-data", metavar="DIR", help="folder of real images for int8 calibration, its train "
-                   "split if it has splits/ (default: the model's own dataset when found here, else the bundled "
-                   "Kvasir-SEG train sample)")
+                   "split if it has splits/ (default: the bundled Kvasir-SEG train sample; a model of another dataset, e.g. "
+                   "BUSI, uses that dataset when found here)")
     p.add_argument("--calib-size", type=_positive, default=32, help="calibration images to use (default 32)")
     p.add_argument("--val-data", metavar="DIR", help="images/ + masks/ for the checks, its test split if it has "
-                   "splits/ (default: the model's own dataset when found here, else the bundled Kvasir-SEG val "
-                   "sample)")
+                   "splits/ (default: the bundled Kvasir-SEG val_120 sample; a model of another dataset, e.g. BUSI, "
+                   "uses that dataset's test split when found here)")
     p.add_argument("--val-size", type=_positive, help="check images to use (default all)")
     p.add_argument("--out", metavar="DIR", help="output folder (default exports/<model name>)")
     p.add_argument("--name", type=_name, help="model name in the files' metadata and file names (default: the "

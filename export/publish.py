@@ -3,7 +3,8 @@ TFLite files in ``runtime/simpleunet_runtime/models/`` with ``index.json``.
 
 ``python -m simpleunet.export.publish [--zoo DIR] [--dest DIR]``. Each entry of index.json (a list): name, format,
 precision, file, sha256, bytes, parameters, dataset, metrics (the file's own test-split scores when the zoo
-scored these exact files (by sha256), else PyTorch's, plus the export's checks). Everything is exported into a staging
+scored these exact files (by sha256), else PyTorch's, plus ``export_checks``: the export's checks and the images
+they ran on). Everything is exported into a staging
 folder first; files and index are replaced only when every model exported and passed its checks.
 """
 from __future__ import annotations
@@ -98,7 +99,7 @@ def publish(zoo: Path, dest: Path = DEST, formats: Iterable[str] = ("onnx", "tfl
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser("python -m simpleunet.export.publish", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser("python -m simpleunet.export.publish", description=__doc__.split("\n\n")[0].replace("\n", " "))
     p.add_argument("--zoo", type=Path, default=None, help="zoo folder (default train/zoo)")
     p.add_argument("--dest", type=Path, default=DEST, help=f"runtime models folder (default {DEST})")
     args = p.parse_args(argv)

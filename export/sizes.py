@@ -89,7 +89,7 @@ def markdown(rows: list[dict]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser("python -m simpleunet.export.sizes", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser("python -m simpleunet.export.sizes", description=__doc__.split("\n\n")[0].replace("\n", " "))
     p.add_argument("--json", type=Path, help="also write the raw rows as JSON")
     p.add_argument("--no-unfolded", action="store_true", help="skip the exports without the AFF fold")
     p.add_argument("--only", nargs="+", metavar="NAME", help="only these, e.g. simpleunet16 simpleesknet32")

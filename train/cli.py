@@ -115,7 +115,7 @@ def eval_main(argv: list[str] | None = None) -> int:
     p.add_argument("checkpoint", help="checkpoint folder (config.json + model.safetensors)")
     p.add_argument("--data", help="dataset folder (default: the dataset the model was trained on)")
     p.add_argument("--layout", default="auto")
-    p.add_argument("--split", default="test", help="train, test, val, all, or a split .txt file")
+    p.add_argument("--split", default="test", help="train, test, val, all, or a split .txt file (default test)")
     p.add_argument("--threshold", type=float, help="override the checkpoint's tuned threshold")
     p.add_argument("--device", default="auto")
     p.add_argument("--json", help="also write the result to this JSON file")
