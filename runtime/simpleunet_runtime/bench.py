@@ -232,7 +232,7 @@ def resolve_models(specs: Sequence[str] | None, device: str = "cpu") -> list[Job
     if not specs:
         entries = zoo.index()
         if not entries:
-            raise SimpleUNetError(f"{zoo.EMPTY}, or pass --models PATH (an .onnx/.tflite file or a folder)")
+            raise SimpleUNetError(f"{zoo.empty_message()}; or pass --models PATH (an .onnx/.tflite file or a folder)")
         specs = sorted({e["name"] for e in entries})
     known = set(zoo.names())
     for spec in specs:
@@ -253,6 +253,8 @@ def resolve_models(specs: Sequence[str] | None, device: str = "cpu") -> list[Job
                 raise SimpleUNetError(f"no .onnx or .tflite files in {path}")
             jobs += [file_job(p, device) for p in files]
         elif path.is_file():
+            if path.suffix.lower() not in (".onnx", ".tflite"):  # refused before minutes of timing, like bad names
+                raise SimpleUNetError(f"--models {spec} is not an .onnx or .tflite file")
             jobs.append(file_job(path, device))
         else:
             have = ", ".join(sorted(known)) or "none bundled"
@@ -456,8 +458,8 @@ def run_bench(jobs: list[Job], data: BenchData, settings: Settings, peaks: dict[
 def _fmt(key: str, v: Any) -> str:
     if v is None:
         return "–"
-    if key == "file_bytes":
-        return f"{v / 1024:.1f}"
+    if key == "file_bytes":  # decimal KB (1000 bytes), as the docs and simpleunet-models quote sizes
+        return f"{v / 1000:.1f}"
     if key == "parameters":
         return f"{v:,}"
     if key in ("mDice", "mIoU", "pooled_dice"):
@@ -492,7 +494,7 @@ def report_markdown(result: dict[str, Any]) -> str:
               f"- Latency: ms per image at batch {s['batch']}, {s['warmup']} warm-up runs then up to {s['runs']} "
               f"timed runs (at most {s['max_seconds']:g} s per row); device {s['device']}",
               f"- {result['eager_note']}", "", markdown_table(result["rows"]), ""]
-    parts.append("Columns: peak RSS = the process's high-water mark during "
+    parts.append("Columns: file KB = 1000 bytes; peak RSS = the process's high-water mark during "
                  "the row (interpreter, libraries and decoded images included), (+model) = its rise while the "
                  "model ran; mDice/mIoU = per-image means, pooled Dice over all pixels, masks at each image's "
                  "original size; ΔmDice against the fp32 file of the same weights; % peak = MACs per image / "
@@ -640,18 +642,29 @@ def default_threads() -> str:
     return "1" if n == 1 else f"1,{n}"
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Adds "(default: X)" only where the help does not state its own default and there is a value to show."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default in (None, False) or "default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="simpleunet-bench", description=__doc__.splitlines()[0].split(": ", 1)[1],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=_HelpFormatter)
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"),
                    help="cuda: onnxruntime's CUDA provider (and torch CUDA for the eager baseline)")
     p.add_argument("--models", nargs="+", metavar="NAME|PATH",
                    help="bundled model names, .onnx/.tflite files or folders of them (default: every bundled "
                         "model in every format)")
-    p.add_argument("--data", metavar="DIR", help="images/ + masks/ (same stems) [+ splits/]; default: the bundled "
-                                                 "Kvasir-SEG sample; without masks/ Dice is skipped")
-    p.add_argument("--split", help="ids to use: a file, or a name under DIR/splits/ (e.g. val_120)")
-    p.add_argument("--limit", type=int, help="use only the first N images")
+    p.add_argument("--data", metavar="DIR", help="images/ + masks/ (same stems) [+ splits/]; without masks/ Dice "
+                   "is skipped (default: the bundled Kvasir-SEG sample; models trained on another dataset then "
+                   "get no Dice)")
+    p.add_argument("--split", help="ids to use: a file, or a name under DIR/splits/ (e.g. val_120) (default: every "
+                   "image)")
+    p.add_argument("--limit", type=int, help="use only the first N images (default: all)")
     p.add_argument("--threads", default=default_threads(), help="comma-separated thread counts")
     p.add_argument("--runs", type=int, default=100, help="timed runs per row")
     p.add_argument("--warmup", type=int, default=10, help="untimed runs first")

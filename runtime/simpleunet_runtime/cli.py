@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -22,8 +23,16 @@ def _floats(text: str) -> tuple[float, ...]:
         values = tuple(float(v) for v in text.replace(" ", "").split(","))
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected 3 comma-separated numbers, got {text!r}") from None
-    if len(values) != 3:
+    if len(values) != 3 or not all(math.isfinite(v) for v in values):
         raise argparse.ArgumentTypeError(f"expected 3 comma-separated numbers (R,G,B), got {text!r}")
+    return values
+
+
+def _std(text: str) -> tuple[float, ...]:
+    """--std: checked here so a zero is blamed on the flag, not on the model's metadata."""
+    values = _floats(text)
+    if min(values) <= 0:
+        raise argparse.ArgumentTypeError(f"expected 3 numbers > 0 (R,G,B), got {text!r}")
     return values
 
 
@@ -48,10 +57,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=_positive, help="inference threads (default: the runtime's choice)")
     p.add_argument("--backend", choices=BACKENDS, help="force a backend (default: by the model file; for a bundled "
                    "model, tflite picks its .tflite file)")
-    p.add_argument("--precision", choices=("int8", "fp32"), default="int8", help="bundled model precision")
+    p.add_argument("--precision", choices=("int8", "fp32"), help="precision of a bundled model (default: int8); "
+                   "not for a model file")
     p.add_argument("--imgsz", type=_positive, help="override the model's input size")
     p.add_argument("--mean", type=_floats, help="override the normalization mean, e.g. 0.485,0.456,0.406")
-    p.add_argument("--std", type=_floats, help="override the normalization std, e.g. 0.229,0.224,0.225")
+    p.add_argument("--std", type=_std, help="override the normalization std, e.g. 0.229,0.224,0.225")
     p.add_argument("--threshold", type=float, help="override the foreground probability threshold")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress counter")
     return p
@@ -122,9 +132,24 @@ def _open(args):
     kw = dict(threads=args.threads, imgsz=args.imgsz, mean=args.mean, std=args.std, threshold=args.threshold)
     model = Path(args.model)
     if model.exists() or model.suffix.lower() in (".onnx", ".tflite"):
+        if args.precision:  # default None, so an explicit --precision with a file is caught, not ignored
+            raise SimpleUNetError(f"--precision applies to bundled model names only; {args.model} is a file, whose "
+                                  "precision was fixed when it was exported")
         return Segmenter(model, backend=args.backend, **kw)
     fmt = "tflite" if args.backend == "tflite" else "onnx"
-    return Segmenter.pretrained(args.model, precision=args.precision, format=fmt, backend=args.backend, **kw)
+    return Segmenter.pretrained(args.model, precision=args.precision or "int8", format=fmt, backend=args.backend,
+                                **kw)
+
+
+def _check_out(out: Path) -> None:
+    """Refuse an --out that cannot be created, without creating it (that waits for the first mask)."""
+    if out.exists() and not out.is_dir():
+        raise SimpleUNetError(f"--out {out} is a file, not a folder")
+    parent = out
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK):
+        raise SimpleUNetError(f"cannot create output folder {out}: {parent} is not a writable folder")
 
 
 @console_script
@@ -132,13 +157,10 @@ def infer_main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     t0 = time.perf_counter()
     try:
+        _check_out(args.out)
         seg = _open(args)
-        args.out.mkdir(parents=True, exist_ok=True)
     except SimpleUNetError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 1
-    except OSError as exc:
-        print(f"error: cannot create output folder {args.out}: {exc.strerror or exc}", file=sys.stderr)
         return 1
     load_s = time.perf_counter() - t0
     files, bad = _collect(args.inputs)
@@ -147,6 +169,10 @@ def infer_main(argv: list[str] | None = None) -> int:
     except SimpleUNetError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    for path, stem in zip(files, names):
+        if stem != path.stem:  # a shared stem: say where this input's mask went
+            print(f"note: {path} -> {args.out / stem}.png ({path.stem}.png is taken by an earlier input)",
+                  file=sys.stderr)
     progress = _Progress(len(files), args.quiet)
     for raw, msg in bad:
         progress.error(f"{raw}: {msg}")
@@ -160,7 +186,7 @@ def infer_main(argv: list[str] | None = None) -> int:
                 save_png(args.out / f"{stem}_overlay.png", overlay(image, mask), compress_level=1)
         except SimpleUNetError as exc:
             failed += 1
-            progress.error(f"{path}: {exc}")
+            progress.error(str(exc) if str(path) in str(exc) else f"{path}: {exc}")  # name the file once
         except OSError as exc:
             failed += 1
             progress.error(f"{path}: cannot write output: {exc.strerror or exc}")
@@ -168,9 +194,10 @@ def infer_main(argv: list[str] | None = None) -> int:
     total = len(files) + len(bad)
     ok = total - failed
     run_s = time.perf_counter() - t1
-    per = f", {1000 * run_s / max(1, len(files)):.1f} ms/image" if files else ""
+    per = f", {1000 * run_s / len(files):.1f} ms/image" if ok else ""
     print(f"segmented {ok}/{total} images in {run_s:.2f} s{per} (model load {load_s:.2f} s) with "
-          f"{seg.path.name} [{seg.backend}] -> {args.out}" + (f"; {failed} failed" if failed else ""))
+          f"{seg.path.name} [{seg.backend}] -> " + (str(args.out) if ok else "nothing written")
+          + (f"; {failed} failed" if failed else ""))
     return 1 if failed or not total else 0
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import tempfile
 import warnings
 from pathlib import Path
@@ -55,8 +56,8 @@ def _open(source: ImageInput, what: str) -> Image.Image:
             raise SimpleUNetError(f"{what} {name} is above the limit of {MAX_PIXELS:,} pixels (Pillow refused it "
                                   "as a possible decompression bomb); downscale it first") from None
         except Exception as exc:  # Pillow's decoders raise many types on hostile bytes; this is the boundary
-            raise SimpleUNetError(f"{what} {name} is not a readable image ({type(exc).__name__}: "
-                                  f"{str(exc).splitlines()[0] if str(exc) else 'corrupt data'})") from None
+            detail = re.sub(r"\s*<[^<>]*>", "", str(exc).splitlines()[0] if str(exc) else "") or "corrupt data"
+            raise SimpleUNetError(f"{what} {name} is not a readable image ({type(exc).__name__}: {detail})") from None
 
 
 def _to_uint8(arr: np.ndarray) -> np.ndarray:
@@ -154,6 +155,13 @@ def list_images(folder: str | os.PathLike) -> list[Path]:
     return sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
 
 
+def umask() -> int:
+    """The process umask (read by setting it back at once), so temp-file-and-rename outputs get normal modes."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def save_png(path: str | os.PathLike, array: np.ndarray, compress_level: int = 6) -> Path:
     """Write an HxW or HxWx3 uint8 array as PNG atomically (temp file in the same folder, then rename).
     zlib level 6 suits masks (~1 ms each); photos (overlays) save 2x faster at level 1 for ~10 % more bytes."""
@@ -163,6 +171,7 @@ def save_png(path: str | os.PathLike, array: np.ndarray, compress_level: int = 6
     try:
         with os.fdopen(fd, "wb") as f:
             Image.fromarray(np.ascontiguousarray(array, dtype=np.uint8)).save(f, format="PNG", compress_level=compress_level)
+        os.chmod(tmp, 0o666 & ~umask())  # mkstemp makes 0600; a mask is as readable as any file the user writes
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -43,6 +43,8 @@ def _triple(name: str, value: Sequence[float] | None) -> tuple[float, float, flo
         raise SimpleUNetError(f"{name} must be 3 numbers, got {value!r}") from None
     if len(out) != 3 or not all(np.isfinite(out)):
         raise SimpleUNetError(f"{name} must be 3 finite numbers (R, G, B), got {value!r}")
+    if name == "std" and min(out) <= 0:  # checked here so the message names the argument, not the metadata
+        raise SimpleUNetError(f"std must be 3 numbers > 0 (R, G, B), got {value!r}")
     return out  # type: ignore[return-value]
 
 
@@ -106,7 +108,8 @@ class Segmenter:
         missing = [n for n, v in (("mean", mean), ("std", std), ("imgsz", size)) if v is None]
         if missing:
             raise SimpleUNetError(f"{self.path.name} has no simpleunet metadata; export it with simpleunet-export "
-                                  f"or give {', '.join('--' + m for m in missing)}")
+                                  f"or give {', '.join(m + '=' for m in missing)} "
+                                  f"({', '.join('--' + m for m in missing)} on the command line)")
         return ModelMetadata(family="unknown", width=0, blocks=0, rate=0.0, imgsz=size, mean=mean, std=std,
                              num_classes=b.output_classes, input_layout=b.layout, precision="unknown",
                              name=self.path.stem)

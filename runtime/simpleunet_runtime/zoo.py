@@ -15,12 +15,22 @@ from pathlib import Path
 
 from .errors import SimpleUNetError, console_script
 
-EMPTY = "no bundled models; export some with simpleunet-export"
+EMPTY = "no bundled models (the toolkit's python -m simpleunet.export.publish installs them)"
 FORMATS, PRECISIONS = ("onnx", "tflite"), ("fp32", "int8")
 
 
 def models_dir() -> Path:
     return Path(os.environ.get("SIMPLEUNET_MODELS_DIR") or Path(__file__).resolve().parent / "models")
+
+
+def empty_message() -> str:
+    """Why there are no models, naming SIMPLEUNET_MODELS_DIR and its folder when that is where the zoo looked."""
+    folder = models_dir()
+    if not os.environ.get("SIMPLEUNET_MODELS_DIR"):
+        return f"no bundled models in {folder}; reinstall simpleunet-runtime (in the toolkit: make zoo-publish)"
+    state = "does not exist" if not folder.is_dir() else "has no index.json"
+    return (f"SIMPLEUNET_MODELS_DIR={folder} {state}; fill it with the toolkit's python -m simpleunet.export.publish "
+            "--dest DIR, or unset SIMPLEUNET_MODELS_DIR to use the bundled models")
 
 
 def index(folder: str | os.PathLike | None = None) -> list[dict]:
@@ -56,7 +66,7 @@ def find(name: str, precision: str = "int8", format: str = "onnx", folder: str |
     """The index entry for (name, precision, format), or an error that lists what exists."""
     entries = index(folder)
     if not entries:
-        raise SimpleUNetError(f"unknown model {name!r}: {EMPTY}")
+        raise SimpleUNetError(f"unknown model {name!r}: {EMPTY if folder else empty_message()}")
     matches = [e for e in entries if e["name"] == name]
     if not matches:
         raise SimpleUNetError(f"unknown model {name!r}; bundled models: {', '.join(names(folder))}")
@@ -95,10 +105,10 @@ def _metric(entry: dict) -> str:
 
 
 def table(entries: list[dict]) -> str:
-    """A plain text table of bundled models."""
+    """A plain text table of bundled models (sizes in decimal KB, 1000 bytes, as the docs quote them)."""
     head = ("name", "format", "precision", "size", "params", "dataset", "test mDice")
     rows = [(e["name"], e.get("format", "?"), e.get("precision", "?"),
-             f"{e['bytes'] / 1024:.1f} KB" if isinstance(e.get("bytes"), int) else "?",
+             f"{e['bytes'] / 1000:.1f} KB" if isinstance(e.get("bytes"), int) else "?",
              f"{e['parameters']:,}" if isinstance(e.get("parameters"), int) else "?",
              str(e.get("dataset", "") or "-"), _metric(e))
             for e in sorted(entries, key=lambda e: (e["name"], e.get("format", ""), e.get("precision", "")))]
@@ -120,7 +130,7 @@ def list_main(argv: list[str] | None = None) -> int:
     if args.json:
         print(json.dumps(entries, indent=2))
     elif not entries:
-        print(EMPTY)
+        print(empty_message())
     else:
         print(table(entries))
         e = entries[0]

@@ -98,6 +98,7 @@ def test_dice_floor_exit_code(bundled, capsys):
 
 @pytest.mark.parametrize("args,message", [
     (["--models", "no-such-model"], "unknown model 'no-such-model'"),
+    (["--models", "{file}"], "is not an .onnx or .tflite file"),
     (["--threads", "0"], "--threads values must be >= 1"),
     (["--threads", "one"], "comma-separated integers"),
     (["--runs", "0"], "--runs must be >= 1"),
@@ -113,6 +114,26 @@ def test_bad_input_is_one_line_error(bundled, capsys, tmp_path, args, message):
     err = capsys.readouterr().err
     assert err.startswith("error: ") and message in err and "Traceback" not in err
     assert len(err.strip().splitlines()) == 1
+
+
+def test_help_states_one_default_per_flag():
+    text = " ".join(bench.build_parser().format_help().split())
+    assert "(default: None)" not in text and "(default: False)" not in text
+    assert text.count("default: every bundled model") == 1 and text.count("default: the bundled Kvasir") == 1
+    for flag in ("--models", "--data"):
+        entry = text.split(f" {flag} ", 2)[-1].split(" --", 1)[0]  # the help entry of that flag
+        assert entry.count("default") == 1, entry
+
+
+def test_sizes_are_decimal_kb():
+    assert bench._fmt("file_bytes", 23737) == "23.7" and dict(bench.TABLE)["file_bytes"] == "file KB"
+
+
+def test_empty_models_dir_is_named(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("SIMPLEUNET_MODELS_DIR", str(tmp_path / "nowhere"))
+    assert bench.main(FAST) == 2
+    err = capsys.readouterr().err
+    assert f"SIMPLEUNET_MODELS_DIR={tmp_path / 'nowhere'} does not exist" in err and len(err.splitlines()) == 1
 
 
 def test_cuda_without_gpu_is_a_clear_error(bundled, capsys):

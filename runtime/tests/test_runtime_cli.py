@@ -1,9 +1,13 @@
 """simpleunet-infer and simpleunet-models, run in-process (same code as the console scripts)."""
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -105,6 +109,66 @@ def test_colliding_stems_each_get_a_mask_and_inputs_are_never_overwritten(tmp_pa
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "would overwrite an input image" in err and len(err.splitlines()) == 1
     assert {p.name: p.read_bytes() for p in src.iterdir()} == before
+
+
+def test_nothing_written_means_no_out_folder_and_no_per_image_time(tmp_path, fixtures, capsys):
+    (tmp_path / "notes.txt").write_text("not an image")
+    rc = infer_main([str(tmp_path / "notes.txt"), str(tmp_path / "gone.jpg"), "--out", str(tmp_path / "out"),
+                     "--model", str(fixtures / "tiny_int8.onnx")])
+    out, err = capsys.readouterr()
+    assert rc == 1 and not (tmp_path / "out").exists()
+    assert "segmented 0/2 images" in out and "ms/image" not in out and "nothing written" in out
+    notes = next(line for line in err.splitlines() if "notes.txt" in line)  # named once, no Python object repr
+    assert notes.count("notes.txt") == 1 and "_io." not in notes, notes
+
+
+def test_explicit_precision_with_a_model_file_is_an_error(tmp_path, fixtures, capsys):
+    image = str(sample_pairs()[0][0])
+    assert infer_main([image, "--model", str(fixtures / "tiny_fp32.onnx"), "--precision", "int8",
+                       "--out", str(tmp_path / "out")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: --precision applies to bundled model names only") and len(err.splitlines()) == 1
+    assert not (tmp_path / "out").exists()
+    help_text = " ".join(infer_main.__wrapped__.__globals__["parser"]().format_help().split())
+    assert "(default: int8)" in help_text
+
+
+def test_std_zero_blames_the_flag(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        infer_main(["x.jpg", "--out", str(tmp_path), "--std", "0,0,0"])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and "--std" in err and "metadata" not in err
+
+
+def test_renamed_outputs_are_announced(tmp_path, fixtures, capsys):
+    image = sample_pairs()[0][0]
+    for sub in ("a", "b"):
+        (tmp_path / sub).mkdir()
+        shutil.copy(image, tmp_path / sub / "x.jpg")
+    out = tmp_path / "out"
+    assert infer_main([str(tmp_path / "a" / "x.jpg"), str(tmp_path / "b" / "x.jpg"), "--model",
+                       str(fixtures / "tiny_int8.onnx"), "--out", str(out), "-q"]) == 0
+    notes = [line for line in capsys.readouterr().err.splitlines() if line.startswith("note:")]
+    assert notes == [f"note: {tmp_path / 'b' / 'x.jpg'} -> {out / 'x-2.png'} (x.png is taken by an earlier input)"]
+    assert sorted(p.name for p in out.iterdir()) == ["x-2.png", "x.png"]
+
+
+COLD_START = Path(__file__).resolve().parents[1] / "tools" / "cold_start.py"
+
+
+def test_cold_start_takes_a_bundled_name_and_reports_child_failures(tmp_path, fixtures):
+    """README: `python runtime/tools/cold_start.py simpleunet16-kvasir`; a failing child is one error: line."""
+    shutil.copy(fixtures / "tiny_int8.onnx", tmp_path / "t.onnx")
+    sha = hashlib.sha256((tmp_path / "t.onnx").read_bytes()).hexdigest()
+    (tmp_path / "index.json").write_text(json.dumps([{"name": "tiny", "format": "onnx", "precision": "int8",
+                                                      "file": "t.onnx", "sha256": sha}]))
+    env = {**os.environ, "SIMPLEUNET_MODELS_DIR": str(tmp_path)}
+    run = subprocess.run([sys.executable, str(COLD_START), "tiny", str(fixtures / "tiny_nometa.onnx"), "--runs", "1"],
+                         capture_output=True, text=True, timeout=120, env=env)
+    assert run.returncode == 1 and "Traceback" not in run.stderr
+    assert run.stdout.startswith("tiny [onnxruntime]: cold start ")
+    assert run.stderr.count("\n") == 1 and run.stderr.startswith(f"error: {fixtures / 'tiny_nometa.onnx'}: ")
+    assert "no simpleunet metadata" in run.stderr  # the child's last stderr line
 
 
 def test_usage_errors_exit_2(tmp_path, capsys):

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import io
+import os
+import stat
 import struct
 import zlib
 
@@ -114,6 +116,26 @@ def test_save_png_is_atomic_and_round_trips(tmp_path):
     path = save_png(tmp_path / "out" / "m.png", mask)
     assert (load_mask(path) == (mask > 0)).all()
     assert sorted(p.name for p in path.parent.iterdir()) == ["m.png"]  # no temp file left behind
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027])
+def test_save_png_gets_normal_permissions(tmp_path, umask):
+    """The temp file of mkstemp is 0600; the mask must end up 0666 & ~umask like any file the user creates."""
+    old = os.umask(umask)
+    try:
+        path = save_png(tmp_path / "m.png", np.zeros((2, 2), np.uint8))
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask
+
+
+def test_non_image_error_names_the_file_once_without_object_reprs(tmp_path):
+    (tmp_path / "notes.txt").write_text("not an image")
+    for source, name in ((tmp_path / "notes.txt", str(tmp_path / "notes.txt")), (b"junk bytes", "<bytes>")):
+        with pytest.raises(SimpleUNetError) as exc:
+            load_image(source)
+        msg = str(exc.value)
+        assert msg.count(name) == 1 and "_io." not in msg and " object at 0x" not in msg, msg
 
 
 DTYPES = st.sampled_from([np.uint8, np.uint16, np.int8, np.int16, np.int32, np.int64, np.uint64, np.float16,

@@ -99,7 +99,8 @@ def test_class_ids_for_a_multiclass_model(fixtures, sample_images):
 
 @pytest.mark.parametrize("name", ["tiny_nometa.onnx", pytest.param("tiny_nometa_int8.tflite", marks=needs_tflite)])
 def test_missing_metadata_needs_overrides(fixtures, onnx_fp32, name, sample_images):
-    with pytest.raises(SimpleUNetError, match="no simpleunet metadata.*--mean, --std"):
+    with pytest.raises(SimpleUNetError, match="no simpleunet metadata.*give mean=, std= \\(--mean, --std on the "
+                       "command line\\)"):
         Segmenter(fixtures / name)
     seg = Segmenter(fixtures / name, mean=MEAN, std=STD)  # the file's fixed 32x32 input gives imgsz
     assert seg.metadata.imgsz == (32, 32) and seg.metadata.precision == "unknown"
@@ -127,6 +128,8 @@ def test_bad_model_files(tmp_path, fixtures):
         Segmenter(fixtures / "tiny_fp32.onnx", threads=-1)
     with pytest.raises(SimpleUNetError, match="mean"):
         Segmenter(fixtures / "tiny_fp32.onnx", mean=(1, 2))
+    with pytest.raises(SimpleUNetError, match=r"^std must be 3 numbers > 0"):  # the argument, not "metadata"
+        Segmenter(fixtures / "tiny_fp32.onnx", std=(0, 0, 0))
     with pytest.raises(SimpleUNetError, match="provider 'NoSuchExecutionProvider' is not available.*CPU"):
         Segmenter(fixtures / "tiny_fp32.onnx", providers=["NoSuchExecutionProvider"])
 

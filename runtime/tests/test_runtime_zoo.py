@@ -56,12 +56,16 @@ def test_pretrained_by_name_checks_sha(tmp_path, fixtures, monkeypatch):
 
 
 def test_empty_or_broken_index(tmp_path, monkeypatch, capsys):
-    monkeypatch.setenv("SIMPLEUNET_MODELS_DIR", str(tmp_path))
-    assert zoo.index() == []
-    with pytest.raises(SimpleUNetError, match="no bundled models; export some with simpleunet-export"):
-        Segmenter.pretrained("simpleunet16-kvasir")
-    assert zoo.list_main([]) == 0
-    assert "no bundled models" in capsys.readouterr().out
+    for folder, state in ((tmp_path / "missing", "does not exist"), (tmp_path, "has no index.json")):
+        monkeypatch.setenv("SIMPLEUNET_MODELS_DIR", str(folder))
+        assert zoo.index() == []
+        with pytest.raises(SimpleUNetError) as exc:
+            Segmenter.pretrained("simpleunet16-kvasir")
+        msg = str(exc.value)  # names the variable and its folder, and what fills it
+        assert f"SIMPLEUNET_MODELS_DIR={folder} {state}" in msg and "simpleunet.export.publish --dest" in msg
+        assert "simpleunet-export" not in msg
+        assert zoo.list_main([]) == 0
+        assert f"SIMPLEUNET_MODELS_DIR={folder}" in capsys.readouterr().out
     (tmp_path / "index.json").write_text("{not json")
     with pytest.raises(SimpleUNetError, match="unreadable"):
         zoo.index()
@@ -79,6 +83,8 @@ def test_list_main_prints_a_table(tmp_path, fixtures, monkeypatch, capsys):
     out = capsys.readouterr().out.splitlines()
     assert out[0].split() == ["name", "format", "precision", "size", "params", "dataset", "test", "mDice"]
     assert len([line for line in out if line.startswith("tiny-kvasir")]) == 3 and "0.5000" in out[1]
+    size = (fixtures / "tiny_fp32.onnx").stat().st_size  # decimal KB, as the docs quote sizes
+    assert any(f" {size / 1000:.1f} KB " in line for line in out) and f"{size / 1024:.1f} KB" != f"{size / 1000:.1f} KB"
     assert zoo.list_main(["--json"]) == 0
     assert len(json.loads(capsys.readouterr().out)) == 3
 

@@ -1,8 +1,11 @@
 #!/usr/bin/env python3
 """Cold start of the runtime: import + model load + first inference, and peak RSS, each in a fresh process.
 
-Usage: python runtime/tools/cold_start.py MODEL [MODEL ...] [--runs 5] [--threads N]
-Prints one line per model: median (min-max) over the runs, and the peak RSS of the whole process.
+Usage: python runtime/tools/cold_start.py MODEL [MODEL ...] [--runs 5] [--threads N] [--precision int8|fp32]
+        [--format onnx|tflite]
+MODEL is a bundled name (simpleunet-models lists them; --precision/--format pick its file) or an .onnx/.tflite file.
+Prints one line per model: median (min-max) over the runs, and the peak RSS of the whole process; a model that
+fails gives one ``error:`` line (with the child's last stderr line) and exit code 1.
 """
 from __future__ import annotations
 
@@ -11,6 +14,7 @@ import json
 import statistics
 import subprocess
 import sys
+from pathlib import Path
 
 CHILD = r"""
 import json, resource, sys, time
@@ -32,18 +36,46 @@ print(json.dumps({"import": t1 - t0, "load": t2 - t1, "first": t3 - t2, "steady"
 """
 
 
-def main() -> None:
+def model_file(model: str, precision: str, format: str) -> str:
+    """A file path as given; anything else is looked up as a bundled name (sha256-checked), as the docs use it."""
+    if Path(model).exists() or Path(model).suffix.lower() in (".onnx", ".tflite"):
+        return model
+    from simpleunet_runtime.zoo import resolve  # the parent only: the child's import time stays measured
+
+    return str(resolve(model, precision=precision, format=format))
+
+
+def child_run(path: str, threads: int) -> dict:
+    """One fresh process; a failure raises RuntimeError with the child's last stderr line, not a traceback."""
+    proc = subprocess.run([sys.executable, "-c", CHILD, path, str(threads)], capture_output=True, text=True)
+    lines = proc.stdout.strip().splitlines()
+    if proc.returncode or not lines:
+        last = (proc.stderr.strip().splitlines() or [f"exit status {proc.returncode}, no output"])[-1]
+        raise RuntimeError(last)
+    return json.loads(lines[-1])
+
+
+def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("models", nargs="+")
+    p.add_argument("models", nargs="+", metavar="MODEL", help="bundled model name or .onnx/.tflite file")
     p.add_argument("--runs", type=int, default=5)
     p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--precision", choices=("int8", "fp32"), default="int8", help="for bundled names (default: int8)")
+    p.add_argument("--format", choices=("onnx", "tflite"), default="onnx", help="for bundled names (default: onnx)")
     args = p.parse_args()
+    if args.runs < 1:
+        p.error(f"--runs must be >= 1, got {args.runs}")
+    from simpleunet_runtime.errors import SimpleUNetError
+
+    failed = 0
     for model in args.models:
-        runs = []
-        for _ in range(args.runs):
-            out = subprocess.run([sys.executable, "-c", CHILD, model, str(args.threads)], capture_output=True,
-                                 text=True, check=True).stdout
-            runs.append(json.loads(out.strip().splitlines()[-1]))
+        try:
+            path = model_file(model, args.precision, args.format)
+            runs = [child_run(path, args.threads) for _ in range(args.runs)]
+        except (SimpleUNetError, RuntimeError) as exc:
+            print(f"error: {model}: {exc}", file=sys.stderr)
+            failed += 1
+            continue
 
         def fmt(key: str, scale: float = 1000.0) -> str:
             vals = [r[key] * scale for r in runs]
@@ -52,7 +84,8 @@ def main() -> None:
         print(f"{model} [{runs[0]['backend']}]: cold start {statistics.median(total):.0f} ms "
               f"(import {fmt('import')} + load {fmt('load')} + first predict {fmt('first')} ms); "
               f"steady predict {fmt('steady')} ms; peak RSS {fmt('rss_mb', 1.0)} MB; {args.runs} runs")
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

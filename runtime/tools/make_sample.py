@@ -42,7 +42,7 @@ def main() -> None:
         Image.fromarray(resize_mask(mask, size).astype(np.uint8) * 255).save(OUT / "masks" / f"{sid}.png",
                                                                              optimize=True)
     total = sum(f.stat().st_size for f in OUT.rglob("*") if f.is_file())
-    print(f"wrote {len(chosen)} pairs to {OUT} ({total / 1024:.0f} KB in all)")
+    print(f"wrote {len(chosen)} pairs to {OUT} ({total / 1000:.0f} KB in all)")
 
 
 if __name__ == "__main__":
