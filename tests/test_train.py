@@ -183,3 +183,14 @@ def test_crash_between_weights_and_config_is_caught(tmp_path, monkeypatch):
     del cfg["weights_sha256"]  # checkpoints from before the field (the shipped zoo) still load
     (ckpt / "config.json").write_text(json.dumps(cfg))
     load_model(ckpt)
+
+
+def test_checkpoint_files_get_normal_modes(tmp_path):
+    """Temp-file-and-rename must not leave mkstemp's 0600: a checkpoint is read by other users and tools."""
+    old = os.umask(0o022)
+    try:
+        ckpt = _tiny_checkpoint(tmp_path / "ck", dataset="tiny")
+    finally:
+        os.umask(old)
+    assert {f.name: f.stat().st_mode & 0o777 for f in ckpt.iterdir()} == {"model.safetensors": 0o644,
+                                                                           "config.json": 0o644}

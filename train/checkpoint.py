@@ -18,6 +18,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file, safe_open
 from torch import nn
 
+from simpleunet_runtime.image import umask
 from simpleunet_runtime.zoo import sha256
 
 from .config import ConfigError, ModelConfig
@@ -39,6 +40,7 @@ def atomic_write(path: Path, write) -> None:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
         os.close(fd)
         write(tmp)
+        os.chmod(tmp, 0o666 & ~umask())  # mkstemp makes 0600; a checkpoint is a file like any other
         os.replace(tmp, path)
     except BaseException as exc:
         if tmp:

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from simpleunet_runtime.errors import SimpleUNetError
+from simpleunet_runtime.image import umask
 
 from .checkpoint import CONFIG, METRICS, WEIGHTS, load_model, write_json
 from .cli import dataset_root
@@ -219,6 +220,9 @@ def publish(run: Path, name: str, exports: Path | None = None, data: str | None 
         write_json(staging / METRICS, metrics)
         plot_curve(metrics["history"], staging / "curve.png", name, loss_name(meta))
         write_card(staging, name, meta, metrics)
+        staging.chmod(0o777 & ~umask())  # mkdtemp makes 0700; the zoo is for everyone to read
+        for f in staging.iterdir():
+            f.chmod(0o666 & ~umask())
         old = ZOO / f".{name}.old"
         shutil.rmtree(old, ignore_errors=True)
         if folder.exists():
