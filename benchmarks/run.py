@@ -345,9 +345,10 @@ def run(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
         notes.append("The classic U-Net peer (width 32, Ronneberger-style with BatchNorm) has seeded random weights: "
                      "it cannot be trained on this CPU in the time available, so its Dice is not scored "
                      "(\"untrained\"); its latency, size and MACs are those of the trained network.")
-    load = info.get("load_average_1min") or 0
+    busy = info.get("busy_cores_at_start")
+    load = (busy if busy is not None else info.get("load_average_1min")) or 0
     if load >= 0.5:
-        notes.append(f"The CPU was not idle (load average {load} at start on {info['usable_cores']} cores): "
+        notes.append(f"The CPU was not idle ({load} of {info['usable_cores']} cores in use at start): "
                      "absolute times are pessimistic; ratios within the run are fairer, and the fastest-call "
                      "column is the least disturbed.")
     if load >= info["usable_cores"] - 0.5 and max(threads) > 1:

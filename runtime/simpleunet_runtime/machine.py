@@ -19,6 +19,7 @@ import os
 import platform
 import subprocess
 import sys
+import time
 from importlib import metadata as _md
 from pathlib import Path
 from typing import Any
@@ -87,6 +88,24 @@ def _version(dist: str) -> str | None:
         return None
 
 
+def busy_cores(seconds: float = 0.5) -> float | None:
+    """Cores' worth of CPU time other work used over ``seconds`` (Linux /proc/stat), now: the load average is a
+    1-minute mean that still counts work stopped a minute ago. None where /proc/stat is missing."""
+    def sample() -> tuple[int, int, int]:
+        lines = Path("/proc/stat").read_text().splitlines()
+        fields = [int(v) for v in lines[0].split()[1:]]
+        return sum(fields), fields[3] + (fields[4] if len(fields) > 4 else 0), \
+            sum(line.startswith("cpu") and line[3:4].isdigit() for line in lines)
+    try:
+        total0, idle0, n = sample()
+        time.sleep(seconds)
+        total1, idle1, _ = sample()
+    except (OSError, ValueError, IndexError):
+        return None
+    dt = total1 - total0
+    return round(n * (dt - (idle1 - idle0)) / dt, 2) if dt > 0 else None
+
+
 def machine_info() -> dict[str, Any]:
     """CPU, ISA, cores, memory, OS, Python and package versions (torch is looked up, never imported)."""
     info = _cpuinfo()
@@ -111,6 +130,7 @@ def machine_info() -> dict[str, Any]:
         "isa": isa_features(info),
         "memory_gib": mem,
         "load_average_1min": load,
+        "busy_cores_at_start": busy_cores(),
         "os": platform.platform(),
         "python": platform.python_version(),
         "versions": {k: v for k, v in versions.items() if v},
@@ -199,9 +219,12 @@ def header_lines(info: dict[str, Any], peaks: dict[str, Any] | None = None) -> l
              f"ISA: {', '.join(info['isa']) or 'none of ' + '/'.join(ISA_FLAGS[:4])}",
              f"OS: {info['os']}; Python {info['python']}; "
              + ", ".join(f"{k} {val}" for k, val in v.items())]
-    if info.get("load_average_1min") is not None:
-        lines.append(f"Load average at start: {info['load_average_1min']} "
-                     f"({'other work was using the CPU' if info['load_average_1min'] >= 0.5 else 'idle'})")
+    busy, load = info.get("busy_cores_at_start"), info.get("load_average_1min")
+    if busy is not None:
+        lines.append(f"CPU in use by other work at start: {busy} of {info['usable_cores']} cores over 0.5 s "
+                     f"({'busy' if busy >= 0.5 else 'idle'}; 1-minute load average {load}, which lags)")
+    elif load is not None:
+        lines.append(f"Load average at start: {load} ({'other work was using the CPU' if load >= 0.5 else 'idle'})")
     if peaks:
         lines.append(f"Peak per core: fp32 {peaks['fp32'] / 1e9:.1f} G MAC/s, int8 {peaks['int8'] / 1e9:.1f} G MAC/s")
         lines += [f"  - {h}" for h in peaks["how"]]

@@ -7,6 +7,7 @@ import json
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -304,3 +305,15 @@ def test_multiclass_dice_uses_the_toolkits_foreground_rule(fixtures):
         want.update(fg, truth)
     got = bench.score(seg, data)
     assert got["mDice"] == pytest.approx(want.summary()["mDice"]) and got["mDice"] > 0 and got["images"] == 4
+
+
+@pytest.mark.skipif(not Path("/proc/stat").is_file(), reason="busy_cores reads Linux /proc/stat")
+def test_busy_cores_sees_work_running_now():
+    """The header's "in use at start" is sampled now (the load average lags by a minute)."""
+    spin = subprocess.Popen([sys.executable, "-c", "import time\nt = time.time()\nwhile time.time() - t < 3: pass"])
+    try:
+        time.sleep(0.3)  # let the child start spinning
+        busy = machine.busy_cores(0.5)
+    finally:
+        spin.kill()
+    assert 0.8 <= busy <= (len([c for c in Path("/proc/stat").read_text().split() if c.startswith("cpu")]) - 1)
