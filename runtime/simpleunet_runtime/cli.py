@@ -14,8 +14,8 @@ from pathlib import Path
 from .backends import BACKENDS
 from .errors import SimpleUNetError, console_script
 from .image import list_images, load_image, overlay, save_png
+from .zoo import DEFAULT_MODEL
 
-DEFAULT_MODEL = "simpleunet16-kvasir"
 
 
 def _floats(text: str) -> tuple[float, ...]:

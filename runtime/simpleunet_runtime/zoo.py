@@ -17,6 +17,7 @@ from .errors import SimpleUNetError, console_script
 
 EMPTY = "no bundled models (the toolkit's python -m simpleunet.export.publish installs them)"
 FORMATS, PRECISIONS = ("onnx", "tflite"), ("fp32", "int8")
+DEFAULT_MODEL = "simpleunet16-kvasir"  # the paper's 16 K model, what simpleunet-infer runs unless told
 
 
 def models_dir() -> Path:
@@ -133,7 +134,8 @@ def list_main(argv: list[str] | None = None) -> int:
         print(empty_message())
     else:
         print(table(entries))
-        e = entries[0]
+        e = min(entries, key=lambda e: (e["name"] != DEFAULT_MODEL, e.get("precision") != "int8",
+                                        e.get("format") != "onnx"))  # the example: what infer runs by default
         print(f"\nuse: simpleunet-infer IMAGE --model {e['name']} --out masks/   or   Segmenter.pretrained("
               f"{e['name']!r}, precision={e.get('precision', 'fp32')!r}, format={e.get('format', 'onnx')!r})")
     return 0
