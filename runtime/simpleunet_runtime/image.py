@@ -49,7 +49,9 @@ def _open(source: ImageInput, what: str) -> Image.Image:
                 if w == 0 or h == 0:
                     raise SimpleUNetError(f"{what} {name} has zero size")
                 im.load()
-                return im.copy()
+                out = im.copy()
+                out.format = im.format  # copy() drops it; load_mask needs to know a lossy (JPEG) mask
+                return out
         except SimpleUNetError:
             raise
         except (Image.DecompressionBombError, Image.DecompressionBombWarning):
@@ -114,9 +116,33 @@ def load_image(source: ImageInput) -> np.ndarray:
 
 
 def load_mask(source: ImageInput, threshold: int = 127) -> np.ndarray:
-    """Decode a mask (PNG or JPEG, any mode) to an HxW bool array: foreground = grey value > ``threshold``."""
-    grey = load_image(source).max(axis=2)
-    return grey > threshold
+    """Decode a mask (PNG or JPEG, any mode, or an array) to an HxW bool array: foreground = grey value >
+    ``threshold`` on the mask's own scale (16-bit masks too). A lossless mask whose values are all 0 or 1 is a
+    label map (foreground = 1): read as grey levels it would be empty, and then score as a perfect prediction."""
+    if isinstance(source, np.ndarray):
+        raw, lossy = np.asarray(source), False
+        if raw.ndim == 3:
+            raw = raw[:, :, :3].max(axis=2)
+        if raw.ndim != 2 or raw.size == 0:
+            raise SimpleUNetError(f"mask array must be HxW or HxWxC with a size, got {raw.shape}")
+    else:
+        im = _open(source, "mask")
+        lossy = im.format == "JPEG"
+        if im.mode == "1":
+            return np.asarray(im, dtype=bool)
+        if im.mode in ("L", "I", "F") or im.mode.startswith("I;16"):
+            raw = np.asarray(im)
+        else:
+            raw = np.asarray(im.convert("RGBA").convert("RGB") if im.mode in ("P", "PA", "LA") else
+                             im.convert("RGB")).max(axis=2)
+    if raw.dtype == bool:
+        return raw.copy()
+    top = raw.max()
+    if np.issubdtype(raw.dtype, np.floating):
+        return raw > (0.5 if top <= 1.0 else threshold)
+    if top <= 1 and not lossy:
+        return raw > 0
+    return raw > (threshold * 257 + 128 if top > 255 else threshold)  # 16-bit full range: the same grey level
 
 
 def resize_image(img: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:

@@ -191,3 +191,34 @@ def test_property_corrupted_real_images_only_raise_simpleuneterror(data, cut, ju
         load_image(corrupted)
     except SimpleUNetError:
         pass
+
+
+def _encoded(arr: np.ndarray, fmt: str) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, fmt)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("label,encode", [
+    ("0/255 PNG", lambda m: _encoded(m * 255, "PNG")),
+    ("0/1 PNG label map", lambda m: _encoded(m, "PNG")),
+    ("16-bit 0/255 PNG", lambda m: _encoded((m * 255).astype(np.uint16), "PNG")),
+    ("16-bit full-range PNG", lambda m: _encoded((m * 65535).astype(np.uint16), "PNG")),
+    ("1-bit PNG", lambda m: _encoded(m.astype(bool), "PNG")),
+    ("0/255 JPEG", lambda m: _encoded(m * 255, "JPEG")),
+    ("0/1 array", lambda m: m),
+    ("bool array", lambda m: m.astype(bool)),
+    ("float 0/1 array", lambda m: m.astype(np.float32)),
+])
+def test_masks_in_every_common_encoding_keep_their_foreground(label, encode):
+    """A 0/1 or 16-bit mask read as 8-bit grey levels is empty, and an empty mask scores a perfect empty prediction."""
+    m = np.zeros((16, 16), np.uint8)
+    m[4:10, 3:12] = 1
+    np.testing.assert_array_equal(load_mask(encode(m)), m.astype(bool), err_msg=label)
+
+
+def test_a_lossy_jpeg_mask_stays_a_grey_level_mask():
+    """JPEG noise in an empty 0/255 mask can reach 1: a JPEG is never taken as a 0/1 label map."""
+    noise = np.zeros((16, 16), np.uint8)
+    noise[0, 0] = 1
+    assert not load_mask(_encoded(noise, "JPEG")).any()
