@@ -96,13 +96,16 @@ def calibration_set(folder: str | Path | None, imgsz: int, count: int | None = N
 
 
 def _samples_in(folder: Path) -> tuple[list, str, bool]:
-    """(samples, source, held_out) of a dataset folder: its test split if splits/ has one, else every image
-    (held_out False when splits/ exists without a test split: the other images were trained on)."""
+    """(samples, source, held_out) of a dataset folder: its test split if splits/ (or the layout's official
+    folders) has one, else every image (held_out False when splits/ exists without a test split: the other
+    images were trained on)."""
     from simpleunet.train.data import discover, select_split
     from simpleunet_runtime.folders import read_split
 
     samples = discover(folder)
     if not (folder / "splits").is_dir():
+        if any(s.split for s in samples):  # a layout with official folders (ISIC 2018): its Test folder
+            return select_split(samples, folder, "test"), f"{folder} (official test folders)", True
         return samples, str(folder), True
     try:
         read_split(folder, "test")

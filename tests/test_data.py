@@ -141,3 +141,71 @@ def test_mask_pairing_follows_the_runtime_rule(tmp_path):
     rule = masks_by_stem(list((tmp_path / "masks").iterdir()))
     assert {s.id: s.masks for s in discover(tmp_path)} == {"a": (rule["a"],), "b": (rule["b"],)}
     assert rule["a"].name == "a.png"
+
+
+def test_val_is_not_kvasir_test_split(kvasir):
+    """`--split val` used to read Kvasir-SEG's val_120, which is its test split: tuning "on val" tuned on test."""
+    with pytest.raises(DataError, match="split 'val' not found"):
+        select_split(discover(kvasir), kvasir, "val")
+    assert len(select_split(discover(kvasir), kvasir, "val_120")) == 120  # the test split by its own name
+
+
+def _isic_official(root: Path) -> Path:
+    rng = np.random.default_rng(0)
+    for name, ids in (("Training", range(0, 6)), ("Validation", range(100, 102)), ("Test", range(200, 203))):
+        for i in ids:
+            for folder, suffix, arr in ((f"ISIC2018_Task1-2_{name}_Input", "", rng.integers(0, 255, (20, 24, 3))),
+                                        (f"ISIC2018_Task1_{name}_GroundTruth", "_segmentation",
+                                         np.full((20, 24), 255 * (i % 2)))):
+                (root / folder).mkdir(parents=True, exist_ok=True)
+                Image.fromarray(arr.astype(np.uint8)).save(root / folder / f"ISIC_{i:07d}{suffix}.png")
+    return root
+
+
+def test_isic_official_folders_are_the_splits(tmp_path):
+    """ISIC 2018's Training/Validation/Test folders were one pool: training (no splits/) also ate Validation + Test."""
+    from simpleunet.train.data import OFFICIAL_TRAIN, training_samples
+    root = _isic_official(tmp_path)
+    samples = discover(root)
+    ids = lambda split: [s.id for s in select_split(samples, root, split)]  # noqa: E731
+    assert ids("train") == [f"ISIC_{i:07d}" for i in range(6)]
+    assert ids("val") == ["ISIC_0000100", "ISIC_0000101"] and ids("test") == [f"ISIC_{i:07d}" for i in range(200, 203)]
+    pool, used = training_samples(samples, root)
+    assert [s.id for s in pool] == ids("train") and used == OFFICIAL_TRAIN
+    assert len(select_split(samples, root, "all")) == 11
+
+
+def test_export_checks_an_isic_folder_on_its_official_test_images(tmp_path):
+    """The exporter's checks follow the same split rule as training: ISIC's Test folders, not every image."""
+    from simpleunet.export.images import verification_set
+    val = verification_set(_isic_official(tmp_path), 16)
+    assert val.names == [f"ISIC_{i:07d}" for i in range(200, 203)] and "official test" in val.source and val.held_out
+
+
+def test_a_folder_without_splits_trains_on_all_images_and_says_so(kvasir, tmp_path):
+    from simpleunet.train.data import ALL_IMAGES, training_samples
+    for sub in ("images", "masks"):
+        (tmp_path / sub).mkdir()
+    for img, mask in _real_pairs(kvasir):
+        shutil.copy(img, tmp_path / "images")
+        shutil.copy(mask, tmp_path / "masks")
+    pool, used = training_samples(discover(tmp_path), tmp_path)
+    assert len(pool) == 3 and used == ALL_IMAGES
+    pool, used = training_samples(discover(kvasir), kvasir)
+    assert len(pool) == 880 and used == "train_880.txt"
+
+
+def test_decode_cache_key_has_the_preprocessing_version(kvasir, tmp_path, monkeypatch):
+    """The key hashed only imgsz and the files: a change to image.py's decoding kept serving the old arrays."""
+    import simpleunet.train.data as data
+    monkeypatch.setenv("SIMPLEUNET_CACHE", str(tmp_path))
+    samples = [data.Sample(img.stem, img, (mask,)) for img, mask in _real_pairs(kvasir, 1)]
+    load_arrays(samples, 32)
+    monkeypatch.setattr(data, "PREPROCESS_VERSION", data.PREPROCESS_VERSION + 1)
+    load_arrays(samples, 32)
+    assert len(list(tmp_path.glob("*.npz"))) == 2
+
+
+def test_a_tiny_training_set_still_gets_a_validation_image():
+    tr, va = carve_validation(4, 0.1, 0)
+    assert len(va) == 1 and len(tr) == 3

@@ -19,6 +19,8 @@ from simpleunet.train.config import ModelConfig, TrainConfig
 from simpleunet.train.loop import train
 from simpleunet.train.model import build_model
 
+NOT_HELD_OUT = ("warning: 16 of these 16 images are in the run's training pool (all images (no splits/)): this is not "
+                "a held-out score\n")
 TINY = dict(dataset="tiny", imgsz=32, epochs=3, batch_size=4, val_fraction=0.25, augment="strong", threads=1,
             model=ModelConfig(width=4))
 
@@ -88,7 +90,8 @@ def test_cli_train_eval_and_errors(tiny_data, tmp_path, capsys):
     (["--batch-size", "0"], "batch_size must be an integer >= 1"),
     (["--lr", "-1"], "lr must be > 0"),
     (["--epochs", "0"], "epochs must be an integer >= 1"),
-    (["--val-fraction", "1.5"], "val_fraction must be in [0, 1)"),
+    (["--val-fraction", "1.5"], "val_fraction must be in (0, 1)"),
+    (["--val-fraction", "0"], "val_fraction must be in (0, 1)"),
     (["--device", "gpu"], "unknown --device 'gpu'"),
     (["--recipe", "RECIPE"], "is not readable JSON"),
 ])
@@ -109,9 +112,10 @@ def test_corrupt_resume_state_and_unwritable_report_are_one_line(tiny_data, tmp_
     train(TrainConfig(**{**TINY, "epochs": 1}), tiny_data, out, progress=False)
     blocker = tmp_path / "file"
     blocker.write_text("a file, not a folder")
+    capsys.readouterr()  # training's warning: tiny_data has no splits/
     assert eval_main([str(out), "--data", str(tiny_data), "--split", "all", "--json", str(blocker / "r.json")]) == 2
-    err = capsys.readouterr().err
-    assert err.startswith("error: cannot write") and len(err.strip().splitlines()) == 1
+    err = capsys.readouterr().err.replace(NOT_HELD_OUT, "")  # --split all of the training folder: warned apart
+    assert err.startswith("error: cannot write") and len(err.strip().splitlines()) == 1, err
     (out / "last.safetensors").write_bytes(b"\xff" * 64)
     assert train_main(["--data", str(tiny_data), "--out", str(out), "--resume", "--no-progress"]) == 2
     err = capsys.readouterr().err
@@ -194,3 +198,134 @@ def test_checkpoint_files_get_normal_modes(tmp_path):
         os.umask(old)
     assert {f.name: f.stat().st_mode & 0o777 for f in ckpt.iterdir()} == {"model.safetensors": 0o644,
                                                                            "config.json": 0o644}
+
+
+def _base(data: Path, out: Path, *flags: str) -> list[str]:
+    return ["--data", str(data), "--dataset", "tiny", "--out", str(out), "--width", "4", "--imgsz", "32",
+            "--batch-size", "4", "--val-fraction", "0.25", "--no-progress", "--threads", "1", *flags]
+
+
+@pytest.fixture(scope="module")
+def split_data(tiny_data, tmp_path_factory) -> Path:
+    """tiny_data's 16 pairs under a folder named like its dataset, with splits/train.txt (12) + test.txt (4)."""
+    root = tmp_path_factory.mktemp("datasets") / "tiny"
+    shutil.copytree(tiny_data, root)
+    ids = sorted(p.stem for p in (root / "images").iterdir())
+    (root / "splits").mkdir()
+    (root / "splits" / "train.txt").write_text("\n".join(ids[:12]) + "\n")
+    (root / "splits" / "test.txt").write_text("\n".join(ids[12:]) + "\n")
+    return root
+
+
+def test_a_run_on_all_images_is_recorded_and_its_eval_is_not_called_held_out(tiny_data, split_data, tmp_path,
+                                                                              capsys, monkeypatch):
+    """No splits/ trained on every image silently, and eval then found the data by dataset name (the shared copy
+    of the same images): the test score was contaminated and reported as held out."""
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_data, copy)
+    out = tmp_path / "run"
+    assert train_main(_base(copy, out, "--epochs", "1")) == 0
+    std = capsys.readouterr()
+    assert "warning: " in std.err and "no splits/: training on all 16 images" in std.err
+    assert "--split test" not in std.out
+    train_cfg = json.loads((out / "config.json").read_text())["train"]
+    assert train_cfg["split_used"] == "all images (no splits/)" and train_cfg["data_root"] == str(copy.resolve())
+    report = tmp_path / "eval.json"
+    assert eval_main([str(out), "--split", "all", "--json", str(report)]) == 0  # the recorded folder, not "tiny"
+    assert "16 of these 16 images are in the run's training pool" in capsys.readouterr().err
+    res = json.loads(report.read_text())
+    assert res["data"] == str(copy.resolve()) and res["held_out"] is False
+    shutil.rmtree(copy)  # gone: eval falls back to the dataset by name, the same images with a test split
+    monkeypatch.setenv("SIMPLEUNET_DATA", str(split_data.parent))
+    assert eval_main([str(out), "--split", "test", "--json", str(report)]) == 0
+    assert "4 of these 4 images are in the run's training pool" in capsys.readouterr().err
+    res = json.loads(report.read_text())
+    assert res["data"] == str(split_data) and res["held_out"] is False
+
+
+def test_a_run_on_a_train_split_scores_its_test_split_as_held_out(split_data, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert train_main(_base(split_data, out, "--epochs", "1")) == 0
+    assert "warning" not in capsys.readouterr().err
+    assert json.loads((out / "config.json").read_text())["train"]["split_used"] == "train.txt"
+    report = tmp_path / "eval.json"
+    assert eval_main([str(out), "--json", str(report)]) == 0
+    assert "warning" not in capsys.readouterr().err and "held_out" not in json.loads(report.read_text())
+    assert eval_main([str(out), "--split", "train", "--json", str(report)]) == 0
+    assert "12 of these 12 images are in the run's training pool (train.txt)" in capsys.readouterr().err
+    assert json.loads(report.read_text())["held_out"] is False
+
+
+def test_publish_refuses_a_test_split_the_run_trained_on(tiny_data, split_data, tmp_path, monkeypatch):
+    import simpleunet.train.zoo as zoo
+    from simpleunet_runtime.errors import SimpleUNetError
+    out = tmp_path / "run"
+    assert train_main(_base(tiny_data, out, "--epochs", "1")) == 0
+    monkeypatch.setattr(zoo, "ZOO", tmp_path / "zoo")
+    with pytest.raises(SimpleUNetError, match="4 test image.s. in .* are in the run's training pool"):
+        zoo.publish(out, "x", data=str(split_data))
+    assert not (tmp_path / "zoo" / "x").exists()
+
+
+def test_resume_refuses_changed_settings(split_data, tmp_path, capsys):
+    """--resume used to apply a new seed/val_fraction/imgsz on top of the run: a moved carve-out, same history."""
+    out = tmp_path / "run"
+    assert train_main(_base(split_data, out, "--epochs", "2", "--seed", "0")) == 0
+    capsys.readouterr()
+    resume = ["--out", str(out), "--resume", "--no-progress"]
+    for flags, names in ((["--seed", "3", "--val-fraction", "0.5", "--imgsz", "64"], ["seed", "val_fraction", "imgsz"]),
+                         (["--width", "8", "--epochs", "3"], ["model.width", "epochs"]),
+                         (["--data", str(tmp_path)], ["data_root"]),
+                         (["--lr", "0.01", "--weight-decay", "0", "--augment", "none"], ["lr", "weight_decay",
+                                                                                         "augment"])):
+        assert train_main(resume + flags) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: --resume cannot change ") and "start a new --out run" in err, err
+        assert len(err.strip().splitlines()) == 1 and all(f"{n} (" in err for n in names), err
+    history = json.loads((out / "metrics.json").read_text())["history"]
+    assert [h["epoch"] for h in history] == [1, 2]
+    # the same values, the same folder and the machine-local flags are fine (here: the run is already finished)
+    assert train_main(resume + _base(split_data, out, "--epochs", "2", "--seed", "0", "--device", "cpu")) == 0
+    assert "already finished (all 2 epochs done)" in capsys.readouterr().out
+
+
+def test_an_early_stopped_run_stays_stopped_on_resume(split_data, tmp_path, capsys, monkeypatch):
+    """An early stop (patience) trained one more epoch on every --resume, moving the best checkpoint."""
+    import simpleunet.train.loop as loop
+    flat = {"mDice": 0.5, "mIoU": 0.4, "pooled_dice": 0.5, "pooled_iou": 0.4, "precision": 0.5, "recall": 0.5}
+    monkeypatch.setattr(loop, "score", lambda *a: flat)  # no epoch after the first improves
+    out = tmp_path / "run"
+    assert train_main(_base(split_data, out, "--epochs", "5", "--patience", "1")) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert len(metrics["history"]) == 2 and metrics["stopped_early"] is True
+    capsys.readouterr()
+    assert train_main(["--out", str(out), "--resume", "--no-progress"]) == 0
+    assert "already finished (stopped early after epoch 2" in capsys.readouterr().out
+    assert len(json.loads((out / "metrics.json").read_text())["history"]) == 2
+
+
+def _as_saved_by_old_code(run: Path) -> None:
+    """Strip what this version adds (train.split_used, stopped_early) from a run's files, as the old code wrote them."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+    with safe_open(str(run / "last.safetensors"), framework="pt") as f:
+        meta, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+    state = json.loads(meta["state"])
+    del state["train"]["split_used"], state["stopped_early"]
+    save_file(tensors, str(run / "last.safetensors"), metadata={**meta, "state": json.dumps(state)})
+    cfg = json.loads((run / "config.json").read_text())
+    del cfg["train"]["split_used"]
+    (run / "config.json").write_text(json.dumps(cfg))
+
+
+def test_a_run_saved_by_the_old_code_resumes_to_the_same_weights(tiny_data, tmp_path):
+    cfg = TrainConfig(**TINY)
+    train(cfg, tiny_data, tmp_path / "full", progress=False)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, tiny_data, tmp_path / "crash", progress=False, stop_after_batches=5)
+    _as_saved_by_old_code(tmp_path / "crash")
+    assert train_main(["--data", str(tiny_data), "--out", str(tmp_path / "crash"), "--resume", "--no-progress",
+                       "--threads", "1"]) == 0
+    a = load_file(str(tmp_path / "full" / "last.safetensors"))
+    b = load_file(str(tmp_path / "crash" / "last.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

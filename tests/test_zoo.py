@@ -72,6 +72,7 @@ def test_reproduce_command_of_a_shipped_recipe_run(folder: Path):
     meta = json.loads((folder / "config.json").read_text())
     want = f"simpleunet-train --recipe {folder.name} --out runs/{folder.name}"
     assert reproduce_command(folder.name, meta["train"]) == want  # threads=1 of the shipped runs is not a setting
+    assert reproduce_command(folder.name, {**meta["train"], "split_used": "train_880.txt"}) == want  # a record
 
 
 def test_reproduce_command_recreates_a_run_that_is_no_recipe(monkeypatch):

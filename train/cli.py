@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -43,6 +44,67 @@ def dataset_root(name: str, explicit: str | None) -> Path:
     raise SimpleUNetError(f"dataset {name!r} not found; pass --data DIR (or set SIMPLEUNET_DATA)")
 
 
+def checkpoint_data_root(meta: dict, explicit: str | None, checkpoint: str | os.PathLike) -> Path:
+    """--data, else the folder the run trained on (``train.data_root``) while it exists, else its dataset by name."""
+    recorded = (meta.get("train") or {}).get("data_root")
+    if not explicit and recorded and Path(recorded).is_dir():
+        return Path(recorded)
+    if not (explicit or meta.get("dataset")):
+        raise SimpleUNetError(f"checkpoint {checkpoint} does not record its dataset; pass --data <folder>")
+    return dataset_root(meta.get("dataset", ""), explicit)
+
+
+def trained_on(meta: dict, root: Path, split: str | None, layout: str = "auto") -> int | None:
+    """How many images of ``split`` in ``root`` the run trained on (by id, carve-out included); None if unrecorded."""
+    from .data import discover, select_split, training_pool
+
+    train = meta.get("train") or {}
+    if not train.get("split_used"):
+        return None  # a run from before the record: unknown, as it always was
+    samples = discover(root, layout)
+    try:
+        home = dataset_root(meta.get("dataset", ""), train.get("data_root"))
+        pool = training_pool(samples if home.resolve() == Path(root).resolve() else discover(home), home,
+                             train["split_used"])
+    except SimpleUNetError:  # the training folder is gone: take ``root`` as the same dataset
+        pool = training_pool(samples, root, train["split_used"])
+    if pool is None:
+        return None
+    ids = {s.id for s in pool}
+    return sum(s.id in ids for s in select_split(samples, root, split))
+
+
+def _flat(cfg: TrainConfig) -> dict:
+    """A config as flat ``setting -> value`` (``model.width``...), so a resume names exactly what it changes."""
+    d = cfg.to_dict()
+    return {**{k: v for k, v in d.items() if k != "model"}, **{f"model.{k}": v for k, v in d["model"].items()}}
+
+
+#: What a resumed run may change: how fast and where it runs, not what it learns (data_root is compared apart).
+RESUME_MAY_CHANGE = ("threads", "workers", "data_root", "split_used")
+
+
+def resumed_config(saved: TrainConfig, asked: TrainConfig, data: str | None, threads: int | None,
+                   out: str) -> TrainConfig:
+    """The saved config: a changed setting would move the carve-out or schedule under the run's kept best/history."""
+    old, new = _flat(saved), _flat(asked)
+    changed = [f"{k} ({old[k]} -> {new[k]})" for k in new if k not in RESUME_MAY_CHANGE and new[k] != old[k]]
+    data_root = saved.data_root
+    if data:
+        try:
+            before = dataset_root(saved.dataset, saved.data_root)
+        except SimpleUNetError:
+            before = None
+        if before is not None and before.is_dir() and before.resolve() != Path(data).resolve():
+            changed.append(f"data_root ({before} -> {data})")
+        elif before is None or not before.is_dir():  # the data moved: the only way to go on
+            data_root = str(Path(data).resolve())
+    if changed:
+        raise ConfigError(f"--resume cannot change {', '.join(changed)}: {out} was trained with the saved values; "
+                          "start a new --out run to change them")
+    return dataclasses.replace(saved, data_root=data_root, threads=saved.threads if threads is None else threads)
+
+
 def _run(fn, interrupted: str = "interrupted") -> int:
     try:
         return fn() or 0
@@ -80,11 +142,12 @@ def train_main(argv: list[str] | None = None) -> int:
 
     def go() -> int:
         from .checkpoint import read_training_state
+        from .data import ALL_IMAGES
         from .loop import train
+        saved = None
         if args.resume and (Path(args.out) / "last.safetensors").is_file():
-            cfg = TrainConfig.from_dict(read_training_state(Path(args.out))["train"])
-        else:
-            cfg = load_recipe(args.recipe) if args.recipe else TrainConfig()
+            saved = TrainConfig.from_dict(read_training_state(Path(args.out))["train"])
+        cfg = load_recipe(args.recipe) if args.recipe else saved or TrainConfig()
         model_over = {k: getattr(args, k) for k in ("family", "width", "blocks", "rate", "num_classes", "head")
                       if getattr(args, k) is not None}
         if args.no_aff:
@@ -97,14 +160,18 @@ def train_main(argv: list[str] | None = None) -> int:
         d["model"].update(model_over)
         d.update(train_over)
         if args.data:
-            d["data_root"] = args.data
+            d["data_root"] = str(Path(args.data).resolve())  # eval finds the run's own data from any folder
         cfg = TrainConfig.from_dict(d)
+        if saved:
+            cfg = resumed_config(saved, cfg, args.data, args.threads, args.out)
         root = dataset_root(cfg.dataset, cfg.data_root)
         result = train(cfg, root, Path(args.out), resume=args.resume, device=args.device, layout=args.layout,
                        progress=not args.no_progress)
         b = result["best"]
+        nxt = (f"simpleunet-eval {args.out} --data <a folder of images it never saw>"
+               if result.get("split_used") == ALL_IMAGES else f"simpleunet-eval {args.out} --split test")
         print(f"done: best val mDice {b['val_mDice']:.4f} at epoch {b['epoch']} (threshold {b['threshold']}); "
-              f"weights in {args.out}. Next: simpleunet-eval {args.out} --split test")
+              f"weights in {args.out}. Next: {nxt}")
         return 0
 
     return _run(go, "interrupted: the last finished epoch is saved; continue with --resume")
@@ -127,11 +194,14 @@ def eval_main(argv: list[str] | None = None) -> int:
         if args.threshold is not None and not 0 < args.threshold < 1:  # also rejects nan and inf
             raise ConfigError(f"--threshold must be between 0 and 1 (exclusive), got {args.threshold}")
         model, meta = load_model(args.checkpoint)
-        if not (args.data or meta.get("dataset")):
-            raise SimpleUNetError(f"checkpoint {args.checkpoint} does not record its dataset; pass --data <folder>")
-        root = dataset_root(meta.get("dataset", ""), args.data)
+        root = checkpoint_data_root(meta, args.data, args.checkpoint)
         res = evaluate(model, meta, root, args.split, args.layout, args.device, args.threshold)
         res = {"checkpoint": str(args.checkpoint), "data": str(root), "imgsz": meta["preprocess"]["imgsz"], **res}
+        seen = trained_on(meta, root, args.split, args.layout)
+        if seen:
+            res["held_out"] = False
+            print(f"warning: {seen} of these {res['images']} images are in the run's training pool "
+                  f"({meta['train']['split_used']}): this is not a held-out score", file=sys.stderr)
         print(f"{'metric':<12}{'value':>8}")
         for k in ("mDice", "mIoU", "pooled_dice", "pooled_iou", "precision", "recall"):
             print(f"{k:<12}{res[k]:>8.4f}")

@@ -104,6 +104,9 @@ class TrainConfig:
     mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
     model: ModelConfig = field(default_factory=ModelConfig)
+    #: Which images the run trained on, filled in by training (data.training_samples): a split file's name,
+    #: data.OFFICIAL_TRAIN or data.ALL_IMAGES. None: not recorded (runs from before the field).
+    split_used: str | None = None
 
     def __post_init__(self) -> None:
         def bad(name: str, want: str) -> ConfigError:
@@ -123,8 +126,9 @@ class TrainConfig:
             raise bad("eta_min", f"between 0 and lr ({self.lr})")
         if not self.weight_decay >= 0:
             raise bad("weight_decay", ">= 0")
-        if not 0 <= self.val_fraction < 1:
-            raise bad("val_fraction", "in [0, 1)")
+        if not 0 < self.val_fraction < 1:  # 0 would pick the best epoch and threshold on training images
+            raise ConfigError(f"val_fraction must be in (0, 1), got {self.val_fraction!r}: the best epoch and "
+                              "threshold are chosen on that carve-out of the training images")
         if self.augment not in AUGMENTS:
             raise bad("augment", f"one of {', '.join(AUGMENTS)}")
         if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:

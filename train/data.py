@@ -21,10 +21,20 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from simpleunet_runtime.folders import DataError, masks_by_stem, read_split
+from simpleunet_runtime.folders import DataError, masks_by_stem, read_split, split_file
 from simpleunet_runtime.image import IMAGE_SUFFIXES, load_image, load_mask, resize_image, resize_mask
 
 LAYOUTS = ("auto", "folder", "kvasir-zip", "busi-original", "isic2018")
+#: Part of the decode-cache key: bump it with any change to image.py's load_image/load_mask/resize_image/
+#: resize_mask (or to how load_arrays uses them), so cached arrays never outlive the code that made them.
+#: 2 = load_mask reads 0/1 label maps and 16-bit masks on their own scale.
+PREPROCESS_VERSION = 2
+#: ``split_used`` (config.json ``train``) of a run trained on every image of a folder without splits/.
+ALL_IMAGES = "all images (no splits/)"
+#: ``split_used`` of a run trained on a layout's official training folders (ISIC 2018 ``*_Training_*``).
+OFFICIAL_TRAIN = "official Training folders"
+#: An official folder-name word -> the split name it is (ISIC 2018 Training/Validation/Test folders).
+OFFICIAL_SPLITS = {"Training": "train", "Validation": "val", "Test": "test"}
 
 
 @dataclass(frozen=True)
@@ -32,6 +42,7 @@ class Sample:
     id: str
     image: Path
     masks: tuple[Path, ...]
+    split: str | None = None  # train/val/test from the layout's official folders (ISIC 2018), else None
 
 
 def _images_in(folder: Path) -> list[Path]:
@@ -76,6 +87,12 @@ def _busi_original(root: Path) -> list[Sample]:
     return out
 
 
+def _official_split(path: Path, root: Path) -> str | None:
+    """train/val/test from an official folder name above ``path`` (``ISIC2018_Task1-2_Test_Input`` -> test)."""
+    words = [w for part in path.relative_to(root).parts[:-1] for w in re.split(r"[_\-\s]+", part)]
+    return next((OFFICIAL_SPLITS[w] for w in words if w in OFFICIAL_SPLITS), None)
+
+
 def _isic(root: Path) -> list[Sample]:
     files = [p for p in root.rglob("ISIC_*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
     masks = {p.stem[: -len("_segmentation")]: p for p in files if p.stem.endswith("_segmentation")}
@@ -83,7 +100,7 @@ def _isic(root: Path) -> list[Sample]:
     for img in images:
         if img.stem not in masks:
             raise DataError(f"no mask for ISIC image {img} (expected {img.stem}_segmentation.png)")
-    return [Sample(img.stem, img, (masks[img.stem],)) for img in images]
+    return [Sample(img.stem, img, (masks[img.stem],), _official_split(img, root)) for img in images]
 
 
 def detect_layout(root: Path) -> str:
@@ -123,15 +140,42 @@ def discover(root: str | os.PathLike, layout: str = "auto") -> list[Sample]:
 
 def select_split(samples: list[Sample], root: str | os.PathLike, split: str | None) -> list[Sample]:
     """Keep the samples named by a split: ``None``/``all`` = all, a name under ``root/splits/`` (``train``,
-    ``test``, ``val`` or a file stem) or a path to a text file with one id per line."""
+    ``test``, ``val`` or a file stem), a path to a text file with one id per line, or (no splits/) ``train``/
+    ``val``/``test`` = the layout's official folders (ISIC 2018)."""
     if split in (None, "all"):
         return samples
+    if split in OFFICIAL_SPLITS.values() and not (Path(root) / "splits").is_dir() and any(s.split for s in samples):
+        chosen = [s for s in samples if s.split == split]
+        if not chosen:
+            raise DataError(f"split {split!r}: {root} has no images in official "
+                            f"{next(k for k, v in OFFICIAL_SPLITS.items() if v == split)} folders")
+        return chosen
     ids = read_split(root, split)
     by_id = {s.id: s for s in samples}
     missing = [i for i in ids if i not in by_id]
     if missing:
         raise DataError(f"split {split!r} names {missing[0]!r}, which has no image/mask pair in {root}")
     return [by_id[i] for i in ids]
+
+
+def training_samples(samples: list[Sample], root: str | os.PathLike) -> tuple[list[Sample], str]:
+    """(the images a run trains on, carve-out included; its ``split_used``): the train split, else everything."""
+    root = Path(root)
+    if (root / "splits").is_dir():
+        return select_split(samples, root, "train"), split_file(root, "train").name
+    if any(s.split for s in samples):
+        return select_split(samples, root, "train"), OFFICIAL_TRAIN
+    return samples, ALL_IMAGES
+
+
+def training_pool(samples: list[Sample], root: str | os.PathLike, split_used: str) -> list[Sample] | None:
+    """The samples of ``root`` a run with this ``split_used`` trained on; None when ``root`` lacks that split file."""
+    if split_used == ALL_IMAGES:
+        return samples
+    if split_used == OFFICIAL_TRAIN:
+        return [s for s in samples if s.split == "train"]
+    path = Path(root) / "splits" / split_used
+    return select_split(samples, root, str(path)) if path.is_file() else None
 
 
 def cache_dir() -> Path:
@@ -145,7 +189,7 @@ def load_arrays(samples: list[Sample], imgsz: int, cache: bool = True) -> tuple[
         st = p.stat()
         return str(p), st.st_size, st.st_mtime_ns
 
-    key = hashlib.sha256(json.dumps([imgsz] + [(s.id, stamp(s.image), [stamp(m) for m in s.masks])
+    key = hashlib.sha256(json.dumps([PREPROCESS_VERSION, imgsz] + [(s.id, stamp(s.image), [stamp(m) for m in s.masks])
                                                for s in samples]).encode()).hexdigest()[:16]
     path = cache_dir() / f"{key}.npz"
     if cache and path.is_file():
@@ -174,7 +218,7 @@ def load_arrays(samples: list[Sample], imgsz: int, cache: bool = True) -> tuple[
 def carve_validation(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Deterministic (train, val) index split of a training set; validation is never the test split."""
     perm = np.random.default_rng(seed).permutation(n)
-    n_val = int(round(n * fraction)) if fraction > 0 else 0
+    n_val = max(1, int(round(n * fraction))) if fraction > 0 else 0  # a tiny set still gets one val image
     return np.sort(perm[n_val:]), np.sort(perm[:n_val])
 
 

@@ -1,9 +1,11 @@
 """The training loop and evaluation. One process, or several under ``torchrun`` (DistributedDataParallel)."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,10 +20,11 @@ from tqdm import tqdm
 from simpleunet_runtime.machine import cpu_model
 from simpleunet_runtime.metrics import SegmentationMeter
 
-from .checkpoint import (CheckpointError, load_training_state, save_model, save_training_state, write_json,
-                         CONFIG, LAST, METRICS)
+from .checkpoint import (CheckpointError, load_training_state, read_training_state, save_model, save_training_state,
+                         write_json, CONFIG, LAST, METRICS)
 from .config import ConfigError, TrainConfig
-from .data import InMemorySegmentation, carve_validation, discover, load_arrays, select_split
+from .data import (ALL_IMAGES, DataError, InMemorySegmentation, carve_validation, discover, load_arrays, select_split,
+                   training_samples)
 from .losses import foreground_probability, segmentation_loss
 from .model import build_model, count_parameters
 
@@ -105,14 +108,24 @@ class Distributed:
 
 
 def load_training_data(cfg: TrainConfig, root: Path, layout: str = "auto"):
-    """(train, val) InMemorySegmentation: the train split minus a seeded validation carve-out."""
-    samples = select_split(discover(root, layout), root, "train" if (root / "splits").is_dir() else None)
+    """(train, val, split_used): the train split (else every image) minus a seeded validation carve-out."""
+    samples, split_used = training_samples(discover(root, layout), root)
     images, masks = load_arrays(samples, cfg.imgsz)
     tr, va = carve_validation(len(samples), cfg.val_fraction, cfg.seed)
-    if len(va) == 0:
-        va = tr[: max(1, len(tr) // 10)]
+    if len(tr) == 0:
+        raise DataError(f"{len(samples)} training image(s) in {root}: too few to carve out a validation set")
     return (InMemorySegmentation(images[tr], masks[tr], cfg.mean, cfg.std),
-            InMemorySegmentation(images[va], masks[va], cfg.mean, cfg.std))
+            InMemorySegmentation(images[va], masks[va], cfg.mean, cfg.std), split_used)
+
+
+def finished(cfg: TrainConfig, state: dict[str, Any]) -> str | None:
+    """Why a saved run is over (every epoch done, or stopped early by patience), else None."""
+    done = state["epoch"] + 1
+    if done >= cfg.epochs:
+        return f"all {cfg.epochs} epochs done"
+    if state.get("stopped_early") or (cfg.patience and done - state["best"]["epoch"] >= cfg.patience):
+        return f"stopped early after epoch {done}: no improvement for {cfg.patience} epochs"
+    return None
 
 
 def checkpoint_meta(cfg: TrainConfig, threshold: float) -> dict[str, Any]:
@@ -134,7 +147,21 @@ def train(cfg: TrainConfig, root: Path, out: Path, *, resume: bool = False, devi
         raise CheckpointError(f"nothing to resume: {out / LAST} does not exist (start without --resume)")
     if not resume and (out / LAST).is_file():
         raise CheckpointError(f"{out} already holds a run; add --resume to continue it or choose another --out")
-    train_set, val_set = load_training_data(cfg, root, layout)
+    if resume:  # a finished run (incl. an early stop) must not train one more epoch per resume
+        saved = read_training_state(out)
+        why = finished(cfg, saved)
+        if why:
+            if ddp.main:
+                print(f"{out}: already finished ({why}); nothing to train")
+            return {"best": saved["best"], "history": saved["history"], "split_used": cfg.split_used}
+    train_set, val_set, split_used = load_training_data(cfg, root, layout)
+    if cfg.split_used not in (None, split_used):
+        raise ConfigError(f"the training images changed since this run started: it trained on {cfg.split_used!r}, "
+                          f"{root} now gives {split_used!r}; start a new --out run")
+    cfg = dataclasses.replace(cfg, split_used=split_used)
+    if split_used == ALL_IMAGES and ddp.main:
+        print(f"warning: {root} has no splits/: training on all {len(train_set) + len(val_set)} images, so none of "
+              "them is a held-out test set (add splits/train.txt + splits/test.txt to keep one)", file=sys.stderr)
     model = build_model(cfg.model).to(dev, memory_format=MEMORY_FORMAT)
     decay = [p for n, p in model.named_parameters() if p.ndim > 1]
     no_decay = [p for n, p in model.named_parameters() if p.ndim <= 1]
@@ -177,15 +204,15 @@ def train(cfg: TrainConfig, root: Path, out: Path, *, resume: bool = False, devi
             threshold, tuned = best_threshold(prob, val_set.masks)
             best = {"val_mDice": val["mDice"], "epoch": epoch + 1, "threshold": threshold, "val_mDice_tuned": tuned}
             save_model(out, model, checkpoint_meta(cfg, threshold))
+        stop = bool(cfg.patience) and epoch + 1 - best["epoch"] >= cfg.patience
         save_training_state(out, model, optimizer, {"epoch": epoch, "best": best, "history": history,
-                                                    "train": cfg.to_dict()})
-        write_json(out / METRICS, {"best": best, "history": history})
+                                                    "train": cfg.to_dict(), "stopped_early": stop})
+        write_json(out / METRICS, {"best": best, "history": history, "stopped_early": stop})
         print(f"epoch {epoch + 1}/{cfg.epochs}  loss {row['loss']:.4f}  val mDice {val['mDice']:.4f}  "
               f"mIoU {val['mIoU']:.4f}  {row['seconds']:.1f}s" + ("  *best" if improved else ""), flush=True)
-        if cfg.patience and epoch + 1 - best["epoch"] >= cfg.patience:
+        if stop:
             print(f"early stop: no improvement for {cfg.patience} epochs")
-            return True
-        return False
+        return stop
 
     batches_done = 0
     for epoch in range(start_epoch, cfg.epochs):
@@ -226,7 +253,7 @@ def train(cfg: TrainConfig, root: Path, out: Path, *, resume: bool = False, devi
             break
     if ddp.world > 1:
         dist.barrier()
-    return {"best": best, "history": history}
+    return {"best": best, "history": history, "split_used": split_used}
 
 
 def evaluate(model: nn.Module, meta: dict[str, Any], root: Path, split: str | None, layout: str = "auto",

@@ -23,7 +23,7 @@ from simpleunet_runtime.errors import SimpleUNetError
 from simpleunet_runtime.image import umask
 
 from .checkpoint import CONFIG, METRICS, WEIGHTS, load_model, write_json
-from .cli import dataset_root
+from .cli import checkpoint_data_root, trained_on
 from .config import TrainConfig
 from .data import discover, load_arrays, select_split
 from .loop import evaluate, hardware, pick_device, score
@@ -89,8 +89,9 @@ FLAGS = {"dataset": "--dataset", "epochs": "--epochs", "batch_size": "--batch-si
          "patience": "--patience", "val_fraction": "--val-fraction", "augment": "--augment",
          "model.family": "--family", "model.width": "--width", "model.blocks": "--blocks", "model.rate": "--rate",
          "model.num_classes": "--classes", "model.head": "--head"}
-#: Settings that say where and how fast a run ran, not what it learned: left out of the command.
-MACHINE_LOCAL = ("data_root", "threads", "workers")
+#: Settings that say where and how fast a run ran, not what it learned, and the record of which images it trained
+#: on (``split_used``, filled in by training): left out of the command.
+MACHINE_LOCAL = ("data_root", "threads", "workers", "split_used")
 #: What each ``augment`` setting does (data.augment).
 AUGMENT_TEXT = {"none": "none", "light": "flips, 90° turns",
                 "strong": "flips, 90° turns, affine ±45°/0.75–1.25×/±10 %, light colour jitter"}
@@ -203,7 +204,11 @@ def publish(run: Path, name: str, exports: Path | None = None, data: str | None 
     """Score ``run`` and install it as ``train/zoo/<name>``. Everything is written into a staging folder first and
     swapped in at the end, so a failed publish leaves the old entry as it was."""
     model, meta = load_model(run)
-    root = dataset_root(meta["dataset"], data)
+    root = checkpoint_data_root(meta, data, run)
+    seen = trained_on(meta, root, "test")
+    if seen:  # a model card's test score must be held out
+        raise SimpleUNetError(f"{seen} test image(s) in {root} are in the run's training pool "
+                              f"({meta['train']['split_used']}); publish a run trained on a folder with a train split")
     if not (run / METRICS).is_file():
         raise SimpleUNetError(f"{run / METRICS} is missing: publish a run folder written by simpleunet-train")
     history = json.loads((run / METRICS).read_text())

@@ -9,9 +9,9 @@ from .errors import SimpleUNetError
 
 _MASK_SUFFIX = re.compile(r"(_mask|_segmentation|_Segmentation)$")
 #: Split names per preset: the name a user types -> the files looked for under splits/ (Kvasir-SEG's official
-#: train_880/val_120, then the generic train/test/val).
-SPLIT_ALIASES = {"train": ("train_880.txt", "train.txt"), "test": ("val_120.txt", "test.txt"),
-                 "val": ("val_120.txt", "val.txt")}
+#: train_880/val_120, then the generic train/test). No "val" alias: Kvasir-SEG's val_120 is its test split, so
+#: ``val`` means splits/val.txt only.
+SPLIT_ALIASES = {"train": ("train_880.txt", "train.txt"), "test": ("val_120.txt", "test.txt")}
 
 
 class DataError(SimpleUNetError):
@@ -32,13 +32,19 @@ def masks_by_stem(files: list[Path]) -> dict[str, Path]:
     return out
 
 
-def read_split(root: Path, split: str) -> list[str]:
-    """The ids of a split: a path to a text file (one id per line), or a name under ``root/splits/`` (``train``,
-    ``test``, ``val`` or a file stem)."""
+def split_file(root: Path, split: str) -> Path:
+    """The file of a split: a path to a text file, or a name under ``root/splits/`` (``train``, ``test``, ``val``
+    or a file stem)."""
     root = Path(root)
     candidates = [Path(split)] if Path(split).suffix == ".txt" else []
     candidates += [root / "splits" / name for name in SPLIT_ALIASES.get(split, ())] + [root / "splits" / f"{split}.txt"]
     path = next((p for p in candidates if p.is_file()), None)
     if path is None:
         raise DataError(f"split {split!r} not found for {root} (looked for {', '.join(str(c) for c in candidates)})")
+    return path
+
+
+def read_split(root: Path, split: str) -> list[str]:
+    """The ids of a split (one per line of its ``split_file``)."""
+    path = split_file(root, split)
     return [line.strip() for line in path.read_text().splitlines() if line.strip()]
