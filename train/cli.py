@@ -74,12 +74,6 @@ def trained_on(meta: dict, root: Path, split: str | None, layout: str = "auto") 
     return sum(s.id in ids for s in select_split(samples, root, split))
 
 
-def _flat(cfg: TrainConfig) -> dict:
-    """A config as flat ``setting -> value`` (``model.width``...), so a resume names exactly what it changes."""
-    d = cfg.to_dict()
-    return {**{k: v for k, v in d.items() if k != "model"}, **{f"model.{k}": v for k, v in d["model"].items()}}
-
-
 #: What a resumed run may change: how fast and where it runs, not what it learns (data_root is compared apart).
 RESUME_MAY_CHANGE = ("threads", "workers", "data_root", "split_used")
 
@@ -87,7 +81,7 @@ RESUME_MAY_CHANGE = ("threads", "workers", "data_root", "split_used")
 def resumed_config(saved: TrainConfig, asked: TrainConfig, data: str | None, threads: int | None,
                    out: str) -> TrainConfig:
     """The saved config: a changed setting would move the carve-out or schedule under the run's kept best/history."""
-    old, new = _flat(saved), _flat(asked)
+    old, new = saved.flat(), asked.flat()
     changed = [f"{k} ({old[k]} -> {new[k]})" for k in new if k not in RESUME_MAY_CHANGE and new[k] != old[k]]
     data_root = saved.data_root
     if data:

@@ -145,6 +145,12 @@ class TrainConfig:
         d["mean"], d["std"] = list(self.mean), list(self.std)
         return d
 
+    def flat(self) -> dict[str, Any]:
+        """Every setting as ``name -> value`` (``model.width``...), so two configs compare key by key (resume
+        checks, model-card commands)."""
+        d = self.to_dict()
+        return {**{k: v for k, v in d.items() if k != "model"}, **{f"model.{k}": v for k, v in d["model"].items()}}
+
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
         data = dict(data)

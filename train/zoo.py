@@ -103,10 +103,8 @@ def loss_name(meta: dict[str, Any]) -> str:
 
 
 def _settings(cfg: TrainConfig) -> dict[str, Any]:
-    """A config as flat ``setting -> value`` (``model.width``...), so runs and recipes compare key by key."""
-    d = cfg.to_dict()
-    return {**{k: v for k, v in d.items() if k != "model" and k not in MACHINE_LOCAL},
-            **{f"model.{k}": v for k, v in d["model"].items()}}
+    """What a run learned from: its settings without the machine-local ones."""
+    return {k: v for k, v in cfg.flat().items() if k not in MACHINE_LOCAL}
 
 
 def reproduce_command(name: str, train: dict[str, Any]) -> str:
