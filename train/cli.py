@@ -54,7 +54,7 @@ def checkpoint_data_root(meta: dict, explicit: str | None, checkpoint: str | os.
     return dataset_root(meta.get("dataset", ""), explicit)
 
 
-def trained_on(meta: dict, root: Path, split: str | None, layout: str = "auto") -> int | None:
+def training_overlap(meta: dict, root: Path, split: str | None, layout: str = "auto") -> int | None:
     """How many images of ``split`` in ``root`` the run trained on (by id, carve-out included); None if unrecorded."""
     from .data import discover, select_split, training_pool
 
@@ -191,7 +191,7 @@ def eval_main(argv: list[str] | None = None) -> int:
         root = checkpoint_data_root(meta, args.data, args.checkpoint)
         res = evaluate(model, meta, root, args.split, args.layout, args.device, args.threshold)
         res = {"checkpoint": str(args.checkpoint), "data": str(root), "imgsz": meta["preprocess"]["imgsz"], **res}
-        seen = trained_on(meta, root, args.split, args.layout)
+        seen = training_overlap(meta, root, args.split, args.layout)
         if seen:
             res["held_out"] = False
             print(f"warning: {seen} of these {res['images']} images are in the run's training pool "

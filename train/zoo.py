@@ -23,7 +23,7 @@ from simpleunet_runtime.errors import SimpleUNetError
 from simpleunet_runtime.image import umask
 
 from .checkpoint import CONFIG, METRICS, WEIGHTS, load_model, write_json
-from .cli import checkpoint_data_root, trained_on
+from .cli import checkpoint_data_root, training_overlap
 from .config import TrainConfig
 from .data import discover, load_arrays, select_split
 from .loop import evaluate, hardware, pick_device, score
@@ -203,7 +203,7 @@ def publish(run: Path, name: str, exports: Path | None = None, data: str | None 
     swapped in at the end, so a failed publish leaves the old entry as it was."""
     model, meta = load_model(run)
     root = checkpoint_data_root(meta, data, run)
-    seen = trained_on(meta, root, "test")
+    seen = training_overlap(meta, root, "test")
     if seen:  # a model card's test score must be held out
         raise SimpleUNetError(f"{seen} test image(s) in {root} are in the run's training pool "
                               f"({meta['train']['split_used']}); publish a run trained on a folder with a train split")

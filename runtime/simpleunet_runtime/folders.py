@@ -40,7 +40,10 @@ def split_file(root: Path, split: str) -> Path:
     candidates += [root / "splits" / name for name in SPLIT_ALIASES.get(split, ())] + [root / "splits" / f"{split}.txt"]
     path = next((p for p in candidates if p.is_file()), None)
     if path is None:
-        raise DataError(f"split {split!r} not found for {root} (looked for {', '.join(str(c) for c in candidates)})")
+        have = sorted(p.stem for p in (root / "splits").glob("*.txt")) if (root / "splits").is_dir() else []
+        raise DataError(f"split {split!r} not found for {root} (looked for {', '.join(str(c) for c in candidates)}); "
+                        + (f"its splits are {', '.join(have)} (or use train / test)"
+                           if have else "it has no splits/ folder"))
     return path
 
 
