@@ -329,3 +329,30 @@ def test_a_run_saved_by_the_old_code_resumes_to_the_same_weights(tiny_data, tmp_
     a = load_file(str(tmp_path / "full" / "last.safetensors"))
     b = load_file(str(tmp_path / "crash" / "last.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_the_mixed_precision_loss_scale_survives_a_resume(tmp_path):
+    # A GPU run's loss scale has backed off and grown over many steps; a resume that restarted it at 65536 would
+    # skip steps on overflow and not match the uninterrupted run. (GradScaler on "cpu" keeps the same state.)
+    model = build_model(ModelConfig(width=4))
+    optimizer = torch.optim.AdamW(model.parameters())
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 16)
+    scaler.load_state_dict({**scaler.state_dict(), "scale": 1024.0, "_growth_tracker": 37})
+    checkpoint.save_training_state(tmp_path, model, optimizer, {"epoch": 3}, scaler)
+    fresh = torch.amp.GradScaler("cpu")
+    assert checkpoint.load_training_state(tmp_path, model, optimizer, fresh) == {"epoch": 3}
+    assert fresh.state_dict() == scaler.state_dict() and fresh.get_scale() == 1024.0
+    checkpoint.save_training_state(tmp_path, model, optimizer, {"epoch": 3})  # a CPU run: nothing to restore
+    fresh = torch.amp.GradScaler("cpu")
+    checkpoint.load_training_state(tmp_path, model, optimizer, fresh)
+    assert fresh.get_scale() == 2.0 ** 16
+
+
+def test_every_recipe_is_named_after_its_model_and_dataset():
+    from simpleunet.train.cli import load_recipe, recipe_names
+
+    short = {"kvasir-seg": "kvasir", "busi": "busi"}
+    assert {"simpleunet16-kvasir", "simpleesknet32-n2-kvasir"} <= set(recipe_names())
+    for name in recipe_names():
+        cfg = load_recipe(name)
+        assert name == f"{cfg.model.name}-{short[cfg.dataset]}", name

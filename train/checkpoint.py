@@ -1,8 +1,8 @@
 """Checkpoints: ``config.json`` + ``model.safetensors`` (+ ``metrics.json``) in a folder, written atomically.
 
 ``config.json`` carries the model's own arguments and its preprocessing, so export and evaluation never need
-the training command line. The resumable training state (weights + optimizer + RNG-free counters) is one
-``last.safetensors`` file whose metadata holds the JSON state: one file, one atomic rename.
+the training command line. The resumable training state (weights + optimizer + the CUDA loss scaler + RNG-free
+counters) is one ``last.safetensors`` file whose metadata holds the JSON state: one file, one atomic rename.
 Nothing here unpickles: safetensors and JSON only.
 """
 from __future__ import annotations
@@ -122,8 +122,9 @@ def load_model(folder: str | os.PathLike, weights: str = WEIGHTS) -> tuple[nn.Mo
 
 
 def save_training_state(folder: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
-                        state: dict[str, Any]) -> None:
-    """One file with the weights (``model.*``), the optimizer tensors (``optim.*``) and the JSON state."""
+                        state: dict[str, Any], scaler: torch.amp.GradScaler | None = None) -> None:
+    """One file with the weights (``model.*``), the optimizer tensors (``optim.*``) and the JSON state, plus the
+    mixed-precision loss scale when AMP is on (without it a resumed GPU run restarts at 65536 and skips steps)."""
     tensors = {f"model.{k}": v for k, v in _state_dict(model).items()}
     opt = optimizer.state_dict()
     scalars: dict[str, Any] = {}
@@ -135,6 +136,8 @@ def save_training_state(folder: Path, model: nn.Module, optimizer: torch.optim.O
                 scalars[f"{pid}.{name}"] = float(value)
     meta = {"state": json.dumps(state), "optim_scalars": json.dumps(scalars),
             "param_groups": json.dumps(opt["param_groups"])}
+    if scaler is not None and scaler.is_enabled():
+        meta["amp_scaler"] = json.dumps(scaler.state_dict())
     atomic_write(Path(folder) / LAST, lambda tmp: save_file(tensors, tmp, metadata=meta))
 
 
@@ -148,6 +151,7 @@ def _open_training_state(folder: Path, with_tensors: bool) -> tuple[dict[str, An
             raw = f.metadata()
             tensors = {k: f.get_tensor(k) for k in f.keys()} if with_tensors else {}
         meta = {k: json.loads(raw[k]) for k in ("state", "optim_scalars", "param_groups")}
+        meta["amp_scaler"] = json.loads(raw.get("amp_scaler", "{}"))
     except (SafetensorError, OSError, KeyError, TypeError, json.JSONDecodeError) as exc:
         raise CheckpointError(f"{path} is not a readable training state ({exc}); start a new run in another "
                               "--out folder") from None
@@ -159,7 +163,8 @@ def read_training_state(folder: Path) -> dict[str, Any]:
     return _open_training_state(folder, with_tensors=False)[0]["state"]
 
 
-def load_training_state(folder: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+def load_training_state(folder: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
+                        scaler: torch.amp.GradScaler | None = None) -> dict[str, Any]:
     path = Path(folder) / LAST
     meta, tensors = _open_training_state(folder, with_tensors=True)
     state, scalars, groups = meta["state"], meta["optim_scalars"], meta["param_groups"]
@@ -173,4 +178,6 @@ def load_training_state(folder: Path, model: nn.Module, optimizer: torch.optim.O
         pid, name = key.split(".", 1)
         opt_state.setdefault(int(pid), {})[name] = torch.tensor(value)
     optimizer.load_state_dict({"state": opt_state, "param_groups": groups})
+    if scaler is not None and scaler.is_enabled() and meta["amp_scaler"]:  # a CPU run resumed on a GPU starts fresh
+        scaler.load_state_dict(meta["amp_scaler"])
     return state

@@ -170,14 +170,14 @@ def train(cfg: TrainConfig, root: Path, out: Path, *, resume: bool = False, devi
     steps_per_epoch = len(train_set) // ddp.world // cfg.batch_size or 1
     history: list[dict[str, Any]] = []
     start_epoch, best = 0, {"val_mDice": -1.0, "epoch": -1, "threshold": 0.5}
+    use_amp = cfg.amp and dev.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     if resume:
-        state = load_training_state(out, model, optimizer)
+        state = load_training_state(out, model, optimizer, scaler)
         start_epoch, best, history = state["epoch"] + 1, state["best"], state["history"]
     net: nn.Module = model
     if ddp.world > 1:
         net = nn.parallel.DistributedDataParallel(model, device_ids=[dev.index] if dev.type == "cuda" else None)
-    use_amp = cfg.amp and dev.type == "cuda"
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     total_steps = cfg.epochs * steps_per_epoch
     trained_on = hardware(dev) + (f" x{ddp.world} processes" if ddp.world > 1 else "")
 
@@ -206,7 +206,7 @@ def train(cfg: TrainConfig, root: Path, out: Path, *, resume: bool = False, devi
             save_model(out, model, checkpoint_meta(cfg, threshold))
         stop = bool(cfg.patience) and epoch + 1 - best["epoch"] >= cfg.patience
         save_training_state(out, model, optimizer, {"epoch": epoch, "best": best, "history": history,
-                                                    "train": cfg.to_dict(), "stopped_early": stop})
+                                                    "train": cfg.to_dict(), "stopped_early": stop}, scaler)
         write_json(out / METRICS, {"best": best, "history": history, "stopped_early": stop})
         print(f"epoch {epoch + 1}/{cfg.epochs}  loss {row['loss']:.4f}  val mDice {val['mDice']:.4f}  "
               f"mIoU {val['mIoU']:.4f}  {row['seconds']:.1f}s" + ("  *best" if improved else ""), flush=True)
