@@ -68,7 +68,8 @@ def _split_images(folder: Path, split: str) -> list[Path] | None:
 
 
 def calibration_set(folder: str | Path | None, imgsz: int, count: int | None = None) -> ImageSet:
-    """Calibration images from ``folder`` (its train split if it has splits/; default: the bundled sample).
+    """Calibration images from ``folder``: a folder of images, or a dataset folder's training images (its train
+    split, or ISIC 2018's official Training folders); default: the bundled sample.
     Errors on a missing, empty or unreadable folder; warns below ``MIN_CALIBRATION`` images."""
     folder = Path(folder) if folder is not None else CALIBRATION_DIR
     if count is not None and count < 1:
@@ -81,6 +82,8 @@ def calibration_set(folder: str | Path | None, imgsz: int, count: int | None = N
         paths = paths or list_images(folder)
         if not paths and (folder / "images").is_dir():
             paths = list_images(folder / "images")
+        if not paths:  # another layout training reads (ISIC 2018's official folders): the images it trains on
+            paths, source = _training_images(folder)
     except OSError as exc:
         raise SimpleUNetError(f"cannot read calibration folder {folder}: {exc.strerror or exc}") from None
     if not paths:
@@ -93,6 +96,17 @@ def calibration_set(folder: str | Path | None, imgsz: int, count: int | None = N
     images = np.stack([resize_image(load_image(p), imgsz) for p in paths])
     return ImageSet(images, None, [p.stem for p in paths], source,
                     dataset=SAMPLE_DATASET if folder == CALIBRATION_DIR else folder.resolve().name)
+
+
+def _training_images(folder: Path) -> tuple[list[Path], str]:
+    """(image paths, source) of the images a run on dataset ``folder`` trains on; no paths if it is no dataset."""
+    from simpleunet.train.data import discover, training_samples
+
+    try:
+        samples, used = training_samples(discover(folder), folder)
+    except SimpleUNetError:
+        return [], str(folder)
+    return [s.image for s in samples], f"{folder} ({used})"
 
 
 def _samples_in(folder: Path) -> tuple[list, str, bool]:

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from simpleunet.export.images import calibration_set
 from simpleunet.train.data import DataError, discover, load_arrays, select_split, augment, carve_validation
 
 
@@ -173,6 +174,8 @@ def test_isic_official_folders_are_the_splits(tmp_path):
     pool, used = training_samples(samples, root)
     assert [s.id for s in pool] == ids("train") and used == OFFICIAL_TRAIN
     assert len(select_split(samples, root, "all")) == 11
+    with pytest.warns(UserWarning, match="only 6 calibration"):  # int8 calibration takes the same training images
+        assert calibration_set(root, 16).names == ids("train")
 
 
 def test_export_checks_an_isic_folder_on_its_official_test_images(tmp_path):
