@@ -32,7 +32,7 @@ from . import machine, zoo
 from .backends import TFLITE_HINT
 from .errors import SimpleUNetError, console_script
 from .folders import masks_by_stem, read_split
-from .image import list_images, load_image, load_mask
+from .image import list_images, load_image, load_mask, unwritable_parent
 from .metrics import SegmentationMeter
 from .sample import SAMPLE_DATASET
 
@@ -618,11 +618,9 @@ def check_output_path(flag: str, path: str) -> None:
     out = Path(path)
     if out.is_dir():
         raise SimpleUNetError(f"{flag} {path} is a folder; give a file path such as {out / 'bench'}.json")
-    parent = out.parent
-    while not parent.exists() and parent != parent.parent:
-        parent = parent.parent
-    if not parent.is_dir() or not os.access(parent, os.W_OK):
-        raise SimpleUNetError(f"{flag} {path} cannot be written: {parent} is not a writable folder")
+    bad = unwritable_parent(out.parent)
+    if bad:
+        raise SimpleUNetError(f"{flag} {path} cannot be written: {bad} is not a writable folder")
 
 
 # -- command line --------------------------------------------------------------------------------------------------

@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import sys
 import time
 from pathlib import Path
 
 from .backends import BACKENDS
 from .errors import SimpleUNetError, console_script
-from .image import list_images, load_image, overlay, save_png
+from .image import list_images, load_image, overlay, save_png, unwritable_parent
 from .zoo import DEFAULT_MODEL
 
 
@@ -145,11 +144,9 @@ def _check_out(out: Path) -> None:
     """Refuse an --out that cannot be created, without creating it (that waits for the first mask)."""
     if out.exists() and not out.is_dir():
         raise SimpleUNetError(f"--out {out} is a file, not a folder")
-    parent = out
-    while not parent.exists() and parent != parent.parent:
-        parent = parent.parent
-    if not parent.is_dir() or not os.access(parent, os.W_OK):
-        raise SimpleUNetError(f"cannot create output folder {out}: {parent} is not a writable folder")
+    bad = unwritable_parent(out)
+    if bad:
+        raise SimpleUNetError(f"cannot create output folder {out}: {bad} is not a writable folder")
 
 
 @console_script

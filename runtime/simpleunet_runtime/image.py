@@ -188,6 +188,14 @@ def umask() -> int:
     return mask
 
 
+def unwritable_parent(folder: Path) -> Path | None:
+    """The nearest existing folder at or above ``folder`` if files cannot be created there, else None: lets a
+    command refuse a bad output path before its work, without creating anything."""
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    return None if folder.is_dir() and os.access(folder, os.W_OK) else folder
+
+
 def save_png(path: str | os.PathLike, array: np.ndarray, compress_level: int = 6) -> Path:
     """Write an HxW or HxWx3 uint8 array as PNG atomically (temp file in the same folder, then rename).
     zlib level 6 suits masks (~1 ms each); photos (overlays) save 2x faster at level 1 for ~10 % more bytes."""
