@@ -23,6 +23,7 @@ import pytest
 import torch
 
 from simpleunet.export import cli
+from simpleunet.export.errors import ExportError
 from simpleunet.export.images import CALIBRATION_DIR, calibration_set, verification_set
 from simpleunet.export.manifest import sha256
 from simpleunet.export.metadata import read_onnx_metadata, read_tflite_metadata, set_onnx_metadata
@@ -330,6 +331,24 @@ def test_quantized_graphs_are_valid_and_keep_the_output_float(tmp_path, fmt):
     qpath = tmp_path / "int8.onnx"
     onnx.save(qproto, str(qpath))
     assert np.abs(onnx_probabilities(qpath, x[:4]) - onnx_probabilities(fp32, x[:4])).max() < 0.1
+
+
+def test_a_percentile_calibration_narrows_the_activation_ranges(tmp_path):
+    from simpleunet.export.quantize import quantize_onnx
+
+    torch.manual_seed(0)
+    fp32 = tmp_path / "fp32.onnx"
+    onnx.save(export_onnx(build_model(ModelConfig(width=4)).eval(), 32, 1)[0], str(fp32))
+    x = normalize(calibration_set(None, 32, 8).images, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+
+    def input_scale(calibration: str) -> float:  # the input's range: the same tensor in both graphs
+        proto, _ = quantize_onnx(fp32, x, calibration=calibration)
+        node = next(n for n in proto.graph.node if n.op_type == "QuantizeLinear")
+        return float(onnx.numpy_helper.to_array(next(i for i in proto.graph.initializer if i.name == node.input[1])))
+
+    assert input_scale("percentile-99.999") < input_scale("minmax")
+    with pytest.raises(ExportError, match="unknown calibration 'kl'; choose one of minmax, percentile"):
+        quantize_onnx(fp32, x, calibration="kl")
 
 
 def test_onnx_metadata_is_replaced_not_duplicated():
