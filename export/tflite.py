@@ -236,10 +236,38 @@ def _finish(src: Path, dst: Path, meta_json: str) -> dict:
     return {"path": str(dst), "sizes": sizes, "int8_weight_bytes": int8_weight_bytes(model)}
 
 
+def skip_unused_conversions() -> None:
+    """onnx2tf writes six TFLite variants, four of them calibrated (each runs every calibration image through the
+    model: SimpleESKNet-32 N=2 took over 15 min here for all four). Only float32 and full-integer int8 are kept,
+    so the other conversions return an empty model at once; the two kept files are byte-identical either way."""
+    import tensorflow as tf
+    from tensorflow.lite.python import lite
+
+    def kept(converter) -> bool:
+        ops = set(converter.target_spec.supported_ops)
+        if not converter.optimizations:
+            return True  # float32
+        if tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8 in ops:
+            return False  # int16 activations
+        if tf.float16 in converter.target_spec.supported_types or converter.representative_dataset is None:
+            return False  # float16, dynamic-range
+        return converter.inference_input_type == tf.int8  # full integer, not the float-I/O "integer_quant"
+
+    for cls in {lite.TFLiteKerasModelConverterV2, lite.TFLiteFrozenGraphConverterV2, lite.TFLiteSavedModelConverterV2}:
+        convert = cls.convert
+
+        def lean(self, _convert=convert):
+            return _convert(self) if kept(self) else b""
+
+        cls.convert = lean
+
+
 def _child(job_path: str) -> int:
     block_network()
     job = json.loads(Path(job_path).read_text())
     import onnx2tf
+
+    skip_unused_conversions()
 
     rank4 = lambda v: [[[list(v)]]]  # noqa: E731 - NHWC broadcast shape [1, 1, 1, 3]
     onnx2tf.convert(input_onnx_file_path=job["onnx"], output_folder_path=job["folder"], batch_size=1,

@@ -259,6 +259,33 @@ def test_export_ran_offline_and_onnx2tf_child_blocks_sockets():
     assert "blocked network access is disabled" in out.stdout
 
 
+def test_onnx2tf_runs_only_the_two_conversions_kept():
+    """onnx2tf's float16, dynamic-range, float-I/O int8 and int16-activation conversions are skipped (empty);
+    float32 and full-integer int8 still convert. In a child: TensorFlow stays out of the test process."""
+    code = """
+import numpy as np, tensorflow as tf
+from simpleunet.export.tflite import skip_unused_conversions
+skip_unused_conversions()
+model = tf.keras.Sequential([tf.keras.Input((8, 8, 3), batch_size=1), tf.keras.layers.Conv2D(4, 3)])
+def variant(optimize=False, types=(), ops=None, calibrate=False, io=None):
+    c = tf.lite.TFLiteConverter.from_keras_model(model)
+    c.optimizations = [tf.lite.Optimize.DEFAULT] if optimize else []
+    c.target_spec.supported_types = list(types)
+    c.target_spec.supported_ops = ops or [tf.lite.OpsSet.TFLITE_BUILTINS]
+    if calibrate:
+        c.representative_dataset = lambda: ([np.ones((1, 8, 8, 3), np.float32)] for _ in range(2))
+    if io:
+        c.inference_input_type = c.inference_output_type = io
+    return len(c.convert()) > 0
+int8, int16 = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8], [tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8]
+print([variant(), variant(True, [tf.float16]), variant(True), variant(True, ops=int8, calibrate=True),
+       variant(True, ops=int8, calibrate=True, io=tf.int8), variant(True, ops=int16, calibrate=True, io=tf.int16)])
+"""
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": ""}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)
+    assert out.stdout.strip().splitlines()[-1:] == ["[True, False, False, False, True, False]"], out.stderr[-2000:]
+
+
 # ---- AFF folding ------------------------------------------------------------------------------------------------
 
 def _randomized(cfg: ModelConfig) -> torch.nn.Module:
