@@ -237,9 +237,9 @@ def _finish(src: Path, dst: Path, meta_json: str) -> dict:
 
 
 def skip_unused_conversions() -> None:
-    """onnx2tf writes six TFLite variants, four of them calibrated (each runs every calibration image through the
+    """onnx2tf writes seven TFLite variants, four of them calibrated (each runs every calibration image through the
     model: SimpleESKNet-32 N=2 took over 15 min here for all four). Only float32 and full-integer int8 are kept,
-    so the other conversions return an empty model at once; the two kept files are byte-identical either way."""
+    so the other five conversions return an empty model at once; the two kept files are byte-identical either way."""
     import tensorflow as tf
     from tensorflow.lite.python import lite
 
