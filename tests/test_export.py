@@ -366,7 +366,7 @@ def test_a_percentile_calibration_narrows_the_activation_ranges(tmp_path):
     torch.manual_seed(0)
     fp32 = tmp_path / "fp32.onnx"
     onnx.save(export_onnx(build_model(ModelConfig(width=4)).eval(), 32, 1)[0], str(fp32))
-    x = normalize(calibration_set(None, 32, 8).images, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+    x = normalize(calibration_set(None, 32, 16).images, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 
     def input_scale(calibration: str) -> float:  # the input's range: the same tensor in both graphs
         proto, _ = quantize_onnx(fp32, x, calibration=calibration)
