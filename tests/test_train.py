@@ -356,3 +356,13 @@ def test_every_recipe_is_named_after_its_model_and_dataset():
     for name in recipe_names():
         cfg = load_recipe(name)
         assert name == f"{cfg.model.name}-{short[cfg.dataset]}", name
+
+
+def test_the_epoch_line_says_when_the_run_ends():
+    from simpleunet.train.loop import eta
+
+    rows = [{"epoch": e, "seconds": s} for e, s in ((1, 400.0), (2, 100.0), (3, 100.0), (4, 100.0), (5, 100.0),
+                                                    (6, 100.0))]
+    assert eta(rows, 200) == "  eta 5h23m"  # 194 epochs at the last five's 100 s (the slow first one has left)
+    assert eta(rows[:1], 2) == "  eta 7m" and eta(rows, 6) == ""
+    assert eta([{"epoch": 1, "seconds": 0.1}], 3) == "  eta <1m"

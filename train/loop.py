@@ -209,7 +209,8 @@ def train(cfg: TrainConfig, root: Path, out: Path, *, resume: bool = False, devi
                                                     "train": cfg.to_dict(), "stopped_early": stop}, scaler)
         write_json(out / METRICS, {"best": best, "history": history, "stopped_early": stop})
         print(f"epoch {epoch + 1}/{cfg.epochs}  loss {row['loss']:.4f}  val mDice {val['mDice']:.4f}  "
-              f"mIoU {val['mIoU']:.4f}  {row['seconds']:.1f}s" + ("  *best" if improved else ""), flush=True)
+              f"mIoU {val['mIoU']:.4f}  {row['seconds']:.1f}s" + eta(history, cfg.epochs)
+              + ("  *best" if improved else ""), flush=True)
         if stop:
             print(f"early stop: no improvement for {cfg.patience} epochs")
         return stop
@@ -254,6 +255,16 @@ def train(cfg: TrainConfig, root: Path, out: Path, *, resume: bool = False, devi
     if ddp.world > 1:
         dist.barrier()
     return {"best": best, "history": history, "split_used": split_used}
+
+
+def eta(history: list[dict[str, Any]], epochs: int) -> str:
+    """``  eta 5h12m`` for the epochs left, at the pace of the last five (a long run's log says when it ends)."""
+    left = epochs - history[-1]["epoch"]
+    if left <= 0:
+        return ""
+    recent = [row["seconds"] for row in history[-5:]]
+    minutes = round(left * sum(recent) / len(recent) / 60)
+    return f"  eta {minutes // 60}h{minutes % 60:02d}m" if minutes >= 60 else f"  eta {minutes or '<1'}m"
 
 
 def evaluate(model: nn.Module, meta: dict[str, Any], root: Path, split: str | None, layout: str = "auto",
