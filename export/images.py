@@ -82,31 +82,34 @@ def calibration_set(folder: str | Path | None, imgsz: int, count: int | None = N
         paths = paths or list_images(folder)
         if not paths and (folder / "images").is_dir():
             paths = list_images(folder / "images")
-        if not paths:  # another layout training reads (ISIC 2018's official folders): the images it trains on
-            paths, source = _training_images(folder)
+        named = [(p.stem, p) for p in paths or []]
+        if not named:  # another layout training reads (BUSI's original folders, ISIC 2018): what it trains on
+            named, source = _training_images(folder)
     except OSError as exc:
         raise SimpleUNetError(f"cannot read calibration folder {folder}: {exc.strerror or exc}") from None
-    if not paths:
+    if not named:
         raise SimpleUNetError(f"calibration folder {folder} holds no images (.jpg/.png/...); int8 calibration "
                               "needs real images like the ones the model will see")
-    paths = _pick(paths, count)
-    if len(paths) < MIN_CALIBRATION:
-        warnings.warn(f"only {len(paths)} calibration image(s) in {folder}: int8 ranges may be poor; "
+    named = _pick(named, count)
+    if len(named) < MIN_CALIBRATION:
+        warnings.warn(f"only {len(named)} calibration image(s) in {folder}: int8 ranges may be poor; "
                       f"use at least {MIN_CALIBRATION}", stacklevel=2)
-    images = np.stack([resize_image(load_image(p), imgsz) for p in paths])
-    return ImageSet(images, None, [p.stem for p in paths], source,
+    images = np.stack([resize_image(load_image(p), imgsz) for _, p in named])
+    return ImageSet(images, None, [name for name, _ in named], source,
                     dataset=SAMPLE_DATASET if folder == CALIBRATION_DIR else folder.resolve().name)
 
 
-def _training_images(folder: Path) -> tuple[list[Path], str]:
-    """(image paths, source) of the images a run on dataset ``folder`` trains on; no paths if it is no dataset."""
-    from simpleunet.train.data import discover, training_samples
+def _training_images(folder: Path) -> tuple[list[tuple[str, Path]], str]:
+    """((sample id, image path) pairs, source) of the images a run on dataset ``folder`` trains on, named by the
+    ids training and the checks use; none if ``folder`` is no dataset layout (a broken dataset is an error)."""
+    from simpleunet.train.data import detect_layout, discover, training_samples
 
     try:
-        samples, used = training_samples(discover(folder), folder)
+        detect_layout(folder)
     except SimpleUNetError:
         return [], str(folder)
-    return [s.image for s in samples], f"{folder} ({used})"
+    samples, used = training_samples(discover(folder), folder)
+    return [(s.id, s.image) for s in samples], f"{folder} ({used})"
 
 
 def _samples_in(folder: Path) -> tuple[list, str, bool]:

@@ -27,7 +27,8 @@ from .onnx_export import INPUT_NAME, check, strip
 
 FORMATS = ("qoperator", "qdq")
 #: Activation-range calibrations: name -> (onnxruntime CalibrationMethod, extra options). MinMax is the exporter's;
-#: ``benchmarks/calibration.py`` measured the percentiles on the zoo models and found no steady gain. (Entropy is
+#: ``benchmarks/calibration.py`` measured the percentiles on the zoo models and found no steady gain. onnxruntime's
+#: percentile is taken of |x|, so it cuts the larger side of a signed tensor (a ReLU output: its top). (Entropy is
 #: left out: quantize_static gives it 128 histogram bins for 128 quantized bins, one candidate range, so its file
 #: is byte-identical to MinMax's in onnxruntime 1.23.)
 CALIBRATIONS = {"minmax": ("MinMax", {}), "percentile-99.999": ("Percentile", {"CalibPercentile": 99.999}),

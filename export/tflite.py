@@ -253,7 +253,8 @@ def skip_unused_conversions() -> None:
             return False  # float16, dynamic-range
         return converter.inference_input_type == tf.int8  # full integer, not the float-I/O "integer_quant"
 
-    for cls in {lite.TFLiteKerasModelConverterV2, lite.TFLiteFrozenGraphConverterV2, lite.TFLiteSavedModelConverterV2}:
+    names = ("TFLiteKerasModelConverterV2", "TFLiteFrozenGraphConverterV2", "TFLiteSavedModelConverterV2")
+    for cls in {getattr(lite, name) for name in names if hasattr(lite, name)}:  # a TF without one: it runs in full
         convert = cls.convert
 
         def lean(self, _convert=convert):
@@ -280,6 +281,10 @@ def _child(job_path: str) -> int:
         src = Path(job["folder"]) / f"{job['stem']}{OUTPUTS[precision]}"
         if not src.is_file():
             print(f"Error: onnx2tf produced no {src.name}", file=sys.stderr)
+            return 1
+        if src.stat().st_size == 0:
+            print(f"Error: {src.name} was skipped as unused (skip_unused_conversions): this onnx2tf sets up that "
+                  "conversion differently; update kept() in export/tflite.py", file=sys.stderr)
             return 1
         result[precision] = _finish(src, Path(job["outputs"][precision]), meta_json)
     (Path(job_path).parent / "result.json").write_text(json.dumps(result))

@@ -52,6 +52,12 @@ def test_busi_original_layout_merges_masks(busi, tmp_path):
     assert s.id == "benign_001" and len(s.masks) == 2
     _, masks = load_arrays([s], 64, cache=False)
     assert masks[0, :8, :8].all() and masks[0, -8:, -8:].all() and not masks[0, 28:36, 28:36].any()
+    with pytest.warns(UserWarning, match="only 1 calibration"):  # named like training and the checks name it
+        assert calibration_set(tmp_path, 64).names == ["benign_001"]
+    (folder / "benign (1)_mask.png").unlink()
+    (folder / "benign (1)_mask_1.png").unlink()
+    with pytest.raises(DataError, match="no mask"):  # a broken dataset says what is wrong, not "no images"
+        calibration_set(tmp_path, 64)
 
 
 def test_isic_layout_rgba_and_grey(kvasir, tmp_path):

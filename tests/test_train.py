@@ -348,6 +348,21 @@ def test_the_mixed_precision_loss_scale_survives_a_resume(tmp_path):
     assert fresh.get_scale() == 2.0 ** 16
 
 
+def test_training_saves_and_resumes_with_its_loss_scaler(tiny_data, tmp_path, monkeypatch):
+    import simpleunet.train.loop as loop
+
+    seen = []
+    for name in ("save_training_state", "load_training_state"):
+        real = getattr(loop, name)
+        monkeypatch.setattr(loop, name, lambda *a, _real=real, _name=name: seen.append((_name, a[-1])) or _real(*a))
+    cfg = TrainConfig(**{**TINY, "epochs": 2})
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, tiny_data, tmp_path, progress=False, stop_after_batches=4)  # one epoch saved, then a crash
+    train(cfg, tiny_data, tmp_path, resume=True, progress=False)
+    assert [name for name, _ in seen] == ["save_training_state", "load_training_state", "save_training_state"]
+    assert all(isinstance(arg, torch.amp.GradScaler) for _, arg in seen)
+
+
 def test_every_recipe_is_named_after_its_model_and_dataset():
     from simpleunet.train.cli import load_recipe, recipe_names
 
