@@ -10,6 +10,7 @@ Usage: python -m simpleunet.benchmarks.calibration [ZOO_NAME ...]   (default: ev
 from __future__ import annotations
 
 import argparse
+import sys
 import tempfile
 from pathlib import Path
 
@@ -25,6 +26,7 @@ from simpleunet.train.data import discover, load_arrays, select_split, training_
 from simpleunet.train.zoo import ZOO
 from simpleunet_runtime.image import normalize
 from simpleunet_runtime.metrics import dice
+from simpleunet_runtime.errors import SimpleUNetError
 from simpleunet_runtime.sample import SAMPLE_DATASET
 
 
@@ -72,14 +74,24 @@ def compare(name: str) -> None:
             print(f"  {calibration:18s} " + "; ".join(parts), flush=True)
 
 
-def main() -> None:
+def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("names", nargs="*", help="zoo models (default: all)")
     args = p.parse_args()
-    names = args.names or sorted(f.name for f in ZOO.iterdir() if (f / "config.json").is_file())
-    for name in names:
-        compare(name)
+    shipped = sorted(f.name for f in ZOO.iterdir() if (f / "config.json").is_file())
+    unknown = sorted(set(args.names) - set(shipped))
+    if unknown:
+        print(f"error: no zoo model {unknown[0]!r}; choose from {', '.join(shipped)}", file=sys.stderr)
+        return 2
+    names = args.names or shipped
+    try:
+        for name in names:
+            compare(name)
+    except SimpleUNetError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

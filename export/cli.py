@@ -69,8 +69,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--int8", action="store_true", help="also write int8 ONNX and full-integer int8 TFLite")
     p.add_argument("--formats", default=",".join(FORMATS), help="comma-separated: onnx,tflite (default both)")
     p.add_argument("--calib-data", metavar="DIR", help="folder of real images for int8 calibration, or a dataset "
-                   "folder (its training images: the train split or official Training folders) (default: the bundled Kvasir-SEG train sample; a model of another dataset, e.g. "
-                   "BUSI, uses that dataset when found here)")
+                   "folder (its training images: the train split or official Training folders) (default: the "
+                   "bundled Kvasir-SEG train sample; a model of another dataset, e.g. BUSI, uses that dataset when "
+                   "found here)")
     p.add_argument("--calib-size", type=_positive, default=32, help="calibration images to use (default 32)")
     p.add_argument("--val-data", metavar="DIR", help="images/ + masks/ for the checks, its test split if it has "
                    "splits/ (default: the bundled Kvasir-SEG val_120 sample; a model of another dataset, e.g. BUSI, "
