@@ -96,6 +96,16 @@ def test_card_takes_loss_augmentation_and_hardware_from_the_run(tmp_path: Path):
     card = (tmp_path / "MODEL_CARD.md").read_text()
     assert "CE + Dice" in card and "BCE" not in card and "(flips, 90° turns)" in card and "affine" not in card
     assert "Trained on: not recorded" in card and "publishing machine" in card
-    metrics["history"][0]["trained_on"] = "NVIDIA H100, torch CUDA"
+    for row in metrics["history"]:
+        row["trained_on"] = "NVIDIA H100, torch CUDA"
+    meta["train"]["amp"] = False
     write_card(tmp_path, "x", meta, metrics)
     assert "Trained on: NVIDIA H100, torch CUDA." in (tmp_path / "MODEL_CARD.md").read_text()
+    # a CPU run resumed on a GPU (with mixed precision there) says how many epochs ran where
+    metrics["history"][0]["trained_on"] = "Xeon, torch CPU"
+    del metrics["history"][1]["trained_on"]
+    meta["train"]["amp"] = True
+    write_card(tmp_path, "x", meta, metrics)
+    n = len(metrics["history"])
+    assert (f"Trained on: Xeon, torch CPU (1 epoch); not recorded (1 epoch); NVIDIA H100, torch CUDA ({n - 2} epochs), "
+            "CUDA epochs in fp16 mixed precision.") in (tmp_path / "MODEL_CARD.md").read_text()

@@ -13,6 +13,7 @@ import json
 import shutil
 import sys
 import tempfile
+from collections import Counter
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -124,6 +125,18 @@ def reproduce_command(name: str, train: dict[str, Any]) -> str:
     return cmd + (f"  # and in a recipe .json: {', '.join(unflagged)}" if unflagged else "")
 
 
+def training_hardware(history: list[dict[str, Any]], amp: bool) -> str:
+    """Where the epochs ran, with counts when a run moved between machines (a CPU run resumed on a GPU)."""
+    counts = Counter(h.get("trained_on", "not recorded") for h in history)
+    if len(counts) <= 1:
+        text = next(iter(counts), "not recorded")
+    else:
+        text = "; ".join(f"{where} ({n} epoch{'s' * (n != 1)})" for where, n in counts.items())
+    if amp and any("CUDA" in where for where in counts):
+        text += ", CUDA epochs in fp16 mixed precision"
+    return text
+
+
 def write_card(folder: Path, name: str, meta: dict[str, Any], metrics: dict[str, Any]) -> None:
     train = meta["train"]
     m = meta["model"]
@@ -132,7 +145,7 @@ def write_card(folder: Path, name: str, meta: dict[str, Any], metrics: dict[str,
     for fname, s in metrics.get("exports", {}).items():
         rows.append(f"| {fname} | {s['mDice']:.4f} | {s['mIoU']:.4f} | {s['pooled_dice']:.4f} |")
     hist = metrics["history"]
-    trained_on = "; ".join(dict.fromkeys(h["trained_on"] for h in hist if "trained_on" in h)) or "not recorded"
+    trained_on = training_hardware(hist, train.get("amp", False))
     card = f"""# {name}
 
 {m['family']} width {m['width']}, {m['blocks']} block(s), R = {m['rate']}, AFF {'on' if m['aff'] else 'off'},
