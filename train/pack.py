@@ -1,9 +1,11 @@
 """Pack the images a training run uses into a small folder at the training size, losslessly: the way to carry a
 dataset to a GPU machine with an upload limit (BUSI's 624 training pairs: 84 MiB as shipped, 20.6 MiB packed at
-256 px). Training on the pack decodes exactly the arrays it would decode from the originals.
+256 px). Training on the pack decodes exactly the arrays it would decode from the originals. Name the pack after
+its dataset and point $SIMPLEUNET_DATA at its parent: the run then records the dataset by name only, so
+``simpleunet-eval`` and ``make zoo-publish`` on a machine with the originals score it on their test split.
 
     python -m simpleunet.train.pack busi --out packed/busi
-    simpleunet-train --recipe simpleesknet32-n2-busi --data packed/busi --out runs/simpleesknet32-n2-busi
+    SIMPLEUNET_DATA=packed simpleunet-train --recipe simpleesknet32-n2-busi --out runs/simpleesknet32-n2-busi
 """
 from __future__ import annotations
 
@@ -53,14 +55,14 @@ def pack(root: str | os.PathLike, out: str | os.PathLike, imgsz: int = 256, layo
             name = split_used if split_used.endswith(".txt") else "train.txt"
             (tmp / "splits").mkdir()
             (tmp / "splits" / name).write_text("".join(f"{s.id}\n" for s in samples))
-        again_samples, again_split = training_samples(discover(tmp, "folder"), tmp)
+        again_samples, _ = training_samples(discover(tmp, "folder"), tmp)
         again_images, again_masks = load_arrays(again_samples, imgsz, cache=False)
         if [s.id for s in again_samples] != [s.id for s in samples] or not (
                 np.array_equal(again_images, images) and np.array_equal(again_masks, masks)):
             raise SimpleUNetError("the packed images do not decode to the originals' arrays; try --format png")
         size = sum(p.stat().st_size for p in tmp.rglob("*") if p.is_file())
         manifest = {"source": str(root.resolve()), "images": len(samples), "imgsz": imgsz, "format": fmt,
-                    "split_used": split_used, "packed_split_used": again_split, "bytes": size}
+                    "split_used": split_used, "bytes": size}
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
         tmp.rename(out)
     finally:
@@ -89,7 +91,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(f"packed {m['images']} training images of {root} ({m['split_used']}) at {m['imgsz']} px into {args.out}: "
-          f"{m['bytes'] / 2**20:.1f} MiB. Train on it with --data {args.out}")
+          f"{m['bytes'] / 2**20:.1f} MiB. Train on it with SIMPLEUNET_DATA={Path(args.out).parent} "
+          f"(the folder named after its dataset) or --data {args.out}")
     return 0
 
 
