@@ -588,11 +588,15 @@ def test_ctrl_c_while_committing_waits_and_says_the_export_was_written():
     from simpleunet.export.pipeline import _hold_interrupt
 
     moved = []
-    with pytest.raises(KeyboardInterrupt, match="already written"):
-        with _hold_interrupt("the export was already written to out"):
-            os.kill(os.getpid(), signal.SIGINT)
-            moved.append("all files")  # still running after the signal
-    assert moved == ["all files"] and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    inherited = signal.signal(signal.SIGINT, signal.default_int_handler)  # a background job starts with it ignored
+    try:
+        with pytest.raises(KeyboardInterrupt, match="already written"):
+            with _hold_interrupt("the export was already written to out"):
+                os.kill(os.getpid(), signal.SIGINT)
+                moved.append("all files")  # still running after the signal
+        assert moved == ["all files"] and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGINT, inherited)
 
 
 def _copy_sample(folder: Path, count: int) -> list[str]:
