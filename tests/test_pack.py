@@ -71,3 +71,22 @@ def test_pack_command_errors_are_one_line(busi_like, tmp_path, capsys):
         assert err.startswith("error: ") and message in err and err.count("\n") == 1
     assert packing.main([str(busi_like), "--out", str(tmp_path / "c"), "--imgsz", "32"]) == 0
     assert "packed 6 training images" in capsys.readouterr().out
+
+
+def test_a_run_on_a_pack_found_by_name_is_scored_on_the_originals(busi_like, tmp_path, monkeypatch, capsys):
+    """The README's way: a pack named after its dataset, found through SIMPLEUNET_DATA, leaves no path in the run;
+    eval elsewhere then finds the dataset by name (here: the originals, with their test split)."""
+    from simpleunet.train.cli import eval_main, train_main
+
+    packing.pack(busi_like, tmp_path / "packs" / "busi", imgsz=32)
+    monkeypatch.setenv("SIMPLEUNET_DATA", str(tmp_path / "packs"))
+    out = tmp_path / "run"
+    assert train_main(["--dataset", "busi", "--out", str(out), "--width", "4", "--imgsz", "32", "--epochs", "1",
+                       "--batch-size", "2", "--val-fraction", "0.34", "--no-progress", "--threads", "1"]) == 0
+    train = json.loads((out / "config.json").read_text())["train"]
+    assert train["data_root"] is None and train["split_used"] == "train.txt"
+    monkeypatch.setenv("SIMPLEUNET_DATA", str(busi_like.parent))  # the machine with the originals
+    assert eval_main([str(out), "--split", "test", "--json", str(tmp_path / "eval.json")]) == 0
+    report = json.loads((tmp_path / "eval.json").read_text())
+    assert report["data"] == str(busi_like) and report["images"] == 2 and "held_out" not in report
+    assert "warning" not in capsys.readouterr().err
