@@ -54,11 +54,14 @@ zoo-train: install
 
 # Ship a finished run: make zoo-publish NAME=simpleunet16-busi (runs/$(NAME) -> train/zoo/$(NAME) with its scores,
 # model card and curve; every zoo model re-exported into the runtime's bundled models; the runtime's parity fixture).
+# RUN= publishes another run folder under NAME, e.g. a fine-tune:
+#   make zoo-publish NAME=simpleunet8-kvasir RUN=runs/simpleunet8-kvasir-qat
+RUN ?= runs/$(NAME)
 zoo-publish: install
 	@test -n "$(NAME)" || { echo "zoo-publish: give NAME=<recipe>, e.g. make zoo-publish NAME=simpleunet16-busi"; exit 2; }
 	rm -rf exports/runs/$(NAME)
-	$(BIN)/simpleunet-export --checkpoint runs/$(NAME) --int8 --name $(NAME) --out exports/runs/$(NAME)
-	$(BIN)/python -m simpleunet.train.zoo runs/$(NAME) --name $(NAME) --exports exports/runs/$(NAME)
+	$(BIN)/simpleunet-export --checkpoint $(RUN) --int8 --name $(NAME) --out exports/runs/$(NAME)
+	$(BIN)/python -m simpleunet.train.zoo $(RUN) --name $(NAME) --exports exports/runs/$(NAME)
 	$(BIN)/python -m simpleunet.export.publish
 	$(BIN)/python tests/make_runtime_fixtures.py --zoo train/zoo/$(NAME)
 

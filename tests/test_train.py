@@ -370,7 +370,7 @@ def test_every_recipe_is_named_after_its_model_and_dataset():
     assert {"simpleunet16-kvasir", "simpleesknet32-n2-kvasir"} <= set(recipe_names())
     for name in recipe_names():
         cfg = load_recipe(name)
-        assert name == f"{cfg.model.name}-{short[cfg.dataset]}", name
+        assert name == f"{cfg.model.name}-{short[cfg.dataset]}" + ("-qat" if cfg.qat else ""), name
 
 
 def test_the_epoch_line_says_when_the_run_ends():

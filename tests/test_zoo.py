@@ -70,16 +70,21 @@ def _train_config_of(argv: list[str], monkeypatch) -> dict:
 @pytest.mark.parametrize("folder", SHIPPED, ids=[p.name for p in SHIPPED])
 def test_reproduce_command_of_a_shipped_recipe_run(folder: Path):
     meta = json.loads((folder / "config.json").read_text())
-    want = f"simpleunet-train --recipe {folder.name} --out runs/{folder.name}"
+    recipe = folder.name + ("-qat" if meta["train"].get("qat") else "")  # a fine-tune has a recipe and run of its own
+    want = f"simpleunet-train --recipe {recipe} --out runs/{recipe}"
     assert reproduce_command(folder.name, meta["train"]) == want  # threads=1 of the shipped runs is not a setting
     assert reproduce_command(folder.name, {**meta["train"], "split_used": "train_880.txt"}) == want  # a record
 
 
-def test_reproduce_command_recreates_a_run_that_is_no_recipe(monkeypatch):
+@pytest.mark.parametrize("run", [
+    TrainConfig(dataset="busi", epochs=50, weight_decay=0.05, eta_min=0.0, patience=20, augment="light",
+                model=ModelConfig(family="simpleesknet", width=12, blocks=2, aff=False, rate=0.25)),
+    TrainConfig(dataset="busi", epochs=7, lr=1e-4, init="runs/mine", qat=True, model=ModelConfig(width=12)),
+], ids=["esknet", "qat-fine-tune"])
+def test_reproduce_command_recreates_a_run_that_is_no_recipe(run, monkeypatch):
     """It used to print only epochs/batch/lr/imgsz/seed/val/augment: a SimpleESKNet BUSI run read as SimpleUNet-16 on
     Kvasir-SEG."""
-    run = TrainConfig(dataset="busi", epochs=50, weight_decay=0.05, eta_min=0.0, patience=20, augment="light",
-                      model=ModelConfig(family="simpleesknet", width=12, blocks=2, aff=False, rate=0.25)).to_dict()
+    run = run.to_dict()
     cmd = reproduce_command("my-run", run)
     assert "#" not in cmd
     got = _train_config_of(shlex.split(cmd)[1:], monkeypatch)

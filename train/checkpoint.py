@@ -121,6 +121,17 @@ def load_model(folder: str | os.PathLike, weights: str = WEIGHTS) -> tuple[nn.Mo
     return model.eval(), meta
 
 
+def init_weights(folder: str | os.PathLike, config: ModelConfig) -> tuple[dict[str, torch.Tensor], str]:
+    """The best weights of the run a fine-tune starts from, and their sha256; its architecture must be ``config``."""
+    init, meta = load_model(folder)
+    theirs, ours = init.config.to_dict(), config.to_dict()
+    differ = [f"{k} {theirs[k]} (this run: {ours[k]})" for k in ours if theirs[k] != ours[k]]
+    if differ:
+        raise CheckpointError(f"--init {folder} has {', '.join(differ)}; start from a checkpoint of the same "
+                              "architecture")
+    return init.state_dict(), sha256(Path(folder) / WEIGHTS)
+
+
 def save_training_state(folder: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
                         state: dict[str, Any], scaler: torch.amp.GradScaler | None = None) -> None:
     """One file with the weights (``model.*``), the optimizer tensors (``optim.*``) and the JSON state, plus the

@@ -75,7 +75,7 @@ def training_overlap(meta: dict, root: Path, split: str | None, layout: str = "a
 
 
 #: What a resumed run may change: how fast and where it runs, not what it learns (data_root is compared apart).
-RESUME_MAY_CHANGE = ("threads", "workers", "data_root", "split_used")
+RESUME_MAY_CHANGE = ("threads", "workers", "data_root", "split_used", "init_sha256")
 
 
 def resumed_config(saved: TrainConfig, asked: TrainConfig, data: str | None, threads: int | None,
@@ -131,6 +131,10 @@ def train_main(argv: list[str] | None = None) -> int:
                       ("val-fraction", float)):
         p.add_argument(f"--{name}", type=typ)
     p.add_argument("--augment", choices=AUGMENTS)
+    p.add_argument("--init", metavar="DIR", help="start from this checkpoint folder's weights (a fine-tune; same "
+                   "architecture)")
+    p.add_argument("--qat", action="store_true", help="quantization-aware fine-tuning through the int8 graph the "
+                   "export writes (simpleunet family; needs --init)")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
 
@@ -148,8 +152,10 @@ def train_main(argv: list[str] | None = None) -> int:
             model_over["aff"] = False
         train_over = {k: getattr(args, k) for k in ("epochs", "batch_size", "lr", "weight_decay", "eta_min", "imgsz",
                                                      "seed", "patience", "threads", "val_fraction", "augment",
-                                                     "dataset")
+                                                     "dataset", "init")
                       if getattr(args, k) is not None}
+        if args.qat:
+            train_over["qat"] = True
         d = cfg.to_dict()
         d["model"].update(model_over)
         d.update(train_over)

@@ -104,6 +104,11 @@ class TrainConfig:
     mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
     model: ModelConfig = field(default_factory=ModelConfig)
+    #: A checkpoint folder whose weights the run starts from (a fine-tune), and their sha256, filled in by training.
+    init: str | None = None
+    init_sha256: str | None = None
+    #: Quantization-aware fine-tuning through the int8 graph (train/qat.py); needs ``init``.
+    qat: bool = False
     #: Which images the run trained on, filled in by training (data.training_samples): a split file's name,
     #: data.OFFICIAL_TRAIN or data.ALL_IMAGES. None: not recorded (runs from before the field).
     split_used: str | None = None
@@ -131,6 +136,11 @@ class TrainConfig:
                               "threshold are chosen on that carve-out of the training images")
         if self.augment not in AUGMENTS:
             raise bad("augment", f"one of {', '.join(AUGMENTS)}")
+        if self.qat and not self.init:
+            raise ConfigError("qat fine-tunes a trained model: give the run to start from with --init <run folder>")
+        if self.qat and self.model.family != "simpleunet":
+            raise ConfigError(f"quantization-aware training supports the simpleunet family, not "
+                              f"{self.model.family}; train it without --qat")
         if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
             raise ConfigError(f"mean and std need 3 values each (RGB), std > 0; got {self.mean} / {self.std}")
 

@@ -20,8 +20,8 @@ from tqdm import tqdm
 from simpleunet_runtime.machine import cpu_model
 from simpleunet_runtime.metrics import SegmentationMeter
 
-from .checkpoint import (CheckpointError, load_training_state, read_training_state, save_model, save_training_state,
-                         write_json, CONFIG, LAST, METRICS)
+from .checkpoint import (CheckpointError, init_weights, load_training_state, read_training_state, save_model,
+                         save_training_state, write_json, CONFIG, LAST, METRICS)
 from .config import ConfigError, TrainConfig
 from .data import (ALL_IMAGES, DataError, InMemorySegmentation, carve_validation, discover, load_arrays, select_split,
                    training_samples)
@@ -133,11 +133,28 @@ def checkpoint_meta(cfg: TrainConfig, threshold: float) -> dict[str, Any]:
             "dataset": cfg.dataset, "train": cfg.to_dict()}
 
 
+def init_record(cfg: TrainConfig) -> dict[str, Any]:
+    """What a fine-tune started from, kept in its metrics.json so its model card tells the whole training: the
+    checkpoint, its weights' sha256 and (when the run folder has them) its epochs, best epoch and history."""
+    record: dict[str, Any] = {"checkpoint": cfg.init, "weights_sha256": cfg.init_sha256}
+    path = Path(str(cfg.init)) / METRICS
+    if path.is_file():
+        try:
+            metrics = json.loads(path.read_text())
+            record.update(epochs=len(metrics["history"]), best=metrics["best"], history=metrics["history"])
+        except (OSError, ValueError, KeyError, TypeError):
+            pass  # the weights are what matter; an unreadable history only leaves the card shorter
+    return record
+
+
 def train(cfg: TrainConfig, root: Path, out: Path, *, resume: bool = False, device: str = "auto",
           layout: str = "auto", progress: bool = True, stop_after_batches: int | None = None) -> dict[str, Any]:
     """Train ``cfg`` on ``root``; writes ``out/{config.json, model.safetensors (best), metrics.json,
-    last.safetensors}`` every epoch. ``stop_after_batches`` simulates a crash (for tests)."""
+    last.safetensors}`` every epoch. ``stop_after_batches`` simulates a crash (for tests). With ``cfg.qat`` the
+    run trains and validates the int8 view of the model (train/qat.py) and saves its fp32 weights."""
     ddp = Distributed.from_env()
+    if cfg.qat and ddp.world > 1:
+        raise ConfigError("quantization-aware fine-tuning runs in one process; start it without torchrun")
     dev = pick_device(device)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -154,6 +171,10 @@ def train(cfg: TrainConfig, root: Path, out: Path, *, resume: bool = False, devi
             if ddp.main:
                 print(f"{out}: already finished ({why}); nothing to train")
             return {"best": saved["best"], "history": saved["history"], "split_used": cfg.split_used}
+    start_from = None
+    if cfg.init and not resume:  # before the data: a wrong --init is reported at once
+        start_from, sha = init_weights(cfg.init, cfg.model)
+        cfg = dataclasses.replace(cfg, init_sha256=sha)
     train_set, val_set, split_used = load_training_data(cfg, root, layout)
     if cfg.split_used not in (None, split_used):
         raise ConfigError(f"the training images changed since this run started: it trained on {cfg.split_used!r}, "
@@ -163,6 +184,18 @@ def train(cfg: TrainConfig, root: Path, out: Path, *, resume: bool = False, devi
         print(f"warning: {root} has no splits/: training on all {len(train_set) + len(val_set)} images, so none of "
               "them is a held-out test set (add splits/train.txt + splits/test.txt to keep one)", file=sys.stderr)
     model = build_model(cfg.model).to(dev, memory_format=MEMORY_FORMAT)
+    init: dict[str, Any] | None = None
+    if start_from is not None:
+        model.load_state_dict(start_from)
+        init = init_record(cfg)
+    runner: nn.Module = model  # what trains and is validated: the model, or its int8 view
+    calib_x = None
+    if cfg.qat:
+        from .qat import FakeQuantSimpleUNet
+
+        runner = FakeQuantSimpleUNet(model)
+        calib_x = next(train_set.batches(32, epoch=0, seed=cfg.seed, shuffle=False, drop_last=False))[0]
+        calib_x = calib_x.to(dev, memory_format=MEMORY_FORMAT)
     decay = [p for n, p in model.named_parameters() if p.ndim > 1]
     no_decay = [p for n, p in model.named_parameters() if p.ndim <= 1]
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
@@ -170,12 +203,12 @@ def train(cfg: TrainConfig, root: Path, out: Path, *, resume: bool = False, devi
     steps_per_epoch = len(train_set) // ddp.world // cfg.batch_size or 1
     history: list[dict[str, Any]] = []
     start_epoch, best = 0, {"val_mDice": -1.0, "epoch": -1, "threshold": 0.5}
-    use_amp = cfg.amp and dev.type == "cuda"
+    use_amp = cfg.amp and dev.type == "cuda" and not cfg.qat  # fake-quant rounding wants fp32
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     if resume:
         state = load_training_state(out, model, optimizer, scaler)
-        start_epoch, best, history = state["epoch"] + 1, state["best"], state["history"]
-    net: nn.Module = model
+        start_epoch, best, history, init = state["epoch"] + 1, state["best"], state["history"], state.get("init")
+    net: nn.Module = runner
     if ddp.world > 1:
         net = nn.parallel.DistributedDataParallel(model, device_ids=[dev.index] if dev.type == "cuda" else None)
     total_steps = cfg.epochs * steps_per_epoch
@@ -188,12 +221,19 @@ def train(cfg: TrainConfig, root: Path, out: Path, *, resume: bool = False, devi
         print(f"{cfg.model.name}: {count_parameters(model):,} parameters, {len(train_set)} train / "
               f"{len(val_set)} val images at {cfg.imgsz}px on {dev}"
               + (f" x{ddp.world} processes" if ddp.world > 1 else "")
-              + (f", resuming at epoch {start_epoch + 1}" if resume else ""))
+              + (f", resuming at epoch {start_epoch + 1}" if resume else "")
+              + (f"; quantization-aware fine-tune of {cfg.init}" if cfg.qat else
+                 f"; starting from {cfg.init}" if cfg.init else ""))
+
+    def calibrate() -> None:
+        if calib_x is not None:
+            runner.calibrate(calib_x)
 
     def _end_of_epoch(epoch: int, losses: list[float], t0: float) -> bool:
         """Validate, keep the best, save the resumable state; True to stop early."""
         nonlocal best
-        prob = predict_probabilities(model, val_set, dev)
+        calibrate()  # the ranges the export would measure on these weights
+        prob = predict_probabilities(runner, val_set, dev)
         val = score(prob, val_set.masks, 0.5)
         row = {"epoch": epoch + 1, "loss": float(np.mean(losses)), "val_mDice": val["mDice"],
                "val_mIoU": val["mIoU"], "lr": lr_at((epoch + 1) * steps_per_epoch),
@@ -205,9 +245,10 @@ def train(cfg: TrainConfig, root: Path, out: Path, *, resume: bool = False, devi
             best = {"val_mDice": val["mDice"], "epoch": epoch + 1, "threshold": threshold, "val_mDice_tuned": tuned}
             save_model(out, model, checkpoint_meta(cfg, threshold))
         stop = bool(cfg.patience) and epoch + 1 - best["epoch"] >= cfg.patience
+        extra = {"init": init} if init else {}
         save_training_state(out, model, optimizer, {"epoch": epoch, "best": best, "history": history,
-                                                    "train": cfg.to_dict(), "stopped_early": stop}, scaler)
-        write_json(out / METRICS, {"best": best, "history": history, "stopped_early": stop})
+                                                    "train": cfg.to_dict(), "stopped_early": stop, **extra}, scaler)
+        write_json(out / METRICS, {"best": best, "history": history, "stopped_early": stop, **extra})
         print(f"epoch {epoch + 1}/{cfg.epochs}  loss {row['loss']:.4f}  val mDice {val['mDice']:.4f}  "
               f"mIoU {val['mIoU']:.4f}  {row['seconds']:.1f}s" + eta(history, cfg.epochs)
               + ("  *best" if improved else ""), flush=True)
@@ -218,6 +259,7 @@ def train(cfg: TrainConfig, root: Path, out: Path, *, resume: bool = False, devi
     batches_done = 0
     for epoch in range(start_epoch, cfg.epochs):
         net.train()
+        calibrate()
         t0 = time.perf_counter()
         losses = []
         it: Iterable = train_set.batches(cfg.batch_size, epoch=epoch, seed=cfg.seed, augment_with=cfg.augment,

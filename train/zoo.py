@@ -24,7 +24,7 @@ from simpleunet_runtime.errors import SimpleUNetError
 from simpleunet_runtime.image import umask
 
 from .checkpoint import CONFIG, METRICS, WEIGHTS, load_model, write_json
-from .cli import checkpoint_data_root, training_overlap
+from .cli import checkpoint_data_root, load_recipe, recipe_names, training_overlap
 from .config import TrainConfig
 from .data import discover, load_arrays, select_split
 from .loop import evaluate, hardware, pick_device, score
@@ -62,7 +62,15 @@ def evaluate_exports(exports: Path, meta: dict[str, Any], root: Path) -> dict[st
     return out
 
 
-def plot_curve(history: list[dict[str, Any]], path: Path, title: str, loss: str = "BCE + Dice") -> bool:
+def full_history(metrics: dict[str, Any]) -> tuple[list[dict[str, Any]], int]:
+    """The whole training of a model: a fine-tune's starting run's epochs, then its own, numbered on; and how many
+    epochs came before the fine-tune (0 for a run from scratch)."""
+    before = (metrics.get("init") or {}).get("history") or []
+    return before + [{**h, "epoch": len(before) + h["epoch"]} for h in metrics["history"]], len(before)
+
+
+def plot_curve(history: list[dict[str, Any]], path: Path, title: str, loss: str = "BCE + Dice",
+               fine_tune_from: int = 0) -> bool:
     try:
         import matplotlib
         matplotlib.use("Agg")
@@ -74,6 +82,8 @@ def plot_curve(history: list[dict[str, Any]], path: Path, title: str, loss: str 
     fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
     ax.plot(epochs, [h["loss"] for h in history], label=f"train loss ({loss})")
     ax.plot(epochs, [h["val_mDice"] for h in history], label="val mDice (carved from train)")
+    if fine_tune_from:
+        ax.axvline(fine_tune_from + 0.5, color="grey", linestyle=":", label="fine-tune starts")
     ax.set_xlabel("epoch")
     ax.set_title(title)
     ax.grid(alpha=0.3)
@@ -89,10 +99,10 @@ FLAGS = {"dataset": "--dataset", "epochs": "--epochs", "batch_size": "--batch-si
          "weight_decay": "--weight-decay", "eta_min": "--eta-min", "imgsz": "--imgsz", "seed": "--seed",
          "patience": "--patience", "val_fraction": "--val-fraction", "augment": "--augment",
          "model.family": "--family", "model.width": "--width", "model.blocks": "--blocks", "model.rate": "--rate",
-         "model.num_classes": "--classes", "model.head": "--head"}
+         "model.num_classes": "--classes", "model.head": "--head", "init": "--init"}
 #: Settings that say where and how fast a run ran, not what it learned, and the record of which images it trained
 #: on (``split_used``, filled in by training): left out of the command.
-MACHINE_LOCAL = ("data_root", "threads", "workers", "split_used")
+MACHINE_LOCAL = ("data_root", "threads", "workers", "split_used", "init_sha256")
 #: What each ``augment`` setting does (data.augment).
 AUGMENT_TEXT = {"none": "none", "light": "flips, 90° turns",
                 "strong": "flips, 90° turns, affine ±45°/0.75–1.25×/±10 %, light colour jitter"}
@@ -111,7 +121,6 @@ def _settings(cfg: TrainConfig) -> dict[str, Any]:
 def reproduce_command(name: str, train: dict[str, Any]) -> str:
     """The ``simpleunet-train`` line that re-creates this run's config: the nearest recipe (or the defaults) plus a
     flag for every setting that differs, so a run that is no named recipe is not printed as one."""
-    from .cli import load_recipe, recipe_names
 
     want = _settings(TrainConfig.from_dict(train))
     bases = sorted([(r, _settings(load_recipe(r))) for r in recipe_names()], key=lambda b: b[0] != name)
@@ -119,9 +128,12 @@ def reproduce_command(name: str, train: dict[str, Any]) -> str:
                        key=lambda b: sum(want[k] != b[1][k] for k in want))
     diff = [k for k in want if want[k] != base[k]]
     flags = [f"{FLAGS[k]} {want[k]}" for k in diff if k in FLAGS]
-    flags += ["--no-aff"] if "model.aff" in diff and not want["model.aff"] else []
-    unflagged = [f"{k}={want[k]}" for k in diff if k not in FLAGS and not (k == "model.aff" and not want[k])]
-    cmd = " ".join(["simpleunet-train"] + ([f"--recipe {recipe}"] if recipe else []) + flags + [f"--out runs/{name}"])
+    switches = {"model.aff": (False, "--no-aff"), "qat": (True, "--qat")}  # on/off flags: the value they set
+    flags += [switches[k][1] for k in diff if k in switches and want[k] == switches[k][0]]
+    unflagged = [f"{k}={want[k]}" for k in diff if k not in FLAGS and not (k in switches and want[k] == switches[k][0])]
+    # a fine-tune's recipe names its own run folder: runs/<name> may be the run it starts from
+    out = recipe if recipe and want.get("init") else name
+    cmd = " ".join(["simpleunet-train"] + ([f"--recipe {recipe}"] if recipe else []) + flags + [f"--out runs/{out}"])
     return cmd + (f"  # and in a recipe .json: {', '.join(unflagged)}" if unflagged else "")
 
 
@@ -145,7 +157,18 @@ def write_card(folder: Path, name: str, meta: dict[str, Any], metrics: dict[str,
     for fname, s in metrics.get("exports", {}).items():
         rows.append(f"| {fname} | {s['mDice']:.4f} | {s['mIoU']:.4f} | {s['pooled_dice']:.4f} |")
     hist = metrics["history"]
-    trained_on = training_hardware(hist, train.get("amp", False))
+    whole, _ = full_history(metrics)
+    trained_on = training_hardware(whole, train.get("amp", False))
+    init = metrics.get("init") or {}
+    start = ""
+    if train.get("init"):
+        what = "quantization-aware fine-tune (train/qat.py: through the int8 graph's rounding, BatchNorm frozen)" \
+            if train.get("qat") else "fine-tune"
+        first = (f", {init['epochs']} epochs, best epoch {init['best']['epoch']}" if init.get("best") else "")
+        recipe = Path(train["init"]).name
+        how = (f" (`simpleunet-train --recipe {recipe} --out {train['init']}`)" if recipe in recipe_names() else "")
+        start = (f"A {what} of `{train['init']}`{how} (weights sha256 {str(train.get('init_sha256'))[:12]}…{first}); "
+                 "the curve shows both. ")
     card = f"""# {name}
 
 {m['family']} width {m['width']}, {m['blocks']} block(s), R = {m['rate']}, AFF {'on' if m['aff'] else 'off'},
@@ -159,7 +182,7 @@ def write_card(folder: Path, name: str, meta: dict[str, Any], metrics: dict[str,
 the official val_120; BUSI: the 156-image stratified test split). Images and masks resized to {train['imgsz']} px.
 
 ## Recipe
-`{reproduce_command(name, train)}`: {train['epochs']} epochs planned, {len(hist)} trained, batch {train['batch_size']},
+{start}`{reproduce_command(name, train)}`: {train['epochs']} epochs planned, {len(hist)} trained, batch {train['batch_size']},
 AdamW lr {train['lr']} (wd {train['weight_decay']}), per-step cosine to {train['eta_min']}, {loss_name(meta)},
 augmentation `{train['augment']}` ({AUGMENT_TEXT.get(train['augment'], train['augment'])}), seed
 {train['seed']}. Best epoch {metrics['best']['epoch']} (val mDice {metrics['best']['val_mDice']:.4f}); threshold
@@ -189,7 +212,6 @@ def paper_column(dataset: str) -> str:
 
 def readme_table(zoo: Path = ZOO) -> str:
     """The README's results table, one row per shipped model, every number read from its metrics.json."""
-    from .cli import load_recipe, recipe_names
 
     def pair(s: dict[str, float] | None) -> str:
         return f"{s['mDice']:.4f} / {s['mIoU']:.4f}" if s else "—"
@@ -202,9 +224,13 @@ def readme_table(zoo: Path = ZOO) -> str:
         exports = metrics.get("exports", {})
         own = {kind: next((s for f, s in exports.items() if f.endswith(kind)), None)
                for kind in ("-int8.onnx", "-int8.tflite")}
-        planned = load_recipe(folder.name).epochs if folder.name in recipe_names() else meta["train"]["epochs"]
         trained = len(metrics["history"])
-        epochs = f"{trained}" if trained == planned else f"{trained} of {planned}"
+        init = metrics.get("init") or {}
+        if init.get("epochs"):  # a fine-tune: the epochs it started from, then its own
+            epochs = f"{init['epochs']} + {trained}" + (" QAT" if meta["train"].get("qat") else "")
+        else:
+            planned = load_recipe(folder.name).epochs if folder.name in recipe_names() else meta["train"]["epochs"]
+            epochs = f"{trained}" if trained == planned else f"{trained} of {planned}"
         rows.append(f"| [{folder.name}](train/zoo/{folder.name}/MODEL_CARD.md) | {metrics['parameters']:,} | "
                     f"{DATASET_NAMES.get(meta['dataset'], meta['dataset'])} | {epochs} | {pair(metrics['test'])} | "
                     f"{pair(own['-int8.onnx'])} | {pair(own['-int8.tflite'])} | {paper_column(meta['dataset'])} |")
@@ -223,7 +249,8 @@ def publish(run: Path, name: str, exports: Path | None = None, data: str | None 
     if not (run / METRICS).is_file():
         raise SimpleUNetError(f"{run / METRICS} is missing: publish a run folder written by simpleunet-train")
     history = json.loads((run / METRICS).read_text())
-    metrics = {"best": history["best"], "history": history["history"], "parameters": count_parameters(model),
+    metrics = {"best": history["best"], "history": history["history"],
+               **({"init": history["init"]} if history.get("init") else {}), "parameters": count_parameters(model),
                "hardware": hardware(pick_device("auto")), "test": evaluate(model, meta, root, "test")}
     if exports:
         metrics["exports"] = evaluate_exports(exports, meta, root)
@@ -234,7 +261,8 @@ def publish(run: Path, name: str, exports: Path | None = None, data: str | None 
         for f in (CONFIG, WEIGHTS):
             shutil.copy2(run / f, staging / f)
         write_json(staging / METRICS, metrics)
-        plot_curve(metrics["history"], staging / "curve.png", name, loss_name(meta))
+        whole, before = full_history(metrics)
+        plot_curve(whole, staging / "curve.png", name, loss_name(meta), before)
         write_card(staging, name, meta, metrics)
         staging.chmod(0o777 & ~umask())  # mkdtemp makes 0700; the zoo is for everyone to read
         for f in staging.iterdir():

@@ -1,0 +1,130 @@
+"""Quantization-aware fine-tuning (``simpleunet-train --qat --init RUN``): train through a fake-quantized view of
+the int8 graph that ``export/quantize.py`` writes, so the weights learn to survive int8 rounding.
+
+The view mirrors the QOperator graph of a SimpleUNet: BatchNorm folded into each conv with its running statistics
+(frozen while fine-tuning, as the export folds them), the AFF scales folded into the conv after each concat
+(``export.onnx_export.fold_aff``), weights int8 symmetric per output channel in [-127, 127], and uint8 per-tensor
+activations with MinMax ranges at the places the int8 graph requantizes: the model input, every conv-BN-ReLU
+output, each upsampled tensor, each concat and the logits (max pooling keeps its input's scale). The ranges are
+measured on a fixed batch of training images (``calibrate``) and held between calibrations; gradients pass the
+rounding straight through (torch's fake-quant ops). The fp32 weights stay the checkpoint: the exporter quantizes
+them as it quantizes any run's.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import ConfigError
+from .model import SimpleUNet, SingleConv
+
+
+class ActivationRange(nn.Module):
+    """A uint8 per-tensor fake-quantizer whose range is MinMax over what it saw while ``observing``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("low", torch.tensor(0.0))
+        self.register_buffer("high", torch.tensor(0.0))
+        self.observing = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.observing:
+            self.low = torch.minimum(self.low, x.detach().min())
+            self.high = torch.maximum(self.high, x.detach().max())
+            return x
+        low, high = float(self.low), float(self.high)  # the range always holds 0, as onnxruntime's does
+        scale = max((high - low) / 255, 1e-8)
+        return torch.fake_quantize_per_tensor_affine(x, scale, int(round(-low / scale)), 0, 255)
+
+
+def folded_conv(conv: nn.Conv2d, bn: nn.BatchNorm2d, x: torch.Tensor, in_scale: torch.Tensor | None = None,
+                quantize: bool = True) -> torch.Tensor:
+    """conv -> BN (running statistics) as one conv, its weights int8 per-channel fake-quantized unless not
+    ``quantize``; ``in_scale`` multiplies the weights' input channels (the AFF fold)."""
+    gain = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+    weight = conv.weight * gain.view(-1, 1, 1, 1)
+    if in_scale is not None:
+        weight = weight * in_scale.view(1, -1, 1, 1)
+    bias = bn.bias - bn.running_mean * gain
+    if not quantize:
+        return F.conv2d(x, weight, bias, conv.stride, conv.padding, conv.dilation)
+    scale = (weight.detach().abs().amax(dim=(1, 2, 3)) / 127).clamp_min(1e-12)
+    zero = torch.zeros(scale.shape, dtype=torch.int32, device=scale.device)
+    weight = torch.fake_quantize_per_channel_affine(weight, scale, zero, 0, -127, 127)
+    return F.conv2d(x, weight, bias, conv.stride, conv.padding, conv.dilation)
+
+
+class FakeQuantSimpleUNet(nn.Module):
+    """The int8 view of a ``SimpleUNet``; its parameters are the wrapped model's (training this trains that)."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        if not isinstance(model, SimpleUNet):
+            raise ConfigError(f"quantization-aware training supports the simpleunet family, not "
+                              f"{type(model).__name__}; train it without --qat")
+        self.model = model
+        blocks = [b for b in model.modules() if isinstance(b, SingleConv)]
+        self._index = {id(b): i for i, b in enumerate(blocks)}
+        self.block_out = nn.ModuleList(ActivationRange() for _ in blocks)
+        self.image = ActivationRange()
+        self.upsampled = nn.ModuleList(ActivationRange() for _ in model.decoder)
+        self.concat = nn.ModuleList(ActivationRange() for _ in model.decoder)
+        self.logits = ActivationRange()
+        self._float = False  # while calibrating: the fp32 graph, which is what the export calibrates
+
+    def train(self, mode: bool = True) -> "FakeQuantSimpleUNet":
+        """BatchNorm stays in eval mode: its running statistics are folded into the convs, as the export does."""
+        super().train(mode)
+        for bn in self.model.modules():
+            if isinstance(bn, nn.BatchNorm2d):
+                bn.eval()
+        return self
+
+    @torch.no_grad()
+    def calibrate(self, x: torch.Tensor) -> None:
+        """Set every activation range to MinMax over ``x`` (normalized NCHW images) in the fp32 graph, as the
+        export calibrates."""
+        ranges = [r for r in self.modules() if isinstance(r, ActivationRange)]
+        for r in ranges:
+            r.low.fill_(0.0)
+            r.high.fill_(0.0)
+            r.observing = True
+        self._float = True
+        try:
+            self.forward(x)
+        finally:
+            self._float = False
+            for r in ranges:
+                r.observing = False
+
+    def _conv(self, conv: nn.Conv2d, bn: nn.BatchNorm2d, x: torch.Tensor,
+              in_scale: torch.Tensor | None = None) -> torch.Tensor:
+        return folded_conv(conv, bn, x, in_scale, quantize=not self._float)
+
+    def _block(self, block: nn.Sequential, x: torch.Tensor, in_scale: torch.Tensor | None = None) -> torch.Tensor:
+        return self.block_out[self._index[id(block)]](F.relu(self._conv(block[0], block[1], x, in_scale)))
+
+    def _stack(self, stack: nn.Sequential, x: torch.Tensor, in_scale: torch.Tensor | None = None) -> torch.Tensor:
+        for i, block in enumerate(stack):
+            x = self._block(block, x, in_scale if i == 0 else None)
+        return x
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        m = self.model
+        x = self.image(x)
+        skips = []
+        for level, enc in enumerate(m.encoder):
+            if level:
+                x = F.max_pool2d(x, 2)
+            x = self._stack(enc, x)
+            if level < m.levels - 1:
+                skips.append(self._block(m.select[level], x))
+        x = self._stack(m.bottleneck, x)
+        for step, dec in enumerate(m.decoder):
+            up = self.upsampled[step](F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=True))
+            cat = self.concat[step](torch.cat([skips[m.levels - 2 - step], up], dim=1))
+            x = self._stack(dec, cat, torch.cat([m.alpha[step].reshape(-1), m.beta[step].reshape(-1)]))
+        logits = self._conv(m.head[0], m.head[1], x)
+        return self.logits(F.relu(logits) if len(m.head) > 2 else logits)  # the 'paper' head ends in a ReLU
