@@ -164,11 +164,12 @@ def write_card(folder: Path, name: str, meta: dict[str, Any], metrics: dict[str,
     if train.get("init"):
         what = "quantization-aware fine-tune (train/qat.py: through the int8 graph's rounding, BatchNorm frozen)" \
             if train.get("qat") else "fine-tune"
-        first = (f", {init['epochs']} epochs, best epoch {init['best']['epoch']}" if init.get("best") else "")
+        about = [f"{init['epochs']} epochs, best epoch {init['best']['epoch']}"] if init.get("best") else []
+        about.append(f"weights sha256 {str(train.get('init_sha256'))[:12]}…")
         recipe = Path(train["init"]).name
-        how = (f" (`simpleunet-train --recipe {recipe} --out {train['init']}`)" if recipe in recipe_names() else "")
-        start = (f"A {what} of `{train['init']}`{how} (weights sha256 {str(train.get('init_sha256'))[:12]}…{first}); "
-                 "the curve shows both. ")
+        if recipe in recipe_names():
+            about.append(f"trained by `simpleunet-train --recipe {recipe} --out {train['init']}`")
+        start = f"A {what} of `{train['init']}` ({'; '.join(about)}); the curve shows both. "
     card = f"""# {name}
 
 {m['family']} width {m['width']}, {m['blocks']} block(s), R = {m['rate']}, AFF {'on' if m['aff'] else 'off'},
@@ -185,7 +186,7 @@ the official val_120; BUSI: the 156-image stratified test split). Images and mas
 {start}`{reproduce_command(name, train)}`: {train['epochs']} epochs planned, {len(hist)} trained, batch {train['batch_size']},
 AdamW lr {train['lr']} (wd {train['weight_decay']}), per-step cosine to {train['eta_min']}, {loss_name(meta)},
 augmentation `{train['augment']}` ({AUGMENT_TEXT.get(train['augment'], train['augment'])}), seed
-{train['seed']}. Best epoch {metrics['best']['epoch']} (val mDice {metrics['best']['val_mDice']:.4f}); threshold
+{train['seed']}. Best epoch {metrics['best']['epoch']} (val mDice {metrics['best']['val_mDice']:.4f}{' of the int8 view' if train.get('qat') else ''}); threshold
 {meta['preprocess']['threshold']}. Trained on: {trained_on}. Test scores computed on (the publishing machine):
 {metrics['hardware']}.
 
