@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -36,3 +37,15 @@ def kvasir() -> Path:
 @pytest.fixture(scope="session")
 def busi() -> Path:
     return _dataset("busi")
+
+
+@pytest.fixture(scope="session")
+def tiny_data(kvasir, tmp_path_factory) -> Path:
+    """16 real Kvasir-SEG training pairs in the plain images/ + masks/ layout (read-only for the tests)."""
+    root = tmp_path_factory.mktemp("tiny")
+    (root / "images").mkdir()
+    (root / "masks").mkdir()
+    for i in (kvasir / "splits" / "train_880.txt").read_text().split()[:16]:
+        shutil.copy(kvasir / "images" / f"{i}.jpg", root / "images")
+        shutil.copy(kvasir / "masks" / f"{i}.jpg", root / "masks")
+    return root

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -25,18 +24,6 @@ from simpleunet.train.qat import ActivationRange, FakeQuantSimpleUNet
 from simpleunet.train.zoo import ZOO, readme_table, write_card
 from simpleunet_runtime.image import normalize
 from simpleunet_runtime.zoo import sha256
-
-
-@pytest.fixture(scope="module")
-def tiny_data(kvasir, tmp_path_factory) -> Path:
-    """16 real Kvasir-SEG pairs in the plain images/ + masks/ layout."""
-    root = tmp_path_factory.mktemp("tiny-qat")
-    (root / "images").mkdir()
-    (root / "masks").mkdir()
-    for i in (kvasir / "splits" / "train_880.txt").read_text().split()[:16]:
-        shutil.copy(kvasir / "images" / f"{i}.jpg", root / "images")
-        shutil.copy(kvasir / "masks" / f"{i}.jpg", root / "masks")
-    return root
 
 
 @pytest.fixture(scope="module")

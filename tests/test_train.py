@@ -25,18 +25,6 @@ TINY = dict(dataset="tiny", imgsz=32, epochs=3, batch_size=4, val_fraction=0.25,
             model=ModelConfig(width=4))
 
 
-@pytest.fixture(scope="module")
-def tiny_data(kvasir, tmp_path_factory) -> Path:
-    """16 real Kvasir-SEG pairs in the plain images/ + masks/ layout."""
-    root = tmp_path_factory.mktemp("tiny")
-    (root / "images").mkdir()
-    (root / "masks").mkdir()
-    for i in (kvasir / "splits" / "train_880.txt").read_text().split()[:16]:
-        shutil.copy(kvasir / "images" / f"{i}.jpg", root / "images")
-        shutil.copy(kvasir / "masks" / f"{i}.jpg", root / "masks")
-    return root
-
-
 def test_resume_after_crash_matches_uninterrupted(tiny_data, tmp_path):
     cfg = TrainConfig(**TINY)
     train(cfg, tiny_data, tmp_path / "full", progress=False)

@@ -547,7 +547,8 @@ def _need_matplotlib():
 
 def plot(rows: list[dict[str, Any]], path: str | os.PathLike, title: str = "") -> Path:
     """Size–Dice and latency–Dice Pareto fronts (one point per model file; latency at the fewest threads),
-    with the published peers on the size panel (their parameters x 4 bytes, Dice on their own dataset)."""
+    with the published peers on the size panel (their parameters x 4 bytes, Dice on their own dataset). With
+    several models only the points on the front are named: thirty labels on top of each other name nothing."""
     plt = _need_matplotlib()
     from matplotlib import ticker
 
@@ -564,17 +565,18 @@ def plot(rows: list[dict[str, Any]], path: str | os.PathLike, title: str = "") -
     panels = ((axes[0], "file_bytes", "model size (bytes, log)"),
               (axes[1], "p50_ms", "latency p50 (ms per image, fewest threads, log)"))
     for ax, key, xlabel in panels:
+        front = _pareto([((r[key] if key != "file_bytes" else r["file_bytes"] or 0), r["mDice"]) for r in pts
+                         if (r[key] if key != "file_bytes" else r["file_bytes"])])
         for r in pts:
             x = r[key] if key != "file_bytes" else (r["file_bytes"] or (r["parameters"] or 0) * 4)
             if not x:
                 continue
             ax.scatter(x, r["mDice"], marker=marker.get(r["format"], "o"),
                        color="tab:red" if r["precision"] == "int8" else "tab:blue", zorder=3)
-            label = f"{r['format']} {r['precision']}" if one_model else f"{r['model']} {r['format']} {r['precision']}"
-            ax.annotate(label, (x, r["mDice"]), fontsize=6,
-                        xytext=(3, 3), textcoords="offset points")
-        front = _pareto([((r[key] if key != "file_bytes" else r["file_bytes"] or 0), r["mDice"]) for r in pts
-                         if (r[key] if key != "file_bytes" else r["file_bytes"])])
+            crowded = any(fx != x and max(fx, x) < 1.1 * min(fx, x) and 0 < fy - r["mDice"] < 0.01 for fx, fy in front)
+            if one_model or ((x, r["mDice"]) in front and not crowded):  # of a cluster on the front, name the best
+                label = " ".join(([] if one_model else [r["model"]]) + [r["format"], r["precision"]])
+                ax.annotate(label, (x, r["mDice"]), fontsize=6, xytext=(3, 3), textcoords="offset points")
         if len(front) > 1:
             ax.step(*zip(*front), where="post", color="grey", lw=1, ls="--", label="Pareto front (measured)")
         ax.set_xscale("log")
