@@ -93,7 +93,7 @@ def test_a_qat_run_resumes_to_the_same_weights(tiny_data, init_run, tmp_path):
     with pytest.raises(KeyboardInterrupt):  # dies in epoch 2 (3 batches per epoch)
         train(cfg, tiny_data, tmp_path / "crash", progress=False, stop_after_batches=4)
     train(cfg, tiny_data, tmp_path / "crash", resume=True, progress=False)
-    a, b = load_file(str(tmp_path / "full" / "last.safetensors")), load_file(str(tmp_path / "crash" / "last.safetensors"))
+    a, b = (load_file(str(tmp_path / run / "last.safetensors")) for run in ("full", "crash"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert json.loads((tmp_path / "crash" / "metrics.json").read_text())["init"]["epochs"] == 2
 

@@ -121,7 +121,6 @@ def _settings(cfg: TrainConfig) -> dict[str, Any]:
 def reproduce_command(name: str, train: dict[str, Any]) -> str:
     """The ``simpleunet-train`` line that re-creates this run's config: the nearest recipe (or the defaults) plus a
     flag for every setting that differs, so a run that is no named recipe is not printed as one."""
-
     want = _settings(TrainConfig.from_dict(train))
     bases = sorted([(r, _settings(load_recipe(r))) for r in recipe_names()], key=lambda b: b[0] != name)
     recipe, base = min(bases + [(None, _settings(TrainConfig()))],
@@ -160,7 +159,7 @@ def write_card(folder: Path, name: str, meta: dict[str, Any], metrics: dict[str,
     whole, _ = full_history(metrics)
     trained_on = training_hardware(whole, train.get("amp", False))
     init = metrics.get("init") or {}
-    start = ""
+    start, view = "", " of the int8 view" if train.get("qat") else ""
     if train.get("init"):
         what = "quantization-aware fine-tune (train/qat.py: through the int8 graph's rounding, BatchNorm frozen)" \
             if train.get("qat") else "fine-tune"
@@ -186,7 +185,7 @@ the official val_120; BUSI: the 156-image stratified test split). Images and mas
 {start}`{reproduce_command(name, train)}`: {train['epochs']} epochs planned, {len(hist)} trained, batch {train['batch_size']},
 AdamW lr {train['lr']} (wd {train['weight_decay']}), per-step cosine to {train['eta_min']}, {loss_name(meta)},
 augmentation `{train['augment']}` ({AUGMENT_TEXT.get(train['augment'], train['augment'])}), seed
-{train['seed']}. Best epoch {metrics['best']['epoch']} (val mDice {metrics['best']['val_mDice']:.4f}{' of the int8 view' if train.get('qat') else ''}); threshold
+{train['seed']}. Best epoch {metrics['best']['epoch']} (val mDice {metrics['best']['val_mDice']:.4f}{view}); threshold
 {meta['preprocess']['threshold']}. Trained on: {trained_on}. Test scores computed on (the publishing machine):
 {metrics['hardware']}.
 
