@@ -257,9 +257,9 @@ def train(cfg: TrainConfig, root: Path, out: Path, *, resume: bool = False, devi
         return stop
 
     batches_done = 0
+    calibrate()  # once here: each epoch's validation re-measures the ranges the next epoch trains with
     for epoch in range(start_epoch, cfg.epochs):
         net.train()
-        calibrate()
         t0 = time.perf_counter()
         losses = []
         it: Iterable = train_set.batches(cfg.batch_size, epoch=epoch, seed=cfg.seed, augment_with=cfg.augment,

@@ -16,7 +16,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import ConfigError
 from .model import SimpleUNet, SingleConv
 
 
@@ -61,9 +60,8 @@ class FakeQuantSimpleUNet(nn.Module):
 
     def __init__(self, model: nn.Module):
         super().__init__()
-        if not isinstance(model, SimpleUNet):
-            raise ConfigError(f"quantization-aware training supports the simpleunet family, not "
-                              f"{type(model).__name__}; train it without --qat")
+        if not isinstance(model, SimpleUNet):  # TrainConfig refuses --qat for the other families first
+            raise TypeError(f"FakeQuantSimpleUNet wraps a SimpleUNet, not {type(model).__name__}")
         self.model = model
         blocks = [b for b in model.modules() if isinstance(b, SingleConv)]
         self._index = {id(b): i for i, b in enumerate(blocks)}
