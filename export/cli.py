@@ -11,7 +11,7 @@ import sys
 
 from simpleunet_runtime.errors import SimpleUNetError
 
-from .pipeline import FORMATS, INT8_ONNX
+from .pipeline import FORMATS, INT8_ONNX, INT8_WEIGHTS
 
 EXAMPLES = """examples:
   simpleunet-export --width 16 --int8                      # shipped weights, bundled calibration images
@@ -83,6 +83,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
     p.add_argument("--int8-onnx", choices=INT8_ONNX, default="qoperator",
                    help="int8 ONNX layout (default qoperator: smallest; qdq for hardware execution providers)")
+    p.add_argument("--int8-weights", choices=INT8_WEIGHTS, default="int7",
+                   help="int8 ONNX weight grid, both exact on every CPU (x86 AVX2 without VNNI included): int7 "
+                        "(default: onnxruntime's reduce_range, weights in [-64, 64]) or pair-safe (per-channel "
+                        "scales such that no two same-sign weights of a channel pass 128 together)")
     p.add_argument("--min-agreement", type=_fraction, default=0.98,
                    help="fail if an int8 file's mask Dice vs fp32 is below this (default 0.98)")
     p.add_argument("--max-delta", type=_tolerance, default=1e-4,
@@ -101,7 +105,8 @@ def main(argv: list[str] | None = None) -> int:
         export_model(args.checkpoint, family=args.family, width=args.width, blocks=args.blocks, imgsz=args.imgsz,
                      int8=args.int8, formats=parse_formats(args.formats), calib_data=args.calib_data,
                      calib_size=args.calib_size, val_data=args.val_data, val_size=args.val_size, out=args.out,
-                     opset=args.opset, int8_onnx=args.int8_onnx, min_agreement=args.min_agreement,
+                     opset=args.opset, int8_onnx=args.int8_onnx, int8_weights=args.int8_weights,
+                     min_agreement=args.min_agreement,
                      max_delta=args.max_delta, ort_rewrites=args.ort_rewrites, name=args.name)
     except SimpleUNetError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -24,6 +24,7 @@ import numpy as np
 
 from simpleunet_runtime.errors import SimpleUNetError
 from simpleunet_runtime.image import normalize
+from simpleunet_runtime.machine import cpu_model, int8_kernels
 from simpleunet_runtime.metadata import ModelMetadata
 from simpleunet_runtime.sample import SAMPLE_DATASET
 
@@ -33,6 +34,8 @@ from .images import ImageSet, calibration_set, own_dataset, verification_set
 
 FORMATS = ("onnx", "tflite")
 INT8_ONNX = ("qoperator", "qdq", "both")
+#: int8 ONNX weight grids the exporter writes (``quantize.WEIGHTS``): both are int16-safe on AVX2 without VNNI.
+INT8_WEIGHTS = ("int7", "pair-safe")
 OPSETS = range(13, 21)  # per-channel DequantizeLinear needs 13; the legacy exporter stops at 20
 
 
@@ -87,7 +90,8 @@ def _num(v, fmt: str) -> str:
 
 def _fmt_check(key: str, value: Any) -> str:
     names = {"max_abs_delta_vs_pytorch": "max |Δ| vs PyTorch {:.1e}", "dice_vs_fp32": "Dice vs fp32 {:.4f}",
-             "dice_vs_gt": "Dice vs GT {:.4f}"}
+             "dice_vs_gt": "Dice vs GT {:.4f}", "avx2_int16_safe": "int16-safe on AVX2 {}",
+             "largest_weight_pair": "largest weight pair {} <= 128", "checked_on": "checked on {}"}
     return names[key].format(value) if key in names else f"{key} {value}"
 
 
@@ -229,6 +233,8 @@ class _Run:
     min_agreement: float
     say: Callable[[str], None]
     report: list[Step] = field(default_factory=list)
+    cpu: str = ""  # onnxruntime's int8 kernel family here (machine.int8_kernels), named in every int8 verdict
+    saturates: bool = False  # this CPU sums int8 product pairs in saturating int16
     entries: list[dict[str, Any]] = field(default_factory=list)
     staged: dict[str, Path] = field(default_factory=dict)
 
@@ -251,8 +257,10 @@ class _Run:
             extra["check_data"] = self.val.dataset
         return self.base.replace(precision=precision, input_layout=layout, extra=extra)
 
-    def checks(self, label: str, precision: str, prob: np.ndarray, t: float) -> dict[str, Any]:
-        """fp32: max |Δ| vs PyTorch <= max_delta; int8: mask Dice vs PyTorch fp32 >= min_agreement."""
+    def checks(self, label: str, precision: str, prob: np.ndarray, t: float, file: Path | None = None,
+               verdict=None) -> dict[str, Any]:
+        """fp32: max |Δ| vs PyTorch <= max_delta; int8: mask Dice vs PyTorch fp32 >= min_agreement (``file`` and
+        the int8 ONNX file's saturation ``verdict`` name the cause when it fails)."""
         from .verify import agreement, dice_vs_truth, foreground, max_abs_delta
 
         mask = foreground(prob, self.threshold)
@@ -265,8 +273,9 @@ class _Run:
             return {"max_abs_delta_vs_pytorch": delta, "dice_vs_gt": truth}
         agree = agreement(mask, foreground(self.reference, self.threshold))
         if not agree >= self.min_agreement:
-            self.fail(label, time.perf_counter() - t, f"int8 mask agrees with fp32 at Dice {agree:.4f} < "
-                                                      f"--min-agreement {self.min_agreement} {n}")
+            self.fail(label, time.perf_counter() - t, f"{file.name}: int8 mask agrees with fp32 at Dice {agree:.4f} < "
+                                                      f"--min-agreement {self.min_agreement} {n} on this CPU "
+                                                      f"({self.cpu}); {_likely_cause(verdict, self.saturates)}")
         return {"dice_vs_fp32": agree, "dice_vs_gt": truth}
 
     def keep(self, key: str, label: str, path: Path, t: float, checks: dict, message: str = "",
@@ -317,8 +326,19 @@ def _rewrites_note(applied: dict[str, int]) -> str:
     return f"; onnxruntime rewrites: {', '.join(done)}" if done else ""
 
 
-def _onnx_int8(run: _Run, fp32: Path, kinds: list[str], mean, std, rewrites: bool) -> None:
+def _likely_cause(verdict, saturates: bool) -> str:
+    """The likely cause of a failed int8 agreement check and what to try, for its one-line error."""
+    if verdict is not None and not verdict.safe and saturates:
+        return ("likely cause: int16 saturation of full-range int8 weights on this CPU's AVX2 kernels; export with "
+                "--int8-weights int7 (the default) or pair-safe")
+    return ("likely cause: quantization error of this model's weights or activations; try --calib-size 128, "
+            "quantization-aware fine-tuning (simpleunet-train --init RUN --qat), or the TFLite int8 file")
+
+
+def _onnx_int8(run: _Run, fp32: Path, kinds: list[str], mean, std, rewrites: bool, weights: str) -> None:
     import onnx
+
+    from simpleunet_runtime.saturation import check_onnx
 
     from .metadata import set_onnx_metadata
     from .quantize import int8_weight_bytes, quantize_onnx
@@ -329,15 +349,23 @@ def _onnx_int8(run: _Run, fp32: Path, kinds: list[str], mean, std, rewrites: boo
         t = time.perf_counter()
         label = f"ONNX int8 {kind}"
         applied: dict[str, int] = {}
-        proto, sizes = quantize_onnx(fp32, xcal, kind, rewrites=rewrites, applied=applied)
+        proto, sizes = quantize_onnx(fp32, xcal, kind, rewrites=rewrites, applied=applied, weights=weights)
         suffix = "" if i == 0 else f"-{kind}"
         path = run.staging / f"{run.name}-int8{suffix}.onnx"
-        onnx.save(set_onnx_metadata(proto, run.metadata("int8", "NCHW", f"onnx-{kind}")), str(path))
+        verdict = check_onnx(proto.SerializeToString())  # from the graph alone: the same on every machine
+        if not verdict.safe:
+            run.fail(label, time.perf_counter() - t, f"{path.name}: {verdict.summary()}: it would lose masks on "
+                     f"x86 CPUs without VNNI; export with --int8-weights int7 (the default) or pair-safe")
+        meta = run.metadata("int8", "NCHW", f"onnx-{kind}")
+        meta = meta.replace(extra={**meta.extra, "int8_weights": weights, "avx2_int16_safe": verdict.safe})
+        onnx.save(set_onnx_metadata(proto, meta), str(path))
         sizes["+ simpleunet metadata"] = path.stat().st_size
-        checks = run.checks(label, "int8", onnx_probabilities(path, run.xval), t)
+        checks = run.checks(label, "int8", onnx_probabilities(path, run.xval), t, path, verdict)
+        checks.update(avx2_int16_safe=verdict.safe, largest_weight_pair=verdict.peak, checked_on=run.cpu)
         run.keep(f"onnx-int8{suffix}", label, path, t, checks, _rewrites_note(applied).lstrip("; "),
-                 format="onnx", precision="int8", layout="NCHW", quant_format=kind, parameters=run.base.parameters,
-                 int8_weight_bytes=int8_weight_bytes(proto), size_steps=sizes, rewrites=applied)
+                 format="onnx", precision="int8", layout="NCHW", quant_format=kind, int8_weights=weights,
+                 parameters=run.base.parameters, int8_weight_bytes=int8_weight_bytes(proto), size_steps=sizes,
+                 rewrites=applied)
 
 
 def _tflite(run: _Run, fp32: Path, int8: bool, mean, std) -> None:
@@ -353,7 +381,7 @@ def _tflite(run: _Run, fp32: Path, int8: bool, mean, std) -> None:
     results = convert(fp32, outputs, calib, mean, std, metas)
     for p in precisions:
         label = "TFLite" if p == "fp32" else "TFLite int8"
-        checks = run.checks(label, p, tflite_probabilities(outputs[p], run.xval), t)
+        checks = run.checks(label, p, tflite_probabilities(outputs[p], run.xval), t, outputs[p])
         run.keep(f"tflite-{p}", label, outputs[p], t, checks,
                  "onnx2tf: fp32 and int8 from one conversion" if p == "fp32" and int8 else "",
                  format="tflite", precision=p, layout="NHWC", io="int8" if p == "int8" else "float32",
@@ -385,7 +413,8 @@ def export_model(checkpoint: str | os.PathLike | None = None, *, family: str | N
                  width: int | None = None, blocks: int | None = None, imgsz: int | None = None, int8: bool = True,
                  formats: str | Iterable[str] = FORMATS, calib_data: str | os.PathLike | None = None,
                  calib_size: int | None = 32, out: str | os.PathLike | None = None, opset: int = 17,
-                 int8_onnx: str = "qoperator", min_agreement: float = 0.98, max_delta: float = 1e-4,
+                 int8_onnx: str = "qoperator", int8_weights: str = "int7", min_agreement: float = 0.98,
+                 max_delta: float = 1e-4,
                  val_data: str | os.PathLike | None = None, val_size: int | None = None, name: str | None = None,
                  fold_aff: bool = True, ort_rewrites: bool = True, require_own_data: bool = False,
                  log: Callable[[str], None] | None = print) -> ExportResult:
@@ -413,6 +442,9 @@ def export_model(checkpoint: str | os.PathLike | None = None, *, family: str | N
     formats = parse_formats(formats)
     if int8_onnx not in INT8_ONNX:
         raise ExportError(f"unknown int8 ONNX format {int8_onnx!r}; choose one of {', '.join(INT8_ONNX)}")
+    if int8_weights not in INT8_WEIGHTS:
+        raise ExportError(f"unknown --int8-weights {int8_weights!r}; choose one of {', '.join(INT8_WEIGHTS)} (each "
+                          "keeps the int8 ONNX exact on x86 CPUs without VNNI; see export/README.md)")
     if opset not in OPSETS:
         raise ExportError(f"--opset must be between {OPSETS.start} and {OPSETS.stop - 1}, got {opset}")
     if imgsz is not None:
@@ -481,14 +513,15 @@ def export_model(checkpoint: str | os.PathLike | None = None, *, family: str | N
                          threshold=threshold, aff=cfg.aff, parameters=params, weights_sha256=weights_sha,
                          dataset=str(meta.get("dataset", "")), name=name, toolkit_version=_version(),
                          extra={"head": cfg.head, "opset": opset, "macs": count_macs(model, (imgsz, imgsz))})
+    cpu, saturates = int8_kernels()
     run = _Run(name, out, _staging(out), model, base, val, calib, xval, reference, threshold, max_delta,
-               min_agreement, say, report)
+               min_agreement, say, report, cpu=cpu, saturates=saturates)
     written = "nothing was written to"
     try:
         fp32 = _onnx_fp32(run, imgsz, opset, fold_aff, keep="onnx" in formats, rewrites=ort_rewrites)
         if int8 and "onnx" in formats:
             _onnx_int8(run, fp32, ["qoperator", "qdq"] if int8_onnx == "both" else [int8_onnx], mean, std,
-                       ort_rewrites)
+                       ort_rewrites, int8_weights)
         if "tflite" in formats:
             _tflite(run, fp32, int8, mean, std)
         t = time.perf_counter()
@@ -503,6 +536,7 @@ def export_model(checkpoint: str | os.PathLike | None = None, *, family: str | N
                           "held_out": val.held_out, "names": val.names, "pytorch_dice_vs_gt": pytorch_gt},
             warnings=notes,
             thresholds={"max_abs_delta": max_delta, "min_agreement": min_agreement}, aff_folded=fold_aff,
+            int8_weights=int8_weights if int8 else None, checked_on={"int8_kernels": cpu, "cpu": cpu_model()},
             onnxruntime_rewrites=ort_rewrites)
         staged_manifest = manifest_mod.write(run.staging / manifest_mod.MANIFEST, man)
         written = "the new files may be partly moved into"
@@ -511,7 +545,8 @@ def export_model(checkpoint: str | os.PathLike | None = None, *, family: str | N
             manifest = out / manifest_mod.MANIFEST
             run.done(Step("Manifest", True, time.perf_counter() - t, manifest, manifest.stat().st_size))
             shutil.rmtree(run.staging, ignore_errors=True)
-            return _finish(ExportResult(files, manifest, report, time.perf_counter() - start), out, say)
+            result = ExportResult(files, manifest, report, time.perf_counter() - start)
+            return _finish(result, out, say, xval if log is not None else None)
     except SimpleUNetError as exc:
         if report[-1].ok:  # a tool failed (a failed check has printed its own line)
             say(Step("Export", False, time.perf_counter() - start, message=f"{exc}; {written} {out}").line())
@@ -520,13 +555,43 @@ def export_model(checkpoint: str | os.PathLike | None = None, *, family: str | N
         shutil.rmtree(run.staging, ignore_errors=True)
 
 
-def _finish(result: ExportResult, out: Path, say: Callable[[str], None]) -> ExportResult:
-    """The closing report: the table, where the files are and the next commands."""
+def _speeds(files: dict[str, Path], x: np.ndarray, runs: int = 20) -> dict[Path, float]:
+    """Median ms per image of each file through the runtime's backends (1 thread, one check image): the export
+    recommends the fastest correct file for the CPU at hand (int8 is not always faster for these tiny nets)."""
+    from simpleunet_runtime.backends import open_backend
+
+    out = {}
+    for path in files.values():
+        try:
+            backend = open_backend(path, threads=1)
+            for _ in range(3):
+                backend.run(x[:1])
+            times = []
+            for _ in range(runs):
+                t = time.perf_counter()
+                backend.run(x[:1])
+                times.append(time.perf_counter() - t)
+            out[path] = 1e3 * float(np.median(times))
+        except SimpleUNetError:
+            continue  # no TFLite runtime here, say: that file is simply not timed
+    return out
+
+
+def _finish(result: ExportResult, out: Path, say: Callable[[str], None],
+            xval: np.ndarray | None = None) -> ExportResult:
+    """The closing report: the table, where the files are, which file is fastest here, and the next commands."""
     files = result.files
     say("\n" + result.table())
     say(f"\nExport complete ({result.seconds:.1f}s)")
     say(f"Results saved to {out.resolve()}")
-    main = files.get("onnx-int8") or files.get("tflite-int8") or next(iter(files.values()))
+    speeds = _speeds(files, xval) if xval is not None else {}
+    main = min(speeds, key=speeds.get) if speeds else \
+        files.get("onnx-int8") or files.get("tflite-int8") or next(iter(files.values()))
+    if speeds:
+        cpu = int8_kernels()[0]
+        say(f"Speed on this CPU ({cpu_model()}, {cpu}; 1 thread, median ms per image): "
+            + ", ".join(f"{p.name} {ms:.1f}" for p, ms in sorted(speeds.items(), key=lambda kv: kv[1]))
+            + f". Every file passed its checks, so the fastest is the one to use here: {main.name}")
     say(f"Next:   simpleunet-infer IMAGE --model {main} --out masks/")
     say(f"        simpleunet-bench --models {' '.join(str(p) for p in files.values())}")
     return result

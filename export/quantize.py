@@ -34,6 +34,10 @@ FORMATS = ("qoperator", "qdq")
 CALIBRATIONS = {"minmax": ("MinMax", {}), "percentile-99.999": ("Percentile", {"CalibPercentile": 99.999}),
                 "percentile-99.9999": ("Percentile", {"CalibPercentile": 99.9999})}
 FLOAT_OPS = {"qoperator": {"Sigmoid", "Softmax", "Resize"}, "qdq": {"Sigmoid", "Softmax"}}
+#: Weight grids: name -> (onnxruntime weight type, reduce_range, pair-safe scales). int7 (the default) and
+#: pair-safe are exact on every CPU (``simpleunet_runtime.saturation``); full-range int8 saturates on x86 CPUs
+#: without VNNI and is kept for comparisons only (``benchmarks/int8_cpus.py``); the exporter refuses it.
+WEIGHTS = {"int7": ("QInt8", True, False), "pair-safe": ("QInt8", False, True), "int8": ("QInt8", False, False)}
 
 
 class _Reader:
@@ -79,8 +83,39 @@ def _unshare(graph: onnx.GraphProto) -> None:
             seen.add(name)
 
 
+def pair_safe_scales(weight: np.ndarray) -> np.ndarray:
+    """Per-output-channel scales for symmetric int8 weights such that no two same-sign quantized weights of a
+    channel sum above ``PAIR_LIMIT`` in magnitude (see ``simpleunet_runtime.saturation``)."""
+    from simpleunet_runtime.saturation import PAIR_LIMIT, pair_peaks
+
+    w = weight.reshape(weight.shape[0], -1).astype(np.float64)
+    scales = []
+    for row in w:
+        pos, neg = np.sort(row[row > 0])[::-1], np.sort(-row[row < 0])[::-1]
+        pair = max(pos[:2].sum(), neg[:2].sum())
+        s = max(np.abs(row).max() / 127, pair / PAIR_LIMIT, np.finfo(np.float32).tiny)
+        s = np.float32(s)
+        while pair_peaks(np.clip(np.round(row / s), -127, 127)[None]).max() > PAIR_LIMIT:
+            s = np.nextafter(s, np.float32(np.inf), dtype=np.float32) * np.float32(1.0001)
+        scales.append(float(s))
+    return np.asarray(scales)
+
+
+def _pair_safe_overrides(proto: onnx.ModelProto) -> dict:
+    """onnxruntime ``TensorQuantOverrides`` giving every Conv weight its pair-safe per-channel scales."""
+    inits = {t.name: t for t in proto.graph.initializer}
+    out = {}
+    for node in proto.graph.node:
+        if node.op_type == "Conv" and len(node.input) > 1 and node.input[1] in inits:
+            w = numpy_helper.to_array(inits[node.input[1]])
+            out[node.input[1]] = [{"axis": 0, "scale": np.float32(s), "zero_point": np.int8(0)}
+                                  for s in pair_safe_scales(w)]
+    return out
+
+
 def quantize_onnx(fp32_path: Path, calib: np.ndarray, fmt: str = "qoperator", rewrites: bool = True,
-                  applied: dict | None = None, calibration: str = "minmax") -> tuple[onnx.ModelProto, dict]:
+                  applied: dict | None = None, calibration: str = "minmax", weights: str = "int7",
+                  float_convs: tuple[int, ...] = ()) -> tuple[onnx.ModelProto, dict]:
     """Quantize the file ``fp32_path`` (the plain fp32 graph, before ``rewrites.FP32``); ``calib`` is normalized
     NCHW float32 calibration data. ``rewrites``: apply ``rewrites.INT8`` to a QOperator graph (faster in
     onnxruntime, see rewrites.py); ``applied``, if given, receives {rewrite: places changed}. Returns the checked,
@@ -93,7 +128,10 @@ def quantize_onnx(fp32_path: Path, calib: np.ndarray, fmt: str = "qoperator", re
         raise ExportError(f"unknown int8 ONNX format {fmt!r}; choose one of {', '.join(FORMATS)}")
     if calibration not in CALIBRATIONS:
         raise ExportError(f"unknown calibration {calibration!r}; choose one of {', '.join(CALIBRATIONS)}")
+    if weights not in WEIGHTS:
+        raise ExportError(f"unknown int8 weights {weights!r}; choose one of {', '.join(WEIGHTS)}")
     method, extra = CALIBRATIONS[calibration]
+    wtype, reduce_range, pair_safe = WEIGHTS[weights]
     if len(calib) == 0:
         raise ExportError("no calibration images: int8 quantization needs real images (--calib-data)")
     ops = sorted({n.op_type for n in onnx.load(str(fp32_path)).graph.node} - FLOAT_OPS[fmt])
@@ -104,11 +142,17 @@ def quantize_onnx(fp32_path: Path, calib: np.ndarray, fmt: str = "qoperator", re
             prepared = onnx.load(str(pre))
             _unshare(prepared.graph)  # after quant_pre_process, whose optimizer shares identical constants again
             onnx.save(prepared, str(pre))
+            overrides = {"TensorQuantOverrides": _pair_safe_overrides(prepared)} if pair_safe else {}
+            convs = [n.name for n in prepared.graph.node if n.op_type == "Conv"]
+            exclude = [convs[i] for i in float_convs]
             quantize_static(str(pre), str(raw), _Reader(calib.astype(np.float32), INPUT_NAME),
                             quant_format=QuantFormat.QDQ if fmt == "qdq" else QuantFormat.QOperator,
-                            op_types_to_quantize=ops, per_channel=True, activation_type=QuantType.QUInt8,
-                            weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod[method],
-                            extra_options={"WeightSymmetric": True, "ActivationSymmetric": False, **extra})
+                            op_types_to_quantize=ops, per_channel=True, reduce_range=reduce_range,
+                            nodes_to_exclude=exclude,
+                            activation_type=QuantType.QUInt8, weight_type=QuantType[wtype],
+                            calibrate_method=CalibrationMethod[method],
+                            extra_options={"WeightSymmetric": True, "ActivationSymmetric": False,
+                                           **overrides, **extra})
         except Exception as exc:  # noqa: BLE001 - a tool failure becomes one line
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
             raise ExportError(f"onnxruntime quantization ({fmt}) failed: {type(exc).__name__}: {first}") from None

@@ -645,3 +645,78 @@ def test_max_delta_is_checked_up_front(capsys, tiny_ckpt):
         assert "argument --max-delta: expected a positive number" in capsys.readouterr().err
     with pytest.raises(SimpleUNetError, match="--max-delta must be a positive number, got nan"):
         export_model(tiny_ckpt, max_delta=float("nan"), log=None)
+
+
+# ---- int8 that is right on every CPU (simpleunet_runtime.saturation) -------------------------------------------
+
+def test_exported_int8_onnx_is_proven_int16_safe(exported):
+    """The export records the machine-independent verdict in the manifest and in the file's metadata."""
+    from simpleunet_runtime.saturation import PAIR_LIMIT, check_onnx
+
+    path = exported["files"]["onnx-int8"]
+    verdict = check_onnx(path)
+    assert verdict.safe and verdict.ops >= 14 and verdict.peak <= PAIR_LIMIT
+    checks = {r["file"]: r for r in exported["manifest"]["files"]}[path.name]["checks"]
+    assert checks["avx2_int16_safe"] is True and checks["largest_weight_pair"] == verdict.peak
+    assert checks["checked_on"] == exported["manifest"]["checked_on"]["int8_kernels"]
+    assert exported["manifest"]["int8_weights"] == "int7"
+    from simpleunet.export.metadata import read_onnx_metadata
+
+    extra = read_onnx_metadata(path).extra
+    assert extra["int8_weights"] == "int7" and extra["avx2_int16_safe"] is True
+
+
+@pytest.mark.parametrize("weights, safe", [("int7", True), ("pair-safe", True), ("int8", False)])
+def test_weight_grids_and_the_proof(tmp_path, weights, safe):
+    """Full-range int8 (the files bundled before 2026-12-03) fails the proof on any machine; int7 and pair-safe
+    pass it, pair-safe with per-channel scales no coarser than int7's."""
+    from onnx import numpy_helper
+
+    from simpleunet.export.quantize import quantize_onnx
+    from simpleunet_runtime.saturation import PAIR_LIMIT, check_onnx, pair_peaks
+
+    model, meta = load_model(FIXTURE)
+    proto, _ = export_onnx(model, 64, 1)
+    fp32 = tmp_path / "fp32.onnx"
+    onnx.save(proto, str(fp32))
+    x = normalize(calibration_set(None, 64, 16).images, meta["preprocess"]["mean"], meta["preprocess"]["std"])
+    q, _ = quantize_onnx(fp32, x, weights=weights, rewrites=False)
+    assert check_onnx(q.SerializeToString()).safe is safe
+    inits = {t.name: numpy_helper.to_array(t) for t in q.graph.initializer}
+    peaks = [int(pair_peaks(inits[n.input[3]]).max()) for n in q.graph.node if n.op_type == "QLinearConv"]
+    assert (max(peaks) <= PAIR_LIMIT) is safe
+    if weights == "pair-safe":
+        assert max(int(np.abs(inits[n.input[3]].astype(int)).max()) for n in q.graph.node
+                   if n.op_type == "QLinearConv") > 64  # finer than int7 where the filter allows it
+
+
+def test_export_refuses_an_int8_file_that_would_saturate(tmp_path, tiny_ckpt, monkeypatch):
+    """Should a quantizer ever write full-range weights, the export stops with one line naming file, cause and fix,
+    on this machine whatever its CPU, and writes nothing."""
+    from simpleunet.export import quantize
+
+    monkeypatch.setitem(quantize.WEIGHTS, "int7", quantize.WEIGHTS["int8"])
+    out = tmp_path / "out"
+    with pytest.raises(SimpleUNetError, match=r"simpleunet16-int8.onnx: not int16-safe on AVX2.*--int8-weights int7 "
+                                              r".*nothing was written") as exc:
+        export_model(tiny_ckpt, formats="onnx", int8=True, out=out, val_size=2, log=None)
+    assert "\n" not in str(exc.value) and not out.exists()
+
+
+def test_failed_agreement_names_file_cpu_cause_and_fix(tmp_path, tiny_ckpt):
+    with pytest.raises(SimpleUNetError) as exc:
+        export_model(tiny_ckpt, formats="onnx", int8=True, out=tmp_path / "out", val_size=2, min_agreement=1.0,
+                     log=None)
+    msg = str(exc.value)
+    assert "simpleunet16-int8.onnx: int8 mask agrees with fp32 at Dice" in msg or "agrees with fp32 at Dice 1" in msg
+    if "< --min-agreement" in msg:
+        assert "on this CPU (x86" in msg or "on this CPU (ARM" in msg
+        assert "likely cause:" in msg and "nothing was written" in msg and "\n" not in msg
+
+
+def test_int8_weights_flag_offers_only_safe_grids(capsys, tiny_ckpt):
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["--checkpoint", str(tiny_ckpt), "--int8", "--int8-weights", "int8"])
+    assert exc.value.code == 2 and "invalid choice: 'int8'" in capsys.readouterr().err
+    with pytest.raises(SimpleUNetError, match="unknown --int8-weights 'int8'"):
+        export_model(tiny_ckpt, int8_weights="int8", log=None)

@@ -135,6 +135,9 @@ def train_main(argv: list[str] | None = None) -> int:
                    "architecture)")
     p.add_argument("--qat", action="store_true", help="quantization-aware fine-tuning through the int8 graph the "
                    "export writes (simpleunet family; needs --init)")
+    p.add_argument("--qat-weights", choices=("int7", "pair-safe", "int8"), help="the int8 weight grid --qat trains "
+                   "through (default int7, the exporter's default; int8 is the full-range grid of files before "
+                   "2026-12-03, which is not exact on x86 CPUs without VNNI)")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
 
@@ -152,7 +155,7 @@ def train_main(argv: list[str] | None = None) -> int:
             model_over["aff"] = False
         train_over = {k: getattr(args, k) for k in ("epochs", "batch_size", "lr", "weight_decay", "eta_min", "imgsz",
                                                      "seed", "patience", "threads", "val_fraction", "augment",
-                                                     "dataset", "init")
+                                                     "dataset", "init", "qat_weights")
                       if getattr(args, k) is not None}
         if args.qat:
             train_over["qat"] = True

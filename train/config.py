@@ -109,6 +109,9 @@ class TrainConfig:
     init_sha256: str | None = None
     #: Quantization-aware fine-tuning through the int8 graph (train/qat.py); needs ``init``.
     qat: bool = False
+    #: The int8 weight grid QAT trains through (train/qat.GRIDS): the exporter's default, int7. A config written
+    #: before the field (QAT runs before 2026-12-03) trained through full-range int8 and reads as "int8".
+    qat_weights: str = "int7"
     #: Which images the run trained on, filled in by training (data.training_samples): a split file's name,
     #: data.OFFICIAL_TRAIN or data.ALL_IMAGES. None: not recorded (runs from before the field).
     split_used: str | None = None
@@ -138,6 +141,8 @@ class TrainConfig:
             raise bad("augment", f"one of {', '.join(AUGMENTS)}")
         if self.qat and not self.init:
             raise ConfigError("qat fine-tunes a trained model: give the run to start from with --init <run folder>")
+        if self.qat_weights not in ("int7", "pair-safe", "int8"):
+            raise bad("qat_weights", "one of int7, pair-safe, int8")
         if self.qat and self.model.family != "simpleunet":
             raise ConfigError(f"quantization-aware training supports the simpleunet family, not "
                               f"{self.model.family}; train it without --qat")
@@ -170,6 +175,8 @@ class TrainConfig:
             raise ConfigError(f"unknown training config keys: {', '.join(unknown)}")
         if "model" in data and isinstance(data["model"], dict):
             data["model"] = ModelConfig.from_dict(data["model"])
+        if data.get("qat") and "qat_weights" not in data:
+            data["qat_weights"] = "int8"  # recorded before the field: those runs trained through full-range int8
         try:
             for k in ("mean", "std"):
                 if k in data:

@@ -193,7 +193,7 @@ def train(cfg: TrainConfig, root: Path, out: Path, *, resume: bool = False, devi
     if cfg.qat:
         from .qat import FakeQuantSimpleUNet
 
-        runner = FakeQuantSimpleUNet(model)
+        runner = FakeQuantSimpleUNet(model, cfg.qat_weights)
         calib_x = next(train_set.batches(32, epoch=0, seed=cfg.seed, shuffle=False, drop_last=False))[0]
         calib_x = calib_x.to(dev, memory_format=MEMORY_FORMAT)
     decay = [p for n, p in model.named_parameters() if p.ndim > 1]

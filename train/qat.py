@@ -3,7 +3,10 @@ the int8 graph that ``export/quantize.py`` writes, so the weights learn to survi
 
 The view mirrors the QOperator graph of a SimpleUNet: BatchNorm folded into each conv with its running statistics
 (frozen while fine-tuning, as the export folds them), the AFF scales folded into the conv after each concat
-(``export.onnx_export.fold_aff``), weights int8 symmetric per output channel in [-127, 127], and uint8 per-tensor
+(``export.onnx_export.fold_aff``), weights int8 symmetric per output channel on the exporter's grid (``GRIDS``:
+int7, onnxruntime's reduce_range, [-64, 64], the exporter's default; pair-safe; or the full-range int8 that files
+before 2026-12-03 used, which is not exact on AVX2 without VNNI, see ``simpleunet_runtime.saturation``), and uint8
+per-tensor
 activations with MinMax ranges at the places the int8 graph requantizes: the model input, every conv-BN-ReLU
 output, each upsampled tensor, each concat and the logits (max pooling keeps its input's scale). The ranges are
 measured on a fixed batch of training images (``calibrate``) and held between calibrations; gradients pass the
@@ -38,9 +41,34 @@ class ActivationRange(nn.Module):
         return torch.fake_quantize_per_tensor_affine(x, scale, int(round(-low / scale)), 0, 255)
 
 
+#: Weight grids of ``export.quantize.WEIGHTS`` the view can train through.
+GRIDS = ("int7", "pair-safe", "int8")
+
+
+def weight_grid(weight: torch.Tensor, grid: str) -> tuple[torch.Tensor, int]:
+    """(per-output-channel scale, largest |q|) of the exporter's weight grid ``grid`` for ``weight``."""
+    if grid == "pair-safe":
+        return pair_safe_scale(weight), 127
+    limit = {"int7": 64, "int8": 127}[grid]
+    return (weight.detach().flatten(1).abs().amax(dim=1) / limit).clamp_min(1e-12), limit
+
+
+def pair_safe_scale(weight: torch.Tensor) -> torch.Tensor:
+    """Per-output-channel scales of ``export.quantize.pair_safe_scales``: the larger of max|w| / 127 and the two
+    largest same-sign magnitudes' sum / 128 (the exporter then nudges a scale up by float32 steps where rounding
+    would still cross 128; that is below the resolution this view trains at)."""
+    from simpleunet_runtime.saturation import PAIR_LIMIT
+
+    w = weight.detach().flatten(1)
+    k = min(2, w.shape[1])
+    pos = w.clamp_min(0).topk(k, dim=1).values.sum(1)
+    neg = (-w).clamp_min(0).topk(k, dim=1).values.sum(1)
+    return torch.maximum(w.abs().amax(dim=1) / 127, torch.maximum(pos, neg) / PAIR_LIMIT).clamp_min(1e-12)
+
+
 def folded_conv(conv: nn.Conv2d, bn: nn.BatchNorm2d, x: torch.Tensor, in_scale: torch.Tensor | None = None,
-                quantize: bool = True) -> torch.Tensor:
-    """conv -> BN (running statistics) as one conv, its weights int8 per-channel fake-quantized unless not
+                quantize: bool = True, grid: str = "int7") -> torch.Tensor:
+    """conv -> BN (running statistics) as one conv, its weights per-channel fake-quantized on ``grid`` unless not
     ``quantize``; ``in_scale`` multiplies the weights' input channels (the AFF fold)."""
     gain = bn.weight / torch.sqrt(bn.running_var + bn.eps)
     weight = conv.weight * gain.view(-1, 1, 1, 1)
@@ -49,20 +77,22 @@ def folded_conv(conv: nn.Conv2d, bn: nn.BatchNorm2d, x: torch.Tensor, in_scale: 
     bias = bn.bias - bn.running_mean * gain
     if not quantize:
         return F.conv2d(x, weight, bias, conv.stride, conv.padding, conv.dilation)
-    scale = (weight.detach().abs().amax(dim=(1, 2, 3)) / 127).clamp_min(1e-12)
+    scale, limit = weight_grid(weight, grid)
     zero = torch.zeros(scale.shape, dtype=torch.int32, device=scale.device)
-    weight = torch.fake_quantize_per_channel_affine(weight, scale, zero, 0, -127, 127)
+    weight = torch.fake_quantize_per_channel_affine(weight, scale, zero, 0, -limit, limit)
     return F.conv2d(x, weight, bias, conv.stride, conv.padding, conv.dilation)
 
 
 class FakeQuantSimpleUNet(nn.Module):
     """The int8 view of a ``SimpleUNet``; its parameters are the wrapped model's (training this trains that)."""
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, grid: str = "int7"):
         super().__init__()
         if not isinstance(model, SimpleUNet):  # TrainConfig refuses --qat for the other families first
             raise TypeError(f"FakeQuantSimpleUNet wraps a SimpleUNet, not {type(model).__name__}")
-        self.model = model
+        if grid not in GRIDS:
+            raise ValueError(f"unknown weight grid {grid!r}; choose one of {', '.join(GRIDS)}")
+        self.model, self.grid = model, grid
         blocks = [b for b in model.modules() if isinstance(b, SingleConv)]
         self._index = {id(b): i for i, b in enumerate(blocks)}
         self.block_out = nn.ModuleList(ActivationRange() for _ in blocks)
@@ -99,7 +129,7 @@ class FakeQuantSimpleUNet(nn.Module):
 
     def _conv(self, conv: nn.Conv2d, bn: nn.BatchNorm2d, x: torch.Tensor,
               in_scale: torch.Tensor | None = None) -> torch.Tensor:
-        return folded_conv(conv, bn, x, in_scale, quantize=not self._float)
+        return folded_conv(conv, bn, x, in_scale, quantize=not self._float, grid=self.grid)
 
     def _block(self, block: nn.Sequential, x: torch.Tensor, in_scale: torch.Tensor | None = None) -> torch.Tensor:
         return self.block_out[self._index[id(block)]](F.relu(self._conv(block[0], block[1], x, in_scale)))

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import numbers
 import os
+import warnings
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
-from .errors import SimpleUNetError
+from .errors import SimpleUNetError, SimpleUNetWarning
 from .metadata import METADATA_KEY
 from .tflite_file import is_tflite, read_metadata, verify
 
@@ -87,6 +88,25 @@ class Backend:
         return y.transpose(0, 3, 1, 2) if self.layout == "NHWC" else y
 
 
+def warn_if_saturating(path: Path) -> None:
+    """On a CPU whose int8 kernels sum product pairs in saturating int16 (x86 without VNNI), warn once per load
+    when an int8 ONNX file is not proven safe from it (``saturation``): it runs, but its masks may be wrong."""
+    from .machine import int8_kernels
+    from .saturation import check_onnx
+
+    cpu, saturates = int8_kernels()
+    if not saturates:
+        return
+    try:
+        verdict = check_onnx(path)
+    except SimpleUNetError:
+        return  # onnxruntime loaded it; our reader is stricter: no verdict, no warning
+    if not verdict.safe:
+        warnings.warn(f"{path.name} may give wrong masks on this CPU ({cpu}): {verdict.summary()}; use its fp32 "
+                      "or TFLite file, or re-export it with simpleunet-export (int7 weights, exact on every CPU)",
+                      SimpleUNetWarning, stacklevel=4)
+
+
 class OnnxBackend(Backend):
     name = "onnxruntime"
     native_layout = "NCHW"
@@ -120,6 +140,7 @@ class OnnxBackend(Backend):
         self.input_dtype = self._DTYPES.get(inp.type)
         if self.input_dtype is None:
             raise SimpleUNetError(f"{path} takes {inp.type} input; SimpleUNet models take float")
+        warn_if_saturating(path)
 
     def metadata_json(self) -> str | None:
         return self.session.get_modelmeta().custom_metadata_map.get(METADATA_KEY)

@@ -54,13 +54,15 @@ PEERS = (
 #: Every output column, in order (JSON/CSV keep them all; the printed table shows ``TABLE``).
 COLUMNS = ("model", "format", "precision", "backend", "threads", "file_bytes", "parameters",
            "imgsz", "batch", "runs", "p50_ms", "p90_ms", "min_ms", "max_ms", "images_per_s", "peak_rss_mb",
-           "model_rss_mb", "images", "mDice", "mIoU", "pooled_dice", "delta_dice", "macs", "gmacs_per_s",
+           "model_rss_mb", "images", "mDice", "mIoU", "pooled_dice", "delta_dice", "agreement_vs_fp32", "macs",
+           "gmacs_per_s",
            "pct_peak", "path", "status")
 TABLE = (("model", "model"), ("format", "format"), ("precision", "prec"), ("backend", "backend"),
          ("threads", "thr"), ("file_bytes", "file KB"), ("parameters", "params"),
          ("p50_ms", "p50 ms"), ("p90_ms", "p90 ms"), ("min_ms", "min ms"), ("max_ms", "max ms"),
          ("images_per_s", "img/s"), ("peak_rss_mb", "peak RSS MB (+model)"), ("mDice", "mDice"), ("mIoU", "mIoU"),
-         ("pooled_dice", "pooled Dice"), ("delta_dice", "ΔmDice vs fp32"), ("gmacs_per_s", "GMAC/s"),
+         ("pooled_dice", "pooled Dice"), ("delta_dice", "ΔmDice vs fp32"), ("agreement_vs_fp32", "Dice vs fp32"),
+         ("gmacs_per_s", "GMAC/s"),
          ("pct_peak", "% peak"), ("status", "status"))
 
 
@@ -327,14 +329,31 @@ def _rss_mb(field_name: str = "VmHWM") -> float | None:
         return None
 
 
-def score(runner: Any, data: BenchData) -> dict[str, float]:
+#: An int8 row whose masks agree with its fp32 file's below this (pooled Dice, the exporter's --min-agreement
+#: default) is ``degraded``, not ``ok``.
+MIN_AGREEMENT = 0.98
+
+
+def score(runner: Any, data: BenchData) -> dict[str, Any]:
     """mDice/mIoU/pooled Dice of the foreground decision at each image's original size against the truth: the
-    same ``foreground_probability > threshold`` rule as training and ``simpleunet-eval`` (also for C > 1)."""
+    same ``foreground_probability > threshold`` rule as training and ``simpleunet-eval`` (also for C > 1).
+    ``_masks`` (dropped before output) are kept to compare an int8 file with its fp32 file."""
     meter = SegmentationMeter()
+    masks = []
     for img, truth in zip(data.images, data.masks or []):
-        meter.update(np.asarray(runner.predict_proba(img)) > runner.metadata.threshold, truth)
+        masks.append(np.asarray(runner.predict_proba(img)) > runner.metadata.threshold)
+        meter.update(masks[-1], truth)
     s = meter.summary()
-    return {"images": s["images"], "mDice": s["mDice"], "mIoU": s["mIoU"], "pooled_dice": s["pooled_dice"]}
+    return {"images": s["images"], "mDice": s["mDice"], "mIoU": s["mIoU"], "pooled_dice": s["pooled_dice"],
+            "_masks": masks}
+
+
+def _agreement(masks: list[np.ndarray], reference: list[np.ndarray]) -> float:
+    """Pooled Dice of two lists of masks (the exporter's int8 check)."""
+    meter = SegmentationMeter()
+    for m, r in zip(masks, reference):
+        meter.update(m, r)
+    return meter.summary()["pooled_dice"]
 
 
 @dataclass
@@ -389,7 +408,7 @@ def measure(job: Job, threads: int, data: BenchData, s: Settings, dice: dict[str
         else:
             if id(job) not in dice:
                 dice[id(job)] = score(runner, data)
-            row.update(dice[id(job)])
+            row.update(dice[id(job)])  # with "_masks", dropped after add_derived
         row["status"] = status
         del runner
     except SimpleUNetError as exc:
@@ -411,9 +430,20 @@ def add_derived(rows: list[dict[str, Any]], peaks: dict[str, Any] | None) -> Non
         for r in rows:
             if r["precision"] == "fp32" and r["format"] == fmt and r["mDice"] is not None:
                 refs.setdefault(r["_key"], r["mDice"])
+    masks: dict[tuple[str, str], list] = {}  # (weights key, format) -> the fp32 file's masks
+    for r in rows:
+        if r["precision"] == "fp32" and r.get("_masks") is not None:
+            masks.setdefault((r["_key"], r["format"]), r["_masks"])
     for r in rows:
         if r["mDice"] is not None and r["_key"] in refs:
             r["delta_dice"] = r["mDice"] - refs[r["_key"]]
+        ref = masks.get((r["_key"], r["format"])) or next(
+            (m for (k, _), m in masks.items() if k == r["_key"]), None)
+        if r["precision"] == "int8" and r.get("_masks") is not None and ref is not None:
+            r["agreement_vs_fp32"] = _agreement(r["_masks"], ref)
+            if r["agreement_vs_fp32"] < MIN_AGREEMENT and str(r["status"]).startswith("ok"):
+                r["status"] = (f"degraded: int8 masks agree with fp32 at Dice {r['agreement_vs_fp32']:.4f} < "
+                               f"{MIN_AGREEMENT} on this CPU ({machine.int8_kernels()[0]})")
         if r["macs"] and r["p50_ms"]:
             r["gmacs_per_s"] = r["macs"] / (r["p50_ms"] / 1000.0) / 1e9
             peak = (peaks or {}).get("int8" if r["precision"] == "int8" else "fp32")
@@ -451,6 +481,7 @@ def run_bench(jobs: list[Job], data: BenchData, settings: Settings, peaks: dict[
                              PRECISION_ORDER.get(r["precision"], 9), r["backend"] or "", r["threads"] or 0))
     for r in rows:
         r.pop("_key", None)
+        r.pop("_masks", None)
     return rows
 
 

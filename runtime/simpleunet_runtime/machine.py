@@ -74,6 +74,24 @@ def isa_features(info: dict[str, str] | None = None) -> list[str]:
     return [f for f in ISA_FLAGS if f in flags]
 
 
+def int8_kernels(isa: list[str] | None = None, arch: str | None = None) -> tuple[str, bool]:
+    """(name, saturates) of onnxruntime's int8 (U8S8) kernel family on this CPU: ``saturates`` is True where
+    pairs of uint8 x int8 products are summed in saturating int16 (x86 without VNNI), see ``saturation``."""
+    isa = isa_features() if isa is None else isa
+    arch = (arch or platform.machine()).lower()
+    if arch in ("aarch64", "arm64") or arch.startswith("arm"):
+        return ("ARM dot product" if "asimddp" in isa else "ARM NEON"), False
+    if "amx_int8" in isa:
+        return "x86 AMX", False
+    if "avx512_vnni" in isa:
+        return "x86 AVX-512 VNNI", False
+    if "avx_vnni" in isa:
+        return "x86 AVX-VNNI", False
+    if arch in ("x86_64", "amd64", "i386", "i686", "x86"):
+        return ("x86 AVX2 without VNNI" if "avx2" in isa else "x86 without AVX2 or VNNI"), True
+    return f"{arch or 'unknown'} CPU", False
+
+
 def usable_cores() -> int:
     try:
         return len(os.sched_getaffinity(0))
@@ -128,6 +146,7 @@ def machine_info() -> dict[str, Any]:
         "cores": os.cpu_count() or 1,
         "usable_cores": usable_cores(),
         "isa": isa_features(info),
+        "int8_kernels": int8_kernels(isa_features(info))[0],
         "memory_gib": mem,
         "load_average_1min": load,
         "busy_cores_at_start": busy_cores(),
@@ -216,7 +235,8 @@ def header_lines(info: dict[str, Any], peaks: dict[str, Any] | None = None) -> l
     v = info.get("versions", {})
     lines = [f"CPU: {info['cpu']} ({info['arch']}), {info['usable_cores']} usable of {info['cores']} cores"
              + (f", {info['memory_gib']} GiB RAM" if info.get("memory_gib") else ""),
-             f"ISA: {', '.join(info['isa']) or 'none of ' + '/'.join(ISA_FLAGS[:4])}",
+             f"ISA: {', '.join(info['isa']) or 'none of ' + '/'.join(ISA_FLAGS[:4])}; int8 kernels: "
+             f"{info.get('int8_kernels') or int8_kernels(info['isa'], info['arch'])[0]}",
              f"OS: {info['os']}; Python {info['python']}; "
              + ", ".join(f"{k} {val}" for k, val in v.items())]
     busy, load = info.get("busy_cores_at_start"), info.get("load_average_1min")

@@ -78,14 +78,19 @@ def test_default_run_writes_json_csv_markdown(full_run, capsys):
         if r["format"] == "tflite" and not HAS_TFLITE:
             assert r["status"].startswith("skipped") and "tflite" in r["status"]
             continue
-        assert r["status"] == "ok", r
+        # int8 rows carry their agreement with the fp32 file; the barely trained 32-px fixture may sit near the
+        # 0.98 line, where its status reads degraded (test_saturation checks that rule itself)
+        ok = r["status"] == "ok" or (r["precision"] == "int8" and r["status"].startswith("degraded: int8 masks")
+                                     and r["agreement_vs_fp32"] < bench.MIN_AGREEMENT)
+        assert ok, r
+        assert (r["agreement_vs_fp32"] is not None) == (r["precision"] == "int8")
         assert 0 < r["min_ms"] <= r["p50_ms"] <= r["p90_ms"] <= r["max_ms"]
         assert r["runs"] == 3 and r["images"] == len(sample_pairs())
         assert 0.5 < r["mDice"] <= 1 and 0 < r["mIoU"] <= r["mDice"] and 0 < r["pooled_dice"] <= 1
         assert r["peak_rss_mb"] > 0 and r["parameters"] == 1156
     fp32 = next(r for r in rows if r["precision"] == "fp32" and r["format"] == "onnx")
     for r in rows:  # every row is compared with the fp32 ONNX file of the same weights
-        if r["status"] == "ok":
+        if r["mDice"] is not None:
             assert r["delta_dice"] == pytest.approx(r["mDice"] - fp32["mDice"])
 
 

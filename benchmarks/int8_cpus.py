@@ -1,0 +1,237 @@
+"""int8 ONNX on every CPU family: each weight recipe's masks vs fp32, on this CPU and on emulated AVX2 (no VNNI).
+
+onnxruntime's int8 kernels differ by ISA (``simpleunet_runtime.saturation``): AVX2 without VNNI sums pairs of
+uint8 x int8 products in saturating int16, VNNI and ARM do not. Every figure is measured on the full test split
+(Kvasir-SEG val_120, BUSI test), 1 thread, through the same small child process natively and, where
+``qemu-x86_64`` is installed (Debian: ``apt-get install qemu-user``), under ``qemu-x86_64 -cpu Haswell``, whose
+CPUID reports AVX2 without AVX-512/VNNI, so onnxruntime picks its real AVX2 kernels (the ISA the child sees is
+printed). For each file: mean / min per-image Dice of its masks vs the fp32 ONNX file's, mDice vs ground truth, the
+machine-independent verdict, bytes and (native only) latency.
+
+Usage:
+  python -m simpleunet.benchmarks.int8_cpus --recipes int7,pair-safe,int8 simpleunet16-kvasir   # candidates
+  python -m simpleunet.benchmarks.int8_cpus --bundled            # the runtime's bundled files (acceptance check)
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+CHILD = "--child"
+EMULATED_CPU = "Haswell"
+
+
+def _child(path: str, xin: str, out: str) -> None:
+    """Run ``path`` on the saved inputs, one image at a time, 1 thread; print the ISA this process sees."""
+    import onnxruntime as ort
+
+    x = np.load(xin)
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads, opts.inter_op_num_threads, opts.log_severity_level = 1, 1, 3
+    sess = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+    name = sess.get_inputs()[0].name
+    times, ys = [], []
+    for i in range(len(x)):
+        t = time.perf_counter()
+        ys.append(sess.run(None, {name: x[i:i + 1]})[0])
+        times.append(time.perf_counter() - t)
+    np.save(out, np.concatenate(ys).astype(np.float32))
+    print(json.dumps({"p50_ms": float(np.median(times) * 1e3)}))
+
+
+def cpuid(emulate: bool) -> str:
+    """What CPUID says, natively or under the emulated CPU (not /proc/cpuinfo, which qemu-user passes through from
+    the host; and qemu-user does not follow a child's exec, so the probe itself is started under qemu)."""
+    exe = _cpuid_probe()
+    if exe is None:
+        return "unknown"
+    cmd = (["qemu-x86_64", "-cpu", EMULATED_CPU] if emulate else []) + [exe]
+    return subprocess.run(cmd, capture_output=True, text=True).stdout.strip()
+
+
+def _cpuid_probe() -> str | None:
+    """A tiny C program printing avx2/avx512f/avx512vnni from CPUID (gcc's __builtin_cpu_supports), built once."""
+    exe = Path(tempfile.gettempdir()) / "simpleunet-cpuid"
+    if exe.exists():
+        return str(exe)
+    cc = shutil.which("gcc") or shutil.which("cc")
+    if cc is None:
+        return None
+    src = exe.with_suffix(".c")
+    src.write_text('#include <stdio.h>\nint main(){__builtin_cpu_init();printf("avx2=%d avx512f=%d avx512vnni=%d",'
+                   '!!__builtin_cpu_supports("avx2"),!!__builtin_cpu_supports("avx512f"),'
+                   '!!__builtin_cpu_supports("avx512vnni"));return 0;}\n')
+    tmp = exe.with_suffix(f".{os.getpid()}")
+    if subprocess.run([cc, "-O1", str(src), "-o", str(tmp)], capture_output=True).returncode:
+        return None
+    os.replace(tmp, exe)
+    return str(exe)
+
+
+def run_file(path: Path, x: np.ndarray, emulate: bool, tmp: Path) -> tuple[np.ndarray, dict]:
+    """Probabilities of ``path`` on ``x`` natively, or under qemu's AVX2-only CPU when ``emulate``."""
+    xin, out = tmp / "x.npy", tmp / f"y-{path.stem}-{int(emulate)}.npy"
+    if not xin.exists():
+        np.save(xin, x)
+    cmd = [sys.executable, "-m", "simpleunet.benchmarks.int8_cpus", CHILD, str(path), str(xin), str(out)]
+    if emulate:
+        cmd = ["qemu-x86_64", "-cpu", EMULATED_CPU] + cmd
+    done = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    if done.returncode:
+        raise RuntimeError(f"{' '.join(cmd[:4])}... failed: {done.stderr.strip().splitlines()[-1:]}")
+    info = json.loads(done.stdout.strip().splitlines()[-1])
+    info["isa"] = cpuid(emulate)
+    return np.load(out), info
+
+
+def per_image_dice(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Dice of each pair of (N, H, W) bool masks (1 where both are empty)."""
+    inter = (a & b).reshape(len(a), -1).sum(1)
+    total = a.reshape(len(a), -1).sum(1) + b.reshape(len(b), -1).sum(1)
+    return np.where(total == 0, 1.0, 2 * inter / np.maximum(total, 1))
+
+
+def _test_data(name: str):
+    """(normalized test images, masks, threshold, preprocess, dataset root) of a zoo model."""
+    from simpleunet.export.images import own_dataset
+    from simpleunet.train.checkpoint import read_config
+    from simpleunet.train.data import discover, load_arrays, select_split
+    from simpleunet.train.zoo import ZOO
+    from simpleunet_runtime.image import normalize
+
+    meta = read_config(ZOO / name)
+    pre = meta["preprocess"]
+    root = own_dataset(meta["dataset"])
+    if root is None:
+        raise SystemExit(f"error: {name}: dataset {meta['dataset']!r} not found (set SIMPLEUNET_DATA)")
+    images, masks = load_arrays(select_split(discover(root), root, "test"), pre["imgsz"])
+    return normalize(images, pre["mean"], pre["std"]), masks, float(pre["threshold"]), meta, root
+
+
+def _files_for_recipes(name: str, recipes: list[str], tmp: Path) -> dict[str, Path]:
+    """fp32 ONNX (with the exporter's rewrites) and one int8 QOperator file per weight recipe, as the exporter
+    quantizes (its calibration images, its rewrites)."""
+    import onnx
+
+    from simpleunet.export.images import calibration_set
+    from simpleunet.export.onnx_export import check, export_onnx
+    from simpleunet.export.quantize import quantize_onnx
+    from simpleunet.export.rewrites import FP32, apply
+    from simpleunet.train.checkpoint import load_model
+    from simpleunet.train.zoo import ZOO
+    from simpleunet_runtime.image import normalize
+    from simpleunet_runtime.sample import SAMPLE_DATASET
+
+    model, meta = load_model(ZOO / name)
+    pre = meta["preprocess"]
+    plain = tmp / f"{name}-plain.onnx"
+    proto = export_onnx(model, pre["imgsz"], model.config.num_classes)[0]
+    onnx.save(proto, str(plain))
+    apply(proto, FP32)
+    check(proto)
+    files = {"fp32": tmp / f"{name}-fp32.onnx"}
+    onnx.save(proto, str(files["fp32"]))
+    from simpleunet.export.images import own_dataset
+
+    root = None if meta["dataset"] == SAMPLE_DATASET else own_dataset(meta["dataset"])
+    xcal = normalize(calibration_set(root, pre["imgsz"], 32).images, pre["mean"], pre["std"])
+    for recipe in recipes:
+        weights, _, rest = recipe.partition("/")
+        floats = tuple(int(i) for i in rest.split("+")) if rest else ()
+        q, _ = quantize_onnx(plain, xcal, "qoperator", weights=weights, float_convs=floats)
+        files[recipe] = tmp / f"{name}-{recipe.replace('/', '-')}.onnx"
+        onnx.save(q, str(files[recipe]))
+    return files
+
+
+def measure(name: str, files: dict[str, Path], emulate: bool, tmp: Path) -> list[dict]:
+    """One row per int8 file and CPU: agreement with the fp32 file on the same CPU, mDice, verdict, bytes."""
+    from simpleunet_runtime.saturation import check_onnx
+
+    x, masks, t, _, _ = _test_data(name)
+    cpus = ["native"] + (["avx2 (qemu " + EMULATED_CPU + ")"] if emulate else [])
+    rows = []
+    for cpu in cpus:
+        emu = cpu != "native"
+        fp32, info = run_file(files["fp32"], x, emu, tmp)
+        fmask = fp32[:, 0] > t
+        gt_fp32 = per_image_dice(fmask, masks).mean()
+        rows.append({"model": name, "file": "fp32", "cpu": cpu, "isa": info["isa"], "bytes":
+                     files["fp32"].stat().st_size, "mdice": gt_fp32, "p50_ms": None if emu else info["p50_ms"]})
+        for key, path in files.items():
+            if key == "fp32":
+                continue
+            prob, info = run_file(path, x, emu, tmp)
+            mask = prob[:, 0] > t
+            agree = per_image_dice(mask, fmask)
+            md = per_image_dice(mask, masks).mean()
+            rows.append({"model": name, "file": key, "cpu": cpu, "isa": info["isa"], "bytes": path.stat().st_size,
+                         "agree_mean": float(agree.mean()), "agree_min": float(agree.min()),
+                         "below_0.9": int((agree < 0.9).sum()), "mdice": float(md), "delta": float(md - gt_fp32),
+                         "safe": check_onnx(path).safe, "p50_ms": None if emu else info["p50_ms"], "n": len(x)})
+    return rows
+
+
+def table(rows: list[dict]) -> str:
+    head = "| model | file | CPU (CPUID) | bytes | int8 vs fp32 mask Dice mean / min (< 0.9) | mDice | Δ vs fp32 | " \
+           "int16-safe | p50 ms |"
+    out = [head, "|" + "---|" * 9]
+    for r in rows:
+        agree = f"{r['agree_mean']:.4f} / {r['agree_min']:.3f} ({r['below_0.9']})" if "agree_mean" in r else "—"
+        out.append(f"| {r['model']} | {r['file']} | {r['cpu']} ({r['isa']}) | {r['bytes']:,} | {agree} | "
+                   f"{r['mdice']:.4f} | {r.get('delta', 0):+.4f} | {r.get('safe', '—')} | "
+                   f"{'—' if r['p50_ms'] is None else format(r['p50_ms'], '.2f')} |")
+    return "\n".join(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == [CHILD]:
+        _child(*argv[1:4])
+        return 0
+    p = argparse.ArgumentParser(prog="python -m simpleunet.benchmarks.int8_cpus", description=__doc__.split("\n")[0])
+    p.add_argument("models", nargs="*", help="zoo names (default: every zoo model)")
+    p.add_argument("--recipes", default="int7", help="weight recipes of export.quantize.WEIGHTS, "
+                   "comma-separated; add /0 to keep that conv (by index) in float (default: int7)")
+    p.add_argument("--bundled", action="store_true", help="measure the runtime's bundled files instead")
+    p.add_argument("--no-emulation", action="store_true", help="this CPU only")
+    p.add_argument("--json", type=Path, help="also write the rows here")
+    args = p.parse_args(argv)
+    from simpleunet.train.zoo import ZOO
+
+    names = args.models or sorted(d.name for d in ZOO.iterdir() if (d / "config.json").is_file())
+    emulate = not args.no_emulation and shutil.which("qemu-x86_64") is not None
+    if not emulate and not args.no_emulation:
+        print("warning: qemu-x86_64 not found (apt-get install qemu-user): this CPU only", file=sys.stderr)
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="simpleunet-int8-cpus-") as tmp:
+        for name in names:
+            t = time.perf_counter()
+            sub = Path(tmp) / name
+            sub.mkdir()
+            if args.bundled:
+                from simpleunet_runtime.zoo import models_dir
+
+                files = {"fp32": models_dir() / f"{name}-fp32.onnx", "int8": models_dir() / f"{name}-int8.onnx"}
+            else:
+                files = _files_for_recipes(name, args.recipes.split(","), sub)
+            rows += measure(name, files, emulate, sub)
+            print(table([r for r in rows if r["model"] == name]), f"\n({time.perf_counter() - t:.0f} s)\n",
+                  flush=True)
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=1) + "\n")
+    print(table(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
