@@ -141,7 +141,10 @@ def init_record(cfg: TrainConfig) -> dict[str, Any]:
     if path.is_file():
         try:
             metrics = json.loads(path.read_text())
-            record.update(epochs=len(metrics["history"]), best=metrics["best"], history=metrics["history"])
+            before = (metrics.get("init") or {}).get("history") or []  # a fine-tune of a fine-tune: the whole chain
+            history = before + [{**h, "epoch": len(before) + h["epoch"]} for h in metrics["history"]]
+            best = {**metrics["best"], "epoch": len(before) + metrics["best"]["epoch"]}
+            record.update(epochs=len(history), best=best, history=history)
         except (OSError, ValueError, KeyError, TypeError):
             pass  # the weights are what matter; an unreadable history only leaves the card shorter
     return record

@@ -62,6 +62,20 @@ def evaluate_exports(exports: Path, meta: dict[str, Any], root: Path) -> dict[st
     return out
 
 
+def int8_onnx_record(exports: Path) -> dict[str, Any]:
+    """How the int8 ONNX files in ``exports`` were made and where they were scored: their weight grid and the
+    export's saturation verdict (manifest.json), and this CPU's int8 kernel family (the int8 figures name it)."""
+    from simpleunet_runtime.machine import int8_kernels
+
+    try:
+        man = json.loads((exports / "manifest.json").read_text())
+    except (OSError, ValueError):
+        man = {}
+    rows = [r for r in man.get("files", []) if r.get("format") == "onnx" and r.get("precision") == "int8"]
+    return {"weights": man.get("int8_weights"), "scored_on": int8_kernels()[0],
+            "avx2_int16_safe": bool(rows) and all(r.get("checks", {}).get("avx2_int16_safe") for r in rows)}
+
+
 def full_history(metrics: dict[str, Any]) -> tuple[list[dict[str, Any]], int]:
     """The whole training of a model: a fine-tune's starting run's epochs, then its own, numbered on; and how many
     epochs came before the fine-tune (0 for a run from scratch)."""
@@ -148,6 +162,17 @@ def training_hardware(history: list[dict[str, Any]], amp: bool) -> str:
     return text
 
 
+def int8_note(metrics: dict[str, Any]) -> str:
+    """The card's sentence on the int8 ONNX file: its weights, its saturation verdict, the ISA it was scored on."""
+    rec = metrics.get("int8_onnx")
+    if not rec:
+        return ""
+    safe = ("proven int16-safe, so its masks are the same on x86 with or without VNNI and on ARM" if
+            rec.get("avx2_int16_safe") else "NOT proven int16-safe: on x86 CPUs without VNNI its masks may differ")
+    return (f"\nint8 ONNX: {rec.get('weights') or 'full-range int8'} weights, {safe}; its scores were computed with "
+            f"onnxruntime's {rec.get('scored_on')} int8 kernels.")
+
+
 def write_card(folder: Path, name: str, meta: dict[str, Any], metrics: dict[str, Any]) -> None:
     train = meta["train"]
     m = meta["model"]
@@ -187,7 +212,7 @@ AdamW lr {train['lr']} (wd {train['weight_decay']}), per-step cosine to {train['
 augmentation `{train['augment']}` ({AUGMENT_TEXT.get(train['augment'], train['augment'])}), seed
 {train['seed']}. Best epoch {metrics['best']['epoch']} (val mDice {metrics['best']['val_mDice']:.4f}{view}); threshold
 {meta['preprocess']['threshold']}. Trained on: {trained_on}. Test scores computed on (the publishing machine):
-{metrics['hardware']}.
+{metrics['hardware']}.{int8_note(metrics)}
 
 ## Scores on the test split ({date.today().isoformat()})
 mDice / mIoU are per-image means; an image whose mask and prediction are both empty counts 1.
@@ -254,6 +279,7 @@ def publish(run: Path, name: str, exports: Path | None = None, data: str | None 
                "hardware": hardware(pick_device("auto")), "test": evaluate(model, meta, root, "test")}
     if exports:
         metrics["exports"] = evaluate_exports(exports, meta, root)
+        metrics["int8_onnx"] = int8_onnx_record(exports)
     folder = ZOO / name
     ZOO.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=ZOO))

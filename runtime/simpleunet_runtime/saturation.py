@@ -10,7 +10,9 @@ The bound: an activation is any value 0..255, and the kernel may pair any two ta
 when for every two weights of the same sign ``255 * (|w_a| + |w_b|) <= 32767``, i.e. the two largest same-sign
 magnitudes of each output channel sum to at most ``PAIR_LIMIT`` (128). Weights of opposite signs cannot overflow
 (255 * 127 < 32767). uint8 weights (U8U8) go through 16-bit multiplies that cannot clip. Full-range int8 weights
-(up to ±127 in every channel) break the bound; pair-safe scales (``simpleunet.export.quantize``) keep it.
+(up to ±127 in every channel) break the bound; the exporter's int7 weights (onnxruntime's ``reduce_range``,
+[-64, 64]) and pair-safe scales (``simpleunet.export.quantize``) keep it. QDQ graphs are checked as the integer ops
+onnxruntime fuses them into when it loads them.
 """
 from __future__ import annotations
 
@@ -23,7 +25,7 @@ INT16_MAX = 32767
 UINT8_MAX = 255
 #: Largest sum of two same-sign int8 weight magnitudes whose products with uint8 inputs fit int16.
 PAIR_LIMIT = INT16_MAX // UINT8_MAX  # 128
-#: (op type, input index of the activation's zero point, input index of the weight) of onnxruntime's integer ops.
+#: onnxruntime's integer ops: op type -> (input index of the activation's zero point, input index of the weight).
 INTEGER_OPS = {"QLinearConv": (2, 3), "ConvInteger": (2, 1), "QLinearMatMul": (2, 3), "MatMulInteger": (2, 1)}
 
 
@@ -52,12 +54,9 @@ class Verdict:
             return "no integer ops"
         if self.safe:
             return f"int16-safe on AVX2 ({self.ops} integer ops, largest weight pair {self.peak} <= {PAIR_LIMIT})"
+        peak = f"largest weight pair {self.peak} > {PAIR_LIMIT}; " if self.peak > PAIR_LIMIT else ""
         return (f"not int16-safe on AVX2: {len(self.unsafe)} of {self.ops} integer ops can saturate "
-                f"(largest weight pair {self.peak} > {PAIR_LIMIT}; first: {self.unsafe[0]})")
-
-    def to_dict(self) -> dict:
-        return {"avx2_int16_safe": self.safe, "integer_ops": self.ops, "largest_weight_pair": self.peak,
-                "pair_limit": PAIR_LIMIT, "unsafe_ops": self.unsafe[:10]}
+                f"({peak}first: {self.unsafe[0]})")
 
 
 def _fold_pads(nodes, constants: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
