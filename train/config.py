@@ -112,6 +112,9 @@ class TrainConfig:
     #: The int8 weight grid QAT trains through (train/qat.GRIDS): the exporter's default, int7. A config written
     #: before the field (QAT runs before 2026-12-03) trained through full-range int8 and reads as "int8".
     qat_weights: str = "int7"
+    #: Weight of the QAT agreement term (train/qat.agreement_loss): the fp32 view is trained on the task too and the
+    #: two views towards each other, so the int8 file's masks stay on the fp32 file's. 0: the int8 view alone.
+    qat_agreement: float = 0.0
     #: Which images the run trained on, filled in by training (data.training_samples): a split file's name,
     #: data.OFFICIAL_TRAIN or data.ALL_IMAGES. None: not recorded (runs from before the field).
     split_used: str | None = None
@@ -141,6 +144,8 @@ class TrainConfig:
             raise bad("augment", f"one of {', '.join(AUGMENTS)}")
         if self.qat and not self.init:
             raise ConfigError("qat fine-tunes a trained model: give the run to start from with --init <run folder>")
+        if not (isinstance(self.qat_agreement, (int, float)) and 0 <= self.qat_agreement < float("inf")):
+            raise bad("qat_agreement", "a number >= 0")
         if self.qat_weights not in ("int7", "pair-safe", "int8"):
             raise bad("qat_weights", "one of int7, pair-safe, int8")
         if self.qat and self.model.family != "simpleunet":

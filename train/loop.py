@@ -194,7 +194,7 @@ def train(cfg: TrainConfig, root: Path, out: Path, *, resume: bool = False, devi
     runner: nn.Module = model  # what trains and is validated: the model, or its int8 view
     calib_x = None
     if cfg.qat:
-        from .qat import FakeQuantSimpleUNet
+        from .qat import FakeQuantSimpleUNet, agreement_loss
 
         runner = FakeQuantSimpleUNet(model, cfg.qat_weights)
         calib_x = next(train_set.batches(32, epoch=0, seed=cfg.seed, shuffle=False, drop_last=False))[0]
@@ -241,6 +241,12 @@ def train(cfg: TrainConfig, root: Path, out: Path, *, resume: bool = False, devi
         row = {"epoch": epoch + 1, "loss": float(np.mean(losses)), "val_mDice": val["mDice"],
                "val_mIoU": val["mIoU"], "lr": lr_at((epoch + 1) * steps_per_epoch),
                "seconds": round(time.perf_counter() - t0, 2), "trained_on": trained_on}
+        if cfg.qat:  # the int8 view's masks against the fp32 view's on the carve-out (the export's agreement)
+            fp32 = predict_probabilities(runner.float_view(), val_set, dev) > 0.5
+            meter = SegmentationMeter()
+            for a, b in zip(prob > 0.5, fp32):
+                meter.update(a, b)
+            row["val_agreement"] = meter.summary()["pooled_dice"]
         history.append(row)
         improved = val["mDice"] > best["val_mDice"]
         if improved:
@@ -253,7 +259,8 @@ def train(cfg: TrainConfig, root: Path, out: Path, *, resume: bool = False, devi
                                                     "train": cfg.to_dict(), "stopped_early": stop, **extra}, scaler)
         write_json(out / METRICS, {"best": best, "history": history, "stopped_early": stop, **extra})
         print(f"epoch {epoch + 1}/{cfg.epochs}  loss {row['loss']:.4f}  val mDice {val['mDice']:.4f}  "
-              f"mIoU {val['mIoU']:.4f}  {row['seconds']:.1f}s" + eta(history, cfg.epochs)
+              f"mIoU {val['mIoU']:.4f}  " + (f"int8 vs fp32 {row['val_agreement']:.4f}  " if cfg.qat else "")
+              + f"{row['seconds']:.1f}s" + eta(history, cfg.epochs)
               + ("  *best" if improved else ""), flush=True)
         if stop:
             print(f"early stop: no improvement for {cfg.patience} epochs")
@@ -277,6 +284,10 @@ def train(cfg: TrainConfig, root: Path, out: Path, *, resume: bool = False, devi
             with torch.autocast(dev.type, enabled=use_amp):
                 logits = net(x)
                 loss = segmentation_loss(logits, y)
+                if cfg.qat and cfg.qat_agreement:  # train the fp32 view too, and the two views together
+                    fp32_logits = runner.fp32(x)
+                    loss = loss + segmentation_loss(fp32_logits, y) \
+                        + cfg.qat_agreement * agreement_loss(logits, fp32_logits)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(optimizer)

@@ -23,7 +23,10 @@ from .model import SimpleUNet, SingleConv
 
 
 class ActivationRange(nn.Module):
-    """A uint8 per-tensor fake-quantizer whose range is MinMax over what it saw while ``observing``."""
+    """A uint8 per-tensor fake-quantizer whose range is MinMax over what it saw while ``observing`` (and a plain
+    pass-through while ``bypass``: the fp32 graph)."""
+
+    bypass = False
 
     def __init__(self) -> None:
         super().__init__()
@@ -32,7 +35,7 @@ class ActivationRange(nn.Module):
         self.observing = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.observing:
+        if self.observing or self.bypass:
             self.low = torch.minimum(self.low, x.detach().min())
             self.high = torch.maximum(self.high, x.detach().max())
             return x
@@ -127,6 +130,25 @@ class FakeQuantSimpleUNet(nn.Module):
             for r in ranges:
                 r.observing = False
 
+    def fp32(self, x: torch.Tensor) -> torch.Tensor:
+        """The same graph without any rounding: what the exporter's fp32 file computes from these weights (BatchNorm
+        folded with its running statistics, as here). Training both views towards each other (``qat_agreement``)
+        keeps the int8 file's masks on the fp32 file's."""
+        ranges = [r for r in self.modules() if isinstance(r, ActivationRange)]
+        self._float = True
+        for r in ranges:
+            r.bypass = True
+        try:
+            return self.forward(x)
+        finally:
+            self._float = False
+            for r in ranges:
+                r.bypass = False
+
+    def float_view(self) -> nn.Module:
+        """A module whose forward is ``fp32`` (for validation code that calls ``module(x)``)."""
+        return _Float(self)
+
     def _conv(self, conv: nn.Conv2d, bn: nn.BatchNorm2d, x: torch.Tensor,
               in_scale: torch.Tensor | None = None) -> torch.Tensor:
         return folded_conv(conv, bn, x, in_scale, quantize=not self._float, grid=self.grid)
@@ -156,3 +178,22 @@ class FakeQuantSimpleUNet(nn.Module):
             x = self._stack(dec, cat, torch.cat([m.alpha[step].reshape(-1), m.beta[step].reshape(-1)]))
         logits = self._conv(m.head[0], m.head[1], x)
         return self.logits(F.relu(logits) if len(m.head) > 2 else logits)  # the 'paper' head ends in a ReLU
+
+
+class _Float(nn.Module):
+    def __init__(self, view: FakeQuantSimpleUNet):
+        super().__init__()
+        self.view = view
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.view.fp32(x)
+
+
+def agreement_loss(int8_logits: torch.Tensor, fp32_logits: torch.Tensor) -> torch.Tensor:
+    """How far the int8 view's probabilities are from the fp32 view's (cross-entropy to them, both directions
+    trained): the term that keeps the two files' masks together."""
+    if int8_logits.shape[1] == 1:
+        return 0.5 * (F.binary_cross_entropy_with_logits(int8_logits, torch.sigmoid(fp32_logits).detach())
+                      + F.binary_cross_entropy_with_logits(fp32_logits, torch.sigmoid(int8_logits).detach()))
+    return 0.5 * (F.kl_div(F.log_softmax(int8_logits, 1), F.softmax(fp32_logits, 1).detach(), reduction="batchmean")
+                  + F.kl_div(F.log_softmax(fp32_logits, 1), F.softmax(int8_logits, 1).detach(), reduction="batchmean"))
