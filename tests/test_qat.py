@@ -134,3 +134,23 @@ def test_the_card_and_table_of_a_fine_tune_tell_the_whole_training(tmp_path):
     (shipped / "config.json").write_text(json.dumps(meta))
     (shipped / "metrics.json").write_text(json.dumps(metrics))
     assert f"| {n} + 3 QAT |" in readme_table(tmp_path / "zoo")
+
+
+def test_the_fp32_view_is_the_plain_graph_and_leaves_the_ranges_alone():
+    """qat_agreement trains the fp32 view beside the int8 one: it must be the unrounded graph of the same weights
+    and must not move the activation ranges the int8 view (and the exporter) use."""
+    from simpleunet.train.model import build_model
+    from simpleunet.train.qat import ActivationRange, FakeQuantSimpleUNet
+
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(width=4)).eval()
+    view = FakeQuantSimpleUNet(model).eval()
+    x = torch.randn(4, 3, 32, 32)
+    view.calibrate(x)
+    ranges = [(r.low.clone(), r.high.clone()) for r in view.modules() if isinstance(r, ActivationRange)]
+    with torch.no_grad():
+        fp32 = view.fp32(3 * x)  # wider inputs than calibrated: a range that observed them would grow
+        plain = model(3 * x)
+    assert torch.allclose(fp32, plain, atol=1e-4)
+    after = [(r.low, r.high) for r in view.modules() if isinstance(r, ActivationRange)]
+    assert all(torch.equal(a, c) and torch.equal(b, d) for (a, b), (c, d) in zip(ranges, after))

@@ -358,7 +358,8 @@ def test_every_recipe_is_named_after_its_model_and_dataset():
     assert {"simpleunet16-kvasir", "simpleesknet32-n2-kvasir"} <= set(recipe_names())
     for name in recipe_names():
         cfg = load_recipe(name)
-        assert name == f"{cfg.model.name}-{short[cfg.dataset]}" + ("-qat" if cfg.qat else ""), name
+        qat = "" if not cfg.qat else "-qat" if cfg.qat_weights == "int8" else f"-qat-{cfg.qat_weights}"
+        assert name == f"{cfg.model.name}-{short[cfg.dataset]}{qat}", name  # -qat: the full-range grid of before
 
 
 def test_the_epoch_line_says_when_the_run_ends():

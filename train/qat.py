@@ -35,7 +35,9 @@ class ActivationRange(nn.Module):
         self.observing = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.observing or self.bypass:
+        if self.bypass:
+            return x
+        if self.observing:
             self.low = torch.minimum(self.low, x.detach().min())
             self.high = torch.maximum(self.high, x.detach().max())
             return x
