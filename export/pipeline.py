@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import re
 import shutil
 import signal
 import sys
@@ -155,14 +156,38 @@ def find_pretrained(family: str, width: int, blocks: int, zoo: Path | None = Non
 
 
 def _staging(out: Path) -> Path:
-    """A fresh folder beside ``out`` (same filesystem, so the final moves are atomic renames)."""
+    """A fresh folder beside ``out`` (same filesystem, so the final moves are atomic renames). Its name carries
+    this process's id, so that a later export into ``out`` removes the folders of killed ones (``_remove_dead``)."""
     if out.exists() and not out.is_dir():
         raise ExportError(f"--out {out} exists and is not a folder")
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        return Path(tempfile.mkdtemp(prefix=f".{out.name}.staging-", dir=out.parent))
+        _remove_dead(out)
+        return Path(tempfile.mkdtemp(prefix=f".{out.name}.staging-{os.getpid()}-", dir=out.parent))
     except OSError as exc:
         raise ExportError(f"cannot write to --out {out}: {exc.strerror or exc}") from None
+
+
+def _remove_dead(out: Path) -> None:
+    """Remove the staging folders that exports into ``out`` killed by kill -9 or a power cut left: those whose
+    process is gone (an export running now keeps its own). POSIX only: on Windows os.kill(pid, 0) is a Ctrl-C."""
+    if os.name != "posix":
+        return
+    pattern = re.compile(rf"\.{re.escape(out.name)}\.staging-(\d+)-[a-z0-9_]{{8}}")
+    for folder in out.parent.iterdir():
+        match = pattern.fullmatch(folder.name)
+        if match and folder.is_dir() and not _running(int(match[1])):
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # PermissionError: another user's process
+        pass
+    return True
 
 
 def _stale(out: Path, keep: set[str]) -> list[Path]:
@@ -195,11 +220,27 @@ def _hold_interrupt(message: str):
         raise KeyboardInterrupt(message)
 
 
+def _unlist(out: Path, names: set[str], scratch: Path) -> None:
+    """Rewrite the manifest in ``out`` without the rows of ``names``, the files about to be replaced: a kill -9
+    between the moves then leaves them unlisted, never beside a manifest listing other bytes (the runtime refuses
+    those). The other rows stay, so the rerun still finds the previous export's stale files."""
+    path = out / manifest_mod.MANIFEST
+    try:
+        doc = manifest_mod.read(path)
+        rows = doc["files"]
+        keep = [r for r in rows if not (isinstance(r, dict) and r.get("file") in names)]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return  # no previous manifest, or not one of ours: nothing to check the new files against
+    if len(keep) < len(rows):
+        os.replace(manifest_mod.write(scratch / f".unlisted-{manifest_mod.MANIFEST}", {**doc, "files": keep}), path)
+
+
 def _commit(staged: dict[str, Path], manifest: Path, out: Path) -> dict[str, Path]:
     """Move the staged files, then the manifest, into ``out``; then delete the stale files of a previous export."""
     try:
         out.mkdir(parents=True, exist_ok=True)
         stale = _stale(out, {p.name for p in staged.values()} | {manifest.name})
+        _unlist(out, {p.name for p in staged.values()}, manifest.parent)
         final = {}
         for key, path in staged.items():
             final[key] = out / path.name

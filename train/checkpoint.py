@@ -7,8 +7,10 @@ Nothing here unpickles: safetensors and JSON only.
 """
 from __future__ import annotations
 
+import glob
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -32,11 +34,13 @@ class CheckpointError(ConfigError):
 
 
 def atomic_write(path: Path, write) -> None:
-    """Call ``write(tmp_path)`` then rename over ``path``: readers never see a half-written file."""
+    """Call ``write(tmp_path)`` then rename over ``path``: readers never see a half-written file. The temp files
+    of earlier writes of ``path`` that a kill -9 left are removed first (one process writes a given file)."""
     path = Path(path)
     tmp = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
+        _remove_stale_temps(path)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
         os.close(fd)
         write(tmp)
@@ -48,6 +52,14 @@ def atomic_write(path: Path, write) -> None:
         if isinstance(exc, OSError):
             raise CheckpointError(f"cannot write {path}: {exc.strerror or exc}") from None
         raise
+
+
+def _remove_stale_temps(path: Path) -> None:
+    """Remove ``atomic_write``'s leftover temp files of ``path`` (``.<name>.`` + mkstemp's 8 characters)."""
+    pattern = re.compile(rf"\.{re.escape(path.name)}\.[a-z0-9_]{{8}}")
+    for tmp in path.parent.glob(f".{glob.escape(path.name)}.*"):
+        if pattern.fullmatch(tmp.name) and tmp.is_file():
+            tmp.unlink(missing_ok=True)
 
 
 def write_json(path: Path, data: Any) -> None:

@@ -27,8 +27,9 @@ from simpleunet_runtime.image import IMAGE_SUFFIXES, load_image, load_mask, resi
 LAYOUTS = ("auto", "folder", "kvasir-zip", "busi-original", "isic2018")
 #: Part of the decode-cache key: bump it with any change to image.py's load_image/load_mask/resize_image/
 #: resize_mask (or to how load_arrays uses them), so cached arrays never outlive the code that made them.
-#: 2 = load_mask reads 0/1 label maps and 16-bit masks on their own scale.
-PREPROCESS_VERSION = 2
+#: 2 = load_mask reads 0/1 label maps and 16-bit masks on their own scale. 3 = EXIF orientation applied, 32-bit
+#: and float files beyond the array rules refused (no Kvasir-SEG or BUSI image changes: none carries a rotation).
+PREPROCESS_VERSION = 3
 #: ``split_used`` (config.json ``train``) of a run trained on every image of a folder without splits/.
 ALL_IMAGES = "all images (no splits/)"
 #: ``split_used`` of a run trained on a layout's official training folders (ISIC 2018 ``*_Training_*``).

@@ -4,11 +4,16 @@
 Each backend takes and returns NCHW float32 and hides the rest: the file's layout (ONNX NCHW, TFLite NHWC),
 int8 input/output tensors of a full-integer TFLite model (quantized/dequantized here with the tensor's scale
 and zero point), a batch dimension fixed at 1, and where the embedded metadata lives in each format.
+
+A model file is read once (``read_model``); its bytes are checked (manifest sha256, ONNX external data, TFLite
+structure) and then handed to the runtime, which never opens the path itself. A backend may be shared by threads.
 """
 from __future__ import annotations
 
 import numbers
 import os
+import sys
+import threading
 import warnings
 from pathlib import Path
 from typing import Sequence
@@ -16,8 +21,11 @@ from typing import Sequence
 import numpy as np
 
 from .errors import SimpleUNetError, SimpleUNetWarning
+from .machine import usable_cores
 from .metadata import METADATA_KEY
+from .onnx_file import Graph, Malformed, parse
 from .tflite_file import is_tflite, read_metadata, verify
+from .zoo import check_manifest
 
 BACKENDS = ("onnxruntime", "tflite")
 _ALIASES = {"onnxruntime": "onnxruntime", "onnx": "onnxruntime", "ort": "onnxruntime",
@@ -88,19 +96,34 @@ class Backend:
         return y.transpose(0, 3, 1, 2) if self.layout == "NHWC" else y
 
 
-def warn_if_saturating(path: Path) -> None:
-    """On a CPU whose int8 kernels sum product pairs in saturating int16 (x86 without VNNI), warn once per load
-    when an int8 ONNX file is not proven safe from it (``saturation``): it runs, but its masks may be wrong."""
-    from .machine import int8_kernels
-    from .saturation import check_onnx
+def read_model(path: Path) -> bytes:
+    """A model file's bytes, held to the ``manifest.json`` beside it if any (``zoo.check_manifest``). The backends
+    check and run these very bytes, so a file swapped after the checks is never run."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise SimpleUNetError(f"cannot read model {path}: {exc.strerror or exc}") from None
+    check_manifest(path, data)
+    return data
 
-    cpu, saturates = int8_kernels()
+
+def warn_if_saturating(path: Path, graph: Graph | None = None) -> None:
+    """On a CPU whose int8 kernels sum product pairs in saturating int16 (x86 without VNNI), warn once per load
+    when an int8 ONNX file (``graph``, already read, or the file at ``path``) is not proven safe from it
+    (``saturation``): it runs, but its masks may be wrong."""
+    from . import machine
+    from .onnx_file import read_graph
+    from .saturation import check_graph
+
+    cpu, saturates = machine.int8_kernels()
     if not saturates:
         return
-    try:
-        verdict = check_onnx(path)
-    except SimpleUNetError:
-        return  # onnxruntime loaded it; our reader is stricter: no verdict, no warning
+    if graph is None:
+        try:
+            graph = read_graph(path)
+        except SimpleUNetError:
+            return  # onnxruntime loaded it; our reader is stricter: no verdict, no warning
+    verdict = check_graph(graph.nodes, graph.constants)
     if not verdict.safe:
         warnings.warn(f"{path.name} may give wrong masks on this CPU ({cpu}): {verdict.summary()}; use its fp32 "
                       "or TFLite file, or re-export it with simpleunet-export (int7 weights, exact on every CPU)",
@@ -108,6 +131,14 @@ def warn_if_saturating(path: Path) -> None:
 
 
 class OnnxBackend(Backend):
+    """An onnxruntime session (``run`` is thread-safe: onnxruntime documents concurrent ``Run`` calls as safe).
+
+    Files whose tensors use ONNX external data are refused before onnxruntime sees them: onnxruntime < 1.24
+    reads any path such a tensor names (``../../secret``, absolute, through symlinks) into the model, and our
+    files are always one self-contained file. Every tensor of the file is checked (``onnx_file.parse``), and the
+    session only ever parses ONNX protobuf (never the ORT flatbuffer format, which ``parse`` does not read).
+    """
+
     name = "onnxruntime"
     native_layout = "NCHW"
     _DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64}
@@ -119,8 +150,18 @@ class OnnxBackend(Backend):
             import onnxruntime as ort
         except ImportError:
             raise SimpleUNetError('onnxruntime is not installed: pip install "simpleunet-runtime"') from None
+        data = read_model(path)
+        try:
+            graph = parse(data)
+        except Malformed as exc:
+            raise SimpleUNetError(f"{path} is not a loadable ONNX model ({exc})") from None
+        if graph.external:
+            raise SimpleUNetError(f"{path} refers to data outside the file (ONNX external data "
+                                  f"{graph.external[0][:100]!r}), which the runtime refuses to read; use a "
+                                  "self-contained file (simpleunet-export writes one)")
         opts = ort.SessionOptions()
         opts.log_severity_level = 3
+        opts.add_session_config_entry("session.load_model_format", "ONNX")  # the bytes parse() checked
         if threads:
             opts.intra_op_num_threads = int(threads)
             opts.inter_op_num_threads = 1
@@ -131,19 +172,26 @@ class OnnxBackend(Backend):
             raise SimpleUNetError(f"onnxruntime provider {unknown[0]!r} is not available here; available: "
                                   f"{', '.join(available)}")
         try:
-            self.session = ort.InferenceSession(str(path), sess_options=opts, providers=providers)
+            # enable_fallback=0: onnxruntime would print "EP Error" lines to stdout and retry on other providers
+            self.session = ort.InferenceSession(data, sess_options=opts, providers=providers, enable_fallback=0)
         except Exception as exc:  # InvalidProtobuf, Fail, ValueError for bad providers...
             raise SimpleUNetError(f"{path} is not a loadable ONNX model ({_first_line(exc)})") from None
-        inp = self.session.get_inputs()[0]
+        inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
+        if not inputs or not outputs:
+            raise SimpleUNetError(f"{path} has no input or no output; SimpleUNet models have one of each")
+        inp = inputs[0]
         self.input_name, self.input_shape = inp.name, tuple(inp.shape)
-        self.output_shape = tuple(self.session.get_outputs()[0].shape)
+        self.output_shape = tuple(outputs[0].shape)
         self.input_dtype = self._DTYPES.get(inp.type)
         if self.input_dtype is None:
             raise SimpleUNetError(f"{path} takes {inp.type} input; SimpleUNet models take float")
-        warn_if_saturating(path)
+        warn_if_saturating(path, graph)
 
     def metadata_json(self) -> str | None:
-        return self.session.get_modelmeta().custom_metadata_map.get(METADATA_KEY)
+        try:
+            return self.session.get_modelmeta().custom_metadata_map.get(METADATA_KEY)
+        except UnicodeDecodeError:  # onnxruntime hands its strings to Python as UTF-8
+            raise SimpleUNetError(f"{self.path.name}: model metadata is not UTF-8 text; re-export it") from None
 
     def _invoke(self, x: np.ndarray) -> np.ndarray:
         return self.session.run(None, {self.input_name: x.astype(self.input_dtype, copy=False)})[0]
@@ -181,40 +229,75 @@ def _dequantize(y: np.ndarray, detail: dict) -> np.ndarray:
     return (y.astype(np.float32) - np.float32(zero)) * np.float32(scale)
 
 
+def _probe_shapes(Interpreter, data: bytes, path: Path) -> None:
+    """Allocate the model once with TFLite's reference kernels and no delegate, and hold the file's tensor shapes
+    to the ones they compute. The reference kernels check every operator's shapes; the XNNPACK delegate the real
+    interpreter uses does not: fuzzed files that only the probe refuses made it segfault (a concatenation of
+    mismatched inputs) or touch 15 GB (a corrupt input dimension). A few ms at load."""
+    resolver = getattr(sys.modules[Interpreter.__module__], "OpResolverType", None)
+    if resolver is None:
+        return  # a tflite_runtime older than 2.5: verify() alone
+    probe = Interpreter(model_content=data, experimental_op_resolver_type=resolver.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+    stored = {d["index"]: tuple(d["shape"]) for d in probe.get_tensor_details()}
+    probe.allocate_tensors()
+    for d in probe.get_tensor_details():
+        want = stored.get(d["index"])
+        if want and tuple(d["shape"]) != want:  # an empty shape in the file is one left to the kernels
+            raise SimpleUNetError(f"{path} is not a valid TFLite file (tensor {d['index']} has shape {list(want)} "
+                                  f"but its operator makes {list(d['shape'])}; corrupt?)")
+
+
 class TFLiteBackend(Backend):
+    """A TFLite interpreter behind a lock. An interpreter is not thread-safe: one Segmenter shared by 8 threads
+    failed 164 of 400 calls ("There is at least 1 reference to internal data...") and 11 masks were wrong.
+
+    A lock rather than one interpreter per thread, measured on this project's 2-core machine (simpleunet16-kvasir
+    int8, 8 threads x 50 calls, 4 interleaved rounds): 10.2 ms per call with the lock, 8.1-8.8 with per-thread
+    interpreters, but each extra interpreter holds 19 MB (8 threads: +150 MB; a 1 GB Pi cannot give that to a
+    thread pool). ``threads=`` still spreads each call over the cores; for parallel interpreters, open one
+    Segmenter per worker.
+    """
+
     name = "tflite"
     native_layout = "NHWC"
 
     def __init__(self, path: Path, threads: int | None = None, layout: str | None = None):
         super().__init__(path, layout)
         Interpreter = _tflite_interpreter()
-        try:
-            self._data = path.read_bytes()
-        except OSError as exc:
-            raise SimpleUNetError(f"cannot read model {path}: {exc.strerror or exc}") from None
+        self._data = read_model(path)
         verify(self._data, str(path))  # the interpreter segfaults on a truncated file instead of raising
+        self._lock = threading.Lock()
         try:
-            self.interpreter = Interpreter(model_path=str(path), num_threads=int(threads) if threads else None)
+            _probe_shapes(Interpreter, self._data, path)
+            self.interpreter = Interpreter(model_content=self._data, num_threads=int(threads) if threads else None)
             self.interpreter.allocate_tensors()
-        except Exception as exc:  # ValueError / RuntimeError from the C++ loader
+            inputs, outputs = self.interpreter.get_input_details(), self.interpreter.get_output_details()
+        except SimpleUNetError:
+            raise
+        except Exception as exc:  # ValueError / RuntimeError from the C++ loader, UnicodeDecodeError for names
             raise SimpleUNetError(f"{path} is not a loadable TFLite model ({_first_line(exc)})") from None
-        self.input_detail = self.interpreter.get_input_details()[0]
-        self.output_detail = self.interpreter.get_output_details()[0]
+        if not inputs or not outputs:
+            raise SimpleUNetError(f"{path} has no input or no output; SimpleUNet models have one of each")
+        self.input_detail, self.output_detail = inputs[0], outputs[0]
         self.input_shape = tuple(int(d) for d in self.input_detail["shape"])
         self.output_shape = tuple(int(d) for d in self.output_detail["shape"])
+        self._allocated = self.input_shape  # the input shape the interpreter's tensors are allocated for
 
     def metadata_json(self) -> str | None:
         raw = read_metadata(self._data, METADATA_KEY, str(self.path))
         return None if raw is None else raw.decode("utf-8", "replace")
 
     def _invoke(self, x: np.ndarray) -> np.ndarray:
-        if tuple(x.shape) != self.input_shape:
-            self.interpreter.resize_tensor_input(self.input_detail["index"], list(x.shape))
-            self.interpreter.allocate_tensors()
-            self.input_shape = tuple(x.shape)
-        self.interpreter.set_tensor(self.input_detail["index"], _quantize(x, self.input_detail))
-        self.interpreter.invoke()
-        return _dequantize(self.interpreter.get_tensor(self.output_detail["index"]), self.output_detail)
+        x = _quantize(x, self.input_detail)
+        with self._lock:
+            if tuple(x.shape) != self._allocated:
+                self.interpreter.resize_tensor_input(self.input_detail["index"], list(x.shape))
+                self.interpreter.allocate_tensors()
+                self._allocated = tuple(x.shape)
+            self.interpreter.set_tensor(self.input_detail["index"], x)
+            self.interpreter.invoke()
+            y = self.interpreter.get_tensor(self.output_detail["index"])  # a copy, safe after the lock
+        return _dequantize(y, self.output_detail)
 
 
 def resolve_backend(path: Path, backend: str | None) -> str:
@@ -239,6 +322,22 @@ def resolve_backend(path: Path, backend: str | None) -> str:
     return chosen
 
 
+def _threads(threads: int | None) -> int | None:
+    """``threads`` checked: None or 0 leave the choice to the runtime; more than the usable cores is clamped to
+    them with one warning, as ``make -j`` users expect of a portable setting: threads beyond the cores only
+    contend (10000 stalled a 2-core machine), and a value written for a bigger machine should still run here."""
+    if threads is None:
+        return None
+    if not isinstance(threads, numbers.Integral) or isinstance(threads, bool) or threads < 0:
+        raise SimpleUNetError(f"threads must be a non-negative integer, got {threads!r}")
+    cores = usable_cores()
+    if threads > cores:
+        warnings.warn(f"threads={int(threads)} is more than the {cores} usable cores here; using {cores}",
+                      SimpleUNetWarning, stacklevel=4)
+        return cores
+    return int(threads)  # numpy integers welcome
+
+
 def open_backend(path: str | os.PathLike, backend: str | None = None, threads: int | None = None,
                  providers: Sequence[str] | None = None, layout: str | None = None) -> Backend:
     """Open a model file with the right backend (``backend`` forces one)."""
@@ -247,9 +346,7 @@ def open_backend(path: str | os.PathLike, backend: str | None = None, threads: i
         hint = "; for a bundled model use Segmenter.pretrained(name)" if not path.suffix and path.parent == Path(".") \
             else ""
         raise SimpleUNetError(f"model file {path} not found{hint}")
-    if threads is not None and (not isinstance(threads, numbers.Integral) or isinstance(threads, bool) or threads < 0):
-        raise SimpleUNetError(f"threads must be a non-negative integer, got {threads!r}")
-    threads = None if threads is None else int(threads)  # numpy integers welcome
+    threads = _threads(threads)
     kind = resolve_backend(path, backend)
     if kind == "tflite":
         if providers:

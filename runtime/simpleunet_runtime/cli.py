@@ -1,20 +1,35 @@
 """``simpleunet-infer``: segment image files/folders with a bundled or exported model, write mask PNGs.
 
 A bad file costs one ``error:`` line and the batch goes on; the exit code is non-zero if any file failed.
+SIGINT and SIGTERM end the batch with the summary line (exit 130 / 143); nothing half-written is left.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
 from .backends import BACKENDS
 from .errors import SimpleUNetError, console_script
-from .image import list_images, load_image, overlay, save_png, unwritable_parent
+from .image import TEMP_FILE, list_images, load_image, overlay, save_png, unwritable_parent
+from .metadata import check_mean, check_std
 from .zoo import DEFAULT_MODEL
 
+#: A temp file of another output name is removed once untouched this long (a run writing there now keeps its own).
+STALE_S = 3600
+
+
+def _say(text: str, file=None) -> None:
+    """print, escaping what the stream cannot show (``\\xe9``): a non-ASCII path under LANG=C or
+    PYTHONIOENCODING=ascii must not end the run with a UnicodeEncodeError."""
+    file = file or sys.stdout
+    enc = getattr(file, "encoding", None) or "utf-8"
+    print(text.encode(enc, "backslashreplace").decode(enc), file=file, flush=True)
 
 
 def _floats(text: str) -> tuple[float, ...]:
@@ -27,12 +42,15 @@ def _floats(text: str) -> tuple[float, ...]:
     return values
 
 
-def _std(text: str) -> tuple[float, ...]:
-    """--std: checked here so a zero is blamed on the flag, not on the model's metadata."""
-    values = _floats(text)
-    if min(values) <= 0:
-        raise argparse.ArgumentTypeError(f"expected 3 numbers > 0 (R,G,B), got {text!r}")
-    return values
+def _checked(rule):
+    """An argparse type for --mean/--std: the metadata's own rule (``metadata.check_mean``/``check_std``), so a flag
+    and a model file are held to the same bounds (a std of 1e-40 only blows the input up to inf)."""
+    def parse(text: str) -> tuple[float, ...]:
+        try:
+            return rule(_floats(text))
+        except SimpleUNetError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+    return parse
 
 
 def _positive(text: str) -> int:
@@ -59,8 +77,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", choices=("int8", "fp32"), help="precision of a bundled model (default: int8); "
                    "not for a model file")
     p.add_argument("--imgsz", type=_positive, help="override the model's input size")
-    p.add_argument("--mean", type=_floats, help="override the normalization mean, e.g. 0.485,0.456,0.406")
-    p.add_argument("--std", type=_std, help="override the normalization std, e.g. 0.229,0.224,0.225")
+    p.add_argument("--mean", type=_checked(check_mean), help="override the normalization mean, e.g. 0.485,0.456,0.406")
+    p.add_argument("--std", type=_checked(check_std), help="override the normalization std, e.g. 0.229,0.224,0.225")
     p.add_argument("--threshold", type=float, help="override the foreground probability threshold")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress counter")
     return p
@@ -122,7 +140,48 @@ class _Progress:
                 print(file=sys.stderr)
 
     def error(self, msg: str) -> None:
-        print(("\r" if self.on and self.tty else "") + f"error: {msg}", file=sys.stderr, flush=True)
+        _say(("\r" if self.on and self.tty else "") + f"error: {msg}", sys.stderr)
+
+
+class _Interrupted(BaseException):
+    """SIGINT or SIGTERM (``args[0]``): a BaseException, so no ``except Exception`` on the way swallows it."""
+
+
+class _Signals:
+    """SIGINT and SIGTERM both end the batch like Ctrl-C: at once, except while an image's files are being written
+    (``hold``), which finish first, so no temp file and no mask without its overlay is left. Handlers can only be
+    set in the main thread; elsewhere nothing changes."""
+
+    def __init__(self):
+        self.pending, self.writing, self.saved = 0, False, {}
+
+    def __enter__(self) -> "_Signals":
+        if threading.current_thread() is threading.main_thread():
+            self.saved = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)}
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.writing = True  # from here a signal is only recorded
+        for s, handler in self.saved.items():
+            signal.signal(s, signal.SIG_DFL if handler is None else handler)
+
+    def _handle(self, signum: int, _frame) -> None:
+        self.pending = self.pending or signum
+        if not self.writing:
+            raise _Interrupted(signum)
+
+    @contextlib.contextmanager
+    def hold(self):
+        self.writing = True
+        try:
+            yield
+        finally:
+            self.writing = False
+
+    def check(self) -> None:
+        """End the batch here if a signal came while files were being written."""
+        if self.pending:
+            raise _Interrupted(self.pending)
 
 
 def _open(args):
@@ -149,52 +208,107 @@ def _check_out(out: Path) -> None:
         raise SimpleUNetError(f"cannot create output folder {out}: {bad} is not a writable folder")
 
 
+def _remove_stale_temps(out: Path, names: set[str]) -> int:
+    """Remove the temp files a killed run left in ``out``: those of the files this run writes, and any other
+    untouched for ``STALE_S`` (another run writing into the folder at this moment keeps its own). Returns the count."""
+    removed = 0
+    for path in out.iterdir() if out.is_dir() else ():
+        match = TEMP_FILE.fullmatch(path.name)
+        try:
+            if match and path.is_file() and (match[1] in names or time.time() - path.stat().st_mtime > STALE_S):
+                path.unlink()
+                removed += 1
+        except OSError:
+            continue  # gone meanwhile, or not ours to remove: the run goes on
+    return removed
+
+
+def _segment(seg, path: Path, out: Path, stem: str, with_overlay: bool, signals: _Signals) -> None:
+    """Write ``<stem>.png`` (and ``<stem>_overlay.png``): both or, on any failure, neither. Everything is computed
+    before the first write, so running out of memory or a signal there leaves nothing; the writes finish under
+    ``signals.hold``. The mask is written last: even after a kill -9, a mask means its overlay is there."""
+    image = load_image(path)
+    mask = seg.predict(image)
+    outputs = [(out / f"{stem}_overlay.png", overlay(image, mask), 1)] if with_overlay else []  # photos: zlib 1
+    outputs.append((out / f"{stem}.png", mask, 6))
+    del image  # not needed while encoding
+    written: list[Path] = []
+    with signals.hold():
+        try:
+            for target, array, level in outputs:
+                save_png(target, array, compress_level=level)
+                written.append(target)
+        except BaseException:
+            for target in written:
+                target.unlink(missing_ok=True)
+            raise
+
+
 @console_script
 def infer_main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    with _Signals() as signals:
+        try:
+            return _infer(args, signals)
+        except _Interrupted as exc:  # before the first image (while loading the model)
+            _say(f"interrupted by {signal.Signals(exc.args[0]).name}: nothing written", sys.stderr)
+            return 128 + exc.args[0]
+
+
+def _infer(args: argparse.Namespace, signals: _Signals) -> int:
     t0 = time.perf_counter()
     try:
         _check_out(args.out)
         seg = _open(args)
     except SimpleUNetError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        _say(f"error: {exc}", sys.stderr)
         return 1
     load_s = time.perf_counter() - t0
     files, bad = _collect(args.inputs)
     try:
         names = _names(files, args.out, args.overlay)
     except SimpleUNetError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        _say(f"error: {exc}", sys.stderr)
         return 1
     for path, stem in zip(files, names):
         if stem != path.stem:  # a shared stem: say where this input's mask went
-            print(f"note: {path} -> {args.out / stem}.png ({path.stem}.png is taken by an earlier input)",
-                  file=sys.stderr)
+            _say(f"note: {path} -> {args.out / stem}.png ({path.stem}.png is taken by an earlier input)", sys.stderr)
+    stale = _remove_stale_temps(args.out, {f"{n}{s}.png" for n in names for s in ("", "_overlay")})
+    if stale:
+        _say(f"note: removed {stale} temp file(s) an interrupted run left in {args.out}", sys.stderr)
     progress = _Progress(len(files), args.quiet)
     for raw, msg in bad:
         progress.error(f"{raw}: {msg}")
-    failed, t1 = len(bad), time.perf_counter()
-    for i, (path, stem) in enumerate(zip(files, names), 1):
-        try:
-            image = load_image(path)
-            mask = seg.predict(image)
-            save_png(args.out / f"{stem}.png", mask)
-            if args.overlay:
-                save_png(args.out / f"{stem}_overlay.png", overlay(image, mask), compress_level=1)
-        except SimpleUNetError as exc:
-            failed += 1
-            progress.error(str(exc) if str(path) in str(exc) else f"{path}: {exc}")  # name the file once
-        except OSError as exc:
-            failed += 1
-            progress.error(f"{path}: cannot write output: {exc.strerror or exc}")
-        progress.update(i)
+    failed, done, t1 = len(bad), 0, time.perf_counter()
+    try:
+        for path, stem in zip(files, names):
+            try:
+                _segment(seg, path, args.out, stem, args.overlay, signals)
+            except SimpleUNetError as exc:
+                failed += 1
+                progress.error(str(exc) if str(path) in str(exc) else f"{path}: {exc}")  # name the file once
+            except MemoryError:
+                failed += 1
+                progress.error(f"{path}: not enough memory to segment this image; downscale it or free memory")
+            except OSError as exc:
+                failed += 1
+                progress.error(f"{path}: cannot write output: {exc.strerror or exc}")
+            done += 1
+            progress.update(done)
+            signals.check()
+    except _Interrupted:
+        pass  # signals.pending says which
     total = len(files) + len(bad)
-    ok = total - failed
+    ok = len(bad) + done - failed
     run_s = time.perf_counter() - t1
-    per = f", {1000 * run_s / len(files):.1f} ms/image" if ok else ""
-    print(f"segmented {ok}/{total} images in {run_s:.2f} s{per} (model load {load_s:.2f} s) with "
-          f"{seg.path.name} [{seg.backend}] -> " + (str(args.out) if ok else "nothing written")
-          + (f"; {failed} failed" if failed else ""))
+    per = f", {1000 * run_s / done:.1f} ms/image" if ok else ""
+    left = f", {len(files) - done} not processed" if len(files) > done else ""
+    stopped = f"; interrupted by {signal.Signals(signals.pending).name}{left}" if signals.pending else ""
+    _say(f"segmented {ok}/{total} images in {run_s:.2f} s{per} (model load {load_s:.2f} s) with "
+         f"{seg.path.name} [{seg.backend}] -> " + (str(args.out) if ok else "nothing written")
+         + (f"; {failed} failed" if failed else "") + stopped)
+    if signals.pending:
+        return 128 + signals.pending
     return 1 if failed or not total else 0
 
 

@@ -1,13 +1,23 @@
 """The model-file metadata schema: the one definition. The exporter writes it into every model file
 (ONNX ``metadata_props`` / TFLite ``Model.metadata``, key ``simpleunet``, value = this JSON) and the runtime
 reads it back, so a model file is self-describing.
+
+A file is trusted no more than a user: the ``check_*`` rules below are the ones the Segmenter applies to its
+arguments, and ``ModelMetadata`` applies them (and one per other field) to every value it is given. Strings are
+made safe to print where they are parsed: a model's name cannot carry a terminal escape, a newline or a '|' that
+would break the bench's Markdown table.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import numbers
+import reprlib
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
+
+import numpy as np
 
 from .errors import SimpleUNetError
 
@@ -15,6 +25,143 @@ from .errors import SimpleUNetError
 METADATA_KEY = "simpleunet"
 SCHEMA_VERSION = 1
 NOTICE = "Research use only. Not a medical device; not for diagnostic use."
+#: The exporter writes about 0.7 KB; anything past this is not ours.
+MAX_JSON_CHARS = 1 << 16
+#: Printed strings are cut to this many characters.
+TEXT_LIMIT = 200
+#: ``extra`` may nest this deep (the exporter's is flat).
+EXTRA_DEPTH = 8
+
+_repr = reprlib.Repr()  # repr escapes control characters; reprlib also bounds length and depth
+_repr.maxlevel, _repr.maxstring, _repr.maxother, _repr.maxlist, _repr.maxdict = 2, 40, 40, 4, 4
+_shown = _repr.repr
+
+
+class FieldError(SimpleUNetError):
+    """A value breaks the rule of its field; ``field`` names it, so a caller can offer the override for it."""
+
+    def __init__(self, field: str, rule: str, value: Any, prefix: str = ""):
+        super().__init__(f"{prefix}{field} must be {rule}, got {_shown(value)}")
+        self.field, self.rule, self.value = field, rule, value
+
+
+def _real(v: Any) -> bool:
+    return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _integer(v: Any) -> bool:
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+
+def check_threshold(value: Any, field: str = "threshold") -> float:
+    if not (_real(value) and 0 <= value <= 1):
+        raise FieldError(field, "a number in [0, 1]", value)
+    return float(value)
+
+
+def check_imgsz(value: Any, field: str = "imgsz") -> tuple[int, int]:
+    dims = (value, value) if _integer(value) else tuple(value) if isinstance(value, (list, tuple, np.ndarray)) else ()
+    if len(dims) != 2 or not all(_integer(d) and 0 < d <= 8192 for d in dims):
+        raise FieldError(field, "a positive integer or (height, width) up to 8192", value)
+    return int(dims[0]), int(dims[1])
+
+
+def _triple(value: Any, field: str, rule: str, low: float) -> tuple[float, float, float]:
+    items = tuple(value) if isinstance(value, (list, tuple, np.ndarray)) else ()
+    if len(items) != 3 or not all(_real(v) and low <= v <= 1e6 for v in items):
+        raise FieldError(field, rule, value)
+    return tuple(float(v) for v in items)  # type: ignore[return-value]
+
+
+# The bounds keep (x / 255 - mean) / std finite in float32 (|x| <= 1e12), and refuse a std that underflows (1e-40).
+def check_mean(value: Any, field: str = "mean") -> tuple[float, float, float]:
+    return _triple(value, field, "3 finite numbers (R, G, B), each in [-1e6, 1e6]", -1e6)
+
+
+def check_std(value: Any, field: str = "std") -> tuple[float, float, float]:
+    return _triple(value, field, "3 numbers > 0 (R, G, B), each in [1e-6, 1e6]", 1e-6)
+
+
+def clean_text(text: str, limit: int = TEXT_LIMIT) -> str:
+    """``text`` safe for a terminal and a Markdown table cell: control and format characters (escapes, newlines,
+    bidi overrides) become '?', '|' becomes '/', and it is cut to ``limit`` characters."""
+    safe = "".join(c if c.isprintable() else "?" for c in text[:limit + 1]).replace("|", "/")
+    return safe if len(safe) <= limit else safe[:limit - 3] + "..."
+
+
+def _text(value: Any, field: str) -> str:
+    if not isinstance(value, str):
+        raise FieldError(field, "a string", value)
+    return clean_text(value)
+
+
+def _count(value: Any, field: str) -> int:
+    if not (_integer(value) and value >= 0):
+        raise FieldError(field, "an integer >= 0", value)
+    return int(value)
+
+
+def _classes(value: Any, field: str) -> int:
+    if not (_integer(value) and 1 <= value <= 256):  # mask class ids are uint8
+        raise FieldError(field, "an integer in 1..256", value)
+    return int(value)
+
+
+def _rate(value: Any, field: str) -> float:
+    if not (_real(value) and 0 <= value <= 1):
+        raise FieldError(field, "a number in [0, 1]", value)
+    return float(value)
+
+
+def _flag(value: Any, field: str) -> bool:
+    if not isinstance(value, bool):
+        raise FieldError(field, "true or false", value)
+    return value
+
+
+def _one_of(*allowed: str) -> Callable[[Any, str], str]:
+    def check(value: Any, field: str) -> str:
+        if not isinstance(value, str) or value not in allowed:
+            raise FieldError(field, " or ".join(repr(a) for a in allowed), value)
+        return value
+    return check
+
+
+def _json_safe(value: Any, field: str, depth: int = 0) -> Any:
+    """A JSON value with its strings cleaned; refused past ``EXTRA_DEPTH`` levels and for non-finite numbers."""
+    if depth > EXTRA_DEPTH:
+        raise FieldError(field, f"nested at most {EXTRA_DEPTH} levels deep", value)
+    if isinstance(value, str):
+        return clean_text(value)
+    if isinstance(value, dict):
+        return {clean_text(str(k)): _json_safe(v, field, depth + 1) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v, field, depth + 1) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        raise FieldError(field, "made of finite numbers", value)
+    return value
+
+
+def _extra(value: Any, field: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise FieldError(field, "a JSON object", value)
+    return _json_safe(value, field)
+
+
+def _version(value: Any, field: str) -> int:
+    if not (_integer(value) and value >= 1):
+        raise FieldError(field, "an integer >= 1", value)
+    return int(value)
+
+
+_CHECKS: dict[str, Callable[[Any, str], Any]] = {
+    "family": _text, "width": _count, "blocks": _count, "rate": _rate, "imgsz": check_imgsz, "mean": check_mean,
+    "std": check_std, "num_classes": _classes, "input_layout": _one_of("NCHW", "NHWC"),
+    "channel_order": _one_of("RGB"),  # the runtime feeds RGB: a BGR file would be silently wrong
+    "output": _one_of("probabilities", "logits"), "threshold": check_threshold, "precision": _text, "aff": _flag,
+    "parameters": _count, "weights_sha256": _text, "dataset": _text, "name": _text, "toolkit_version": _text,
+    "notice": _text, "extra": _extra, "schema_version": _version,
+}
 
 
 @dataclass(frozen=True)
@@ -23,6 +170,7 @@ class ModelMetadata:
 
     ``input_layout`` is the layout of the file's input tensor (ONNX: NCHW, TFLite: NHWC);
     ``output`` is ``probabilities`` (a sigmoid for 1 class / softmax for more is inside the graph) or ``logits``.
+    Every field is checked and normalized (tuples of floats, cleaned strings) when an instance is made.
     """
 
     family: str
@@ -49,39 +197,48 @@ class ModelMetadata:
     schema_version: int = SCHEMA_VERSION
 
     def __post_init__(self) -> None:
-        if self.input_layout not in ("NCHW", "NHWC"):
-            raise SimpleUNetError(f"metadata input_layout must be NCHW or NHWC, got {self.input_layout!r}")
-        if self.output not in ("probabilities", "logits"):
-            raise SimpleUNetError(f"metadata output must be 'probabilities' or 'logits', got {self.output!r}")
-        if len(self.mean) != 3 or len(self.std) != 3 or any(s <= 0 for s in self.std):
-            raise SimpleUNetError("metadata mean/std must be 3 values each, std > 0")
+        for name in _CHECKS:
+            object.__setattr__(self, name, _checked(name, getattr(self, name)))
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), sort_keys=True, separators=(",", ":"))
 
     @classmethod
-    def from_json(cls, text: str | bytes) -> "ModelMetadata":
+    def from_json(cls, text: str | bytes, **overrides: Any) -> "ModelMetadata":
+        """Parse a file's metadata. ``overrides`` (values the user gave, already checked) replace the file's before
+        its values are checked, so a user can still run a file whose threshold, say, is broken."""
+        if len(text) > MAX_JSON_CHARS:
+            raise SimpleUNetError(f"model metadata is {len(text):,} characters long, more than the "
+                                  f"{MAX_JSON_CHARS:,} SimpleUNet metadata may have")
         try:
-            data = json.loads(text)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            data = json.loads(text)  # NaN / Infinity parse, and are then refused by the field they are in
+        except UnicodeDecodeError:
+            raise SimpleUNetError("model metadata is not UTF-8 text") from None
+        except RecursionError:
+            raise SimpleUNetError("model metadata is nested too deeply to be SimpleUNet metadata") from None
+        except ValueError as exc:  # json.JSONDecodeError
             raise SimpleUNetError(f"model metadata is not valid JSON ({exc})") from None
         if not isinstance(data, dict):
             raise SimpleUNetError("model metadata must be a JSON object")
-        version = data.get("schema_version", 1)
-        if not isinstance(version, int) or isinstance(version, bool):
-            raise SimpleUNetError(f"model metadata schema_version must be an integer, got {version!r}")
+        version = _checked("schema_version", data.get("schema_version", 1))
         if version > SCHEMA_VERSION:
             raise SimpleUNetError(f"model metadata schema {version} is newer than this runtime understands "
                                   f"({SCHEMA_VERSION}); upgrade simpleunet-runtime")
-        known = {f.name for f in dataclasses.fields(cls)}
-        data = {k: v for k, v in data.items() if k in known}
-        try:
-            data["imgsz"] = tuple(int(v) for v in data["imgsz"])
-            data["mean"] = tuple(float(v) for v in data["mean"])
-            data["std"] = tuple(float(v) for v in data["std"])
-            return cls(**data)
-        except (KeyError, TypeError, ValueError) as exc:
-            raise SimpleUNetError(f"model metadata is incomplete or malformed ({type(exc).__name__}: {exc})") from None
+        fields = dataclasses.fields(cls)
+        data = {**{f.name: data[f.name] for f in fields if f.name in data}, **overrides}
+        missing = [f.name for f in fields if f.name not in data and f.default is dataclasses.MISSING
+                   and f.default_factory is dataclasses.MISSING]
+        if missing:
+            raise SimpleUNetError(f"model metadata lacks {', '.join(missing)}")
+        return cls(**data)
 
     def replace(self, **changes: Any) -> "ModelMetadata":
         return dataclasses.replace(self, **changes)
+
+
+def _checked(name: str, value: Any) -> Any:
+    """``value`` checked and normalized by the rule of metadata field ``name``."""
+    try:
+        return _CHECKS[name](value, name)
+    except FieldError as exc:
+        raise FieldError(exc.field, exc.rule, exc.value, prefix="metadata ") from None

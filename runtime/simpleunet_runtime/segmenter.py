@@ -1,12 +1,12 @@
 """``Segmenter``: open an exported model file, segment images at their original size.
 
-Pre/post-processing is numpy + Pillow only and shared by both backends: decode (``image.load_image``), resize to
-the model's input size, normalize with the model's own mean/std, run, resize the probabilities back to the
+Pre/post-processing is numpy + Pillow only and shared by both backends: decode (``image.load_for_model``), resize
+to the model's input size, normalize with the model's own mean/std, run, resize the probabilities back to the
 image's size, threshold the foreground probability (several classes: then the argmax of the foreground classes).
+The user's arguments and the file's metadata go through the same checks (``metadata.check_*``).
 """
 from __future__ import annotations
 
-import numbers
 import os
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -15,8 +15,9 @@ import numpy as np
 
 from .backends import open_backend
 from .errors import SimpleUNetError
-from .image import ImageInput, as_rgb, load_image, normalize, resize_image, resize_probabilities
-from .metadata import ModelMetadata
+from .image import (ImageInput, as_rgb, load_for_model, normalize, probability_bands, resize_image,
+                    resize_probabilities, too_large)
+from .metadata import FieldError, ModelMetadata, check_imgsz, check_mean, check_std, check_threshold
 
 
 def foreground_probability(p: np.ndarray) -> np.ndarray:
@@ -34,37 +35,32 @@ def class_mask(p: np.ndarray, threshold: float) -> np.ndarray:
     return np.where(foreground_probability(p[None])[0] > threshold, ids, np.uint8(0))
 
 
-def _triple(name: str, value: Sequence[float] | None) -> tuple[float, float, float] | None:
-    if value is None:
-        return None
+#: The metadata fields a user may override (Segmenter arguments, CLI flags), each with the check both go through.
+OVERRIDES = {"imgsz": check_imgsz, "mean": check_mean, "std": check_std, "threshold": check_threshold}
+
+
+def _parse_metadata(text: str | bytes, name: str, overrides: dict) -> ModelMetadata:
+    """The file's metadata with the user's overrides, checked by the same rules; errors name the file and field."""
     try:
-        out = tuple(float(v) for v in value)
-    except (TypeError, ValueError):
-        raise SimpleUNetError(f"{name} must be 3 numbers, got {value!r}") from None
-    if len(out) != 3 or not all(np.isfinite(out)):
-        raise SimpleUNetError(f"{name} must be 3 finite numbers (R, G, B), got {value!r}")
-    if name == "std" and min(out) <= 0:  # checked here so the message names the argument, not the metadata
-        raise SimpleUNetError(f"std must be 3 numbers > 0 (R, G, B), got {value!r}")
-    return out  # type: ignore[return-value]
-
-
-def _size(value: int | Sequence[int] | None) -> tuple[int, int] | None:
-    if value is None:
-        return None
-    dims = (value, value) if isinstance(value, (int, np.integer)) else tuple(value)
-    if len(dims) != 2 or not all(isinstance(d, (int, np.integer)) and not isinstance(d, bool) and 0 < d <= 8192
-                                 for d in dims):
-        raise SimpleUNetError(f"imgsz must be a positive integer or (height, width) up to 8192, got {value!r}")
-    return int(dims[0]), int(dims[1])
-
-
-def _parse_metadata(text: str, name: str) -> ModelMetadata:
-    try:
-        return ModelMetadata.from_json(text)
+        return ModelMetadata.from_json(text, **overrides)
+    except FieldError as exc:
+        fix = (f"override it with {exc.field}= (--{exc.field} on the command line)" if exc.field in OVERRIDES
+               else "re-export the model with simpleunet-export")
+        raise SimpleUNetError(f"{name}: {exc}; {fix}") from None
     except SimpleUNetError as exc:
         raise SimpleUNetError(f"{name}: {exc}") from None
-    except (TypeError, ValueError, AttributeError) as exc:  # well-formed JSON with values of the wrong type
-        raise SimpleUNetError(f"{name}: model metadata is malformed ({type(exc).__name__}: {exc})") from None
+
+
+def _image_list(images, who: str) -> list:
+    """The images of a batch argument. One image (a path, bytes, an HxWxC array) is refused, not iterated: a path
+    would otherwise be taken as a batch of one-character file names."""
+    single = isinstance(images, (str, bytes, bytearray, memoryview, os.PathLike)) or (
+        isinstance(images, np.ndarray) and images.ndim != 4)
+    if single or not hasattr(images, "__iter__"):
+        got = f"an array of shape {images.shape}" if isinstance(images, np.ndarray) else f"a {type(images).__name__}"
+        raise SimpleUNetError(f"{who} takes a list of images or an N x H x W x C array, got {got}; wrap a single "
+                              "image in a list")
+    return list(images)
 
 
 class Segmenter:
@@ -80,39 +76,37 @@ class Segmenter:
                  threshold: float | None = None):
         self.path = Path(path)
         self._backend = open_backend(self.path, backend, threads, providers)
-        imgsz_, mean_, std_ = _size(imgsz), _triple("mean", mean), _triple("std", std)
-        if threshold is not None:  # numpy scalars welcome, bools and NaN not
-            if not (isinstance(threshold, numbers.Real) and not isinstance(threshold, bool) and 0 <= threshold <= 1):
-                raise SimpleUNetError(f"threshold must be a number in [0, 1], got {threshold!r}")
-            threshold = float(threshold)
-        text = self._backend.metadata_json()
+        given = {"imgsz": imgsz, "mean": mean, "std": std, "threshold": threshold}
+        overrides = {k: OVERRIDES[k](v) for k, v in given.items() if v is not None}  # messages name the argument
+        try:
+            text = self._backend.metadata_json()
+        except UnicodeDecodeError:  # onnxruntime decodes the metadata itself
+            raise SimpleUNetError(f"{self.path.name}: model metadata is not UTF-8 text; re-export the model with "
+                                  "simpleunet-export") from None
         if text is not None:
-            meta = _parse_metadata(text, self.path.name)
-            self._backend.layout = meta.input_layout
+            self.metadata: ModelMetadata = _parse_metadata(text, self.path.name, overrides)
+            self._backend.layout = self.metadata.input_layout
         else:
-            meta = self._fallback_metadata(imgsz_, mean_, std_)
-        changes = {k: v for k, v in (("imgsz", imgsz_), ("mean", mean_), ("std", std_), ("threshold", threshold))
-                   if v is not None}
-        self.metadata: ModelMetadata = meta.replace(**changes) if changes else meta
-        _size(tuple(self.metadata.imgsz))
+            self.metadata = self._fallback_metadata(overrides)
         fixed = self._backend.input_hw
         if all(fixed) and tuple(fixed) != tuple(self.metadata.imgsz):
             raise SimpleUNetError(f"{self.path.name} takes {fixed[0]}x{fixed[1]} input but imgsz is "
                                   f"{self.metadata.imgsz[0]}x{self.metadata.imgsz[1]}")
 
-    def _fallback_metadata(self, imgsz, mean, std) -> ModelMetadata:
+    def _fallback_metadata(self, overrides: dict) -> ModelMetadata:
         """Metadata for a file that has none, from the user's overrides and the file's tensor shapes."""
         b = self._backend
         b.layout = b.native_layout
-        size = imgsz or (tuple(b.input_hw) if all(b.input_hw) else None)
-        missing = [n for n, v in (("mean", mean), ("std", std), ("imgsz", size)) if v is None]
+        size = overrides.get("imgsz") or (tuple(b.input_hw) if all(b.input_hw) else None)
+        missing = [n for n, v in (("mean", overrides.get("mean")), ("std", overrides.get("std")), ("imgsz", size))
+                   if v is None]
         if missing:
             raise SimpleUNetError(f"{self.path.name} has no simpleunet metadata; export it with simpleunet-export "
                                   f"or give {', '.join(m + '=' for m in missing)} "
                                   f"({', '.join('--' + m for m in missing)} on the command line)")
-        return ModelMetadata(family="unknown", width=0, blocks=0, rate=0.0, imgsz=size, mean=mean, std=std,
-                             num_classes=b.output_classes, input_layout=b.layout, precision="unknown",
-                             name=self.path.stem)
+        return ModelMetadata(family="unknown", width=0, blocks=0, rate=0.0, num_classes=b.output_classes,
+                             input_layout=b.layout, precision="unknown", name=self.path.stem,
+                             **{**overrides, "imgsz": size})
 
     @classmethod
     def pretrained(cls, name: str, precision: str = "int8", format: str = "onnx", **kwargs) -> "Segmenter":
@@ -136,12 +130,7 @@ class Segmenter:
 
         ``images`` is a list of arrays or one N x H x W x C array.
         """
-        if isinstance(images, np.ndarray) and images.ndim != 4:
-            raise SimpleUNetError(f"preprocess takes a list of images or an N x H x W x C array, got an array of "
-                                  f"shape {images.shape}; wrap a single image in a list")
-        if isinstance(images, (str, bytes)) or not hasattr(images, "__iter__"):
-            raise SimpleUNetError(f"preprocess takes a list of images, got {type(images).__name__}")
-        batch = [resize_image(as_rgb(im), self.metadata.imgsz) for im in images]
+        batch = [resize_image(as_rgb(im), self.metadata.imgsz) for im in _image_list(images, "preprocess")]
         if not batch:
             raise SimpleUNetError("no images to preprocess")
         return normalize(np.stack(batch), self.metadata.mean, self.metadata.std)
@@ -166,28 +155,53 @@ class Segmenter:
         return foreground_probability(self._probabilities(x))
 
     def _postprocess(self, p: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-        """(C, h, w) probabilities -> HxW uint8 mask at ``size``."""
-        return class_mask(resize_probabilities(p, size), self.metadata.threshold)
+        """(C, h, w) probabilities -> HxW uint8 mask at ``size``, a band of rows at a time: the mask is the only
+        full-size array, 1 byte a pixel."""
+        try:
+            mask = np.empty(size, np.uint8)
+            for rows, band in probability_bands(p, size):
+                mask[rows] = class_mask(band, self.metadata.threshold)
+        except MemoryError:
+            raise too_large(f"a {size[1]}x{size[0]} mask", "segment") from None
+        return mask
+
+    def _masks(self, inputs: list[tuple[np.ndarray, tuple[int, int]]], batch_size: int) -> list[np.ndarray]:
+        """Masks for decoded inputs (model-sized image, mask size), ``batch_size`` at a time."""
+        masks: list[np.ndarray] = []
+        for start in range(0, len(inputs), batch_size):
+            chunk = inputs[start:start + batch_size]
+            probs = self._probabilities(normalize(np.stack([x for x, _ in chunk]), self.metadata.mean,
+                                                  self.metadata.std))
+            masks.extend(self._postprocess(p, size) for p, (_, size) in zip(probs, chunk))
+        return masks
 
     # -- user-facing --------------------------------------------------------------------------------------------
     def predict_proba(self, image: ImageInput) -> np.ndarray:
         """HxW float32 foreground probability at the image's original size."""
-        img = load_image(image)
-        fg = self.run(self.preprocess([img]))
-        return resize_probabilities(fg, img.shape[:2])[0]
+        x, size = load_for_model(image, self.metadata.imgsz)
+        fg = self.run(normalize(x[None], self.metadata.mean, self.metadata.std))
+        try:
+            return resize_probabilities(fg, size)[0]
+        except MemoryError:
+            raise too_large(f"a {size[1]}x{size[0]} probability map", "segment") from None
 
     def predict(self, image: ImageInput) -> np.ndarray:
         """HxW uint8 mask at the image's original size: 0/255 for one class, class ids otherwise."""
-        return self.predict_batch([image])[0]
+        return self._masks([load_for_model(image, self.metadata.imgsz)], 1)[0]
 
     def predict_batch(self, images: Sequence[ImageInput], batch_size: int = 8) -> list[np.ndarray]:
-        """Masks for several images (paths, bytes or arrays; any sizes), run ``batch_size`` at a time."""
-        if not isinstance(batch_size, int) or batch_size < 1:
+        """Masks for several images (paths, bytes or arrays; any sizes), run ``batch_size`` at a time.
+
+        Every image is decoded and checked before anything runs (keeping only its model-sized input), so a bad one
+        raises naming its index (``images[3]: ...``) and no result is computed to be lost; call ``predict`` per
+        image to go on past bad ones.
+        """
+        if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
             raise SimpleUNetError(f"batch_size must be a positive integer, got {batch_size!r}")
-        masks: list[np.ndarray] = []
-        items = list(images)
-        for start in range(0, len(items), batch_size):
-            imgs = [load_image(im) for im in items[start:start + batch_size]]
-            probs = self._probabilities(self.preprocess(imgs))
-            masks.extend(self._postprocess(p, im.shape[:2]) for p, im in zip(probs, imgs))
-        return masks
+        inputs = []
+        for i, image in enumerate(_image_list(images, "predict_batch")):
+            try:
+                inputs.append(load_for_model(image, self.metadata.imgsz))
+            except SimpleUNetError as exc:
+                raise SimpleUNetError(f"images[{i}]: {exc}") from None
+        return self._masks(inputs, batch_size)

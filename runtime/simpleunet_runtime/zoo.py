@@ -2,7 +2,8 @@
 
 Each index entry: name, format (onnx|tflite), precision (fp32|int8), file, sha256, bytes, parameters, dataset,
 metrics. A bundled file is hashed every time it is loaded (they are KB-sized), so a corrupted install fails
-loudly instead of segmenting wrongly. ``SIMPLEUNET_MODELS_DIR`` points the zoo at another folder.
+loudly instead of segmenting wrongly; an entry's file must lie inside the models folder. ``SIMPLEUNET_MODELS_DIR``
+points the zoo at another folder. ``check_manifest`` holds any model file to the exporter's ``manifest.json``.
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from .errors import SimpleUNetError, console_script
 EMPTY = "no bundled models (the toolkit's python -m simpleunet.export.publish installs them)"
 FORMATS, PRECISIONS = ("onnx", "tflite"), ("fp32", "int8")
 DEFAULT_MODEL = "simpleunet16-kvasir"  # the paper's 16 K model, what simpleunet-infer runs unless told
+MANIFEST = "manifest.json"  # what simpleunet-export writes beside its files (export/manifest.py)
 
 
 def models_dir() -> Path:
@@ -35,19 +37,42 @@ def empty_message() -> str:
 
 
 def index(folder: str | os.PathLike | None = None) -> list[dict]:
-    """The entries of ``index.json`` ([] when there is none)."""
+    """The entries of ``index.json`` ([] when there is none), each checked by ``_check_entry``."""
     path = Path(folder or models_dir()) / "index.json"
     if not path.is_file():
         return []
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise SimpleUNetError(f"bundled model index {path} is unreadable ({exc}); reinstall simpleunet-runtime") \
             from None
     entries = data.get("models", []) if isinstance(data, dict) else data
-    if not isinstance(entries, list) or not all(isinstance(e, dict) and {"name", "file"} <= set(e) for e in entries):
-        raise SimpleUNetError(f"bundled model index {path} is malformed; reinstall simpleunet-runtime")
+    if not isinstance(entries, list):
+        raise SimpleUNetError(f"bundled model index {path} is malformed (no list of models); reinstall "
+                              "simpleunet-runtime")
+    for i, entry in enumerate(entries):
+        problem = _check_entry(entry)
+        if problem:
+            raise SimpleUNetError(f"bundled model index {path} is malformed (entry {i + 1}: {problem}); reinstall "
+                                  "simpleunet-runtime")
     return entries
+
+
+def _check_entry(entry) -> str | None:
+    """What is wrong with one index entry, or None: the fields the zoo reads must have their types (a list of
+    models is printed, sorted and joined into paths), and ``file`` must name a file inside the models folder."""
+    if not isinstance(entry, dict):
+        return "not an object"
+    for key in ("name", "file"):
+        if not isinstance(entry.get(key), str) or not entry[key] or not entry[key].isprintable():
+            return f"{key} must be a non-empty printable string, got {entry.get(key)!r}"[:200]
+    for key in ("format", "precision", "sha256", "dataset"):
+        if key in entry and not isinstance(entry[key], str):
+            return f"{key} must be a string, got {entry[key]!r}"[:200]
+    file = Path(entry["file"])
+    if file.is_absolute() or ".." in file.parts or "\\" in entry["file"]:
+        return f"file {entry['file']!r} is not a plain path inside the models folder"
+    return None
 
 
 def names(folder: str | os.PathLike | None = None) -> list[str]:
@@ -85,9 +110,12 @@ def resolve(name: str, precision: str = "int8", format: str = "onnx", folder: st
     if precision not in PRECISIONS:
         raise SimpleUNetError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
     entry = find(name, precision, format, folder)
-    path = Path(folder or models_dir()) / entry["file"]
+    root = Path(folder or models_dir())
+    path = root / entry["file"]
     if not path.is_file():
         raise SimpleUNetError(f"bundled model file {path} is missing; reinstall simpleunet-runtime")
+    if not path.resolve().is_relative_to(root.resolve()):  # a symlink out of the folder
+        raise SimpleUNetError(f"bundled model file {path} leads outside {root}; reinstall simpleunet-runtime")
     want = entry.get("sha256")
     if not want:
         raise SimpleUNetError(f"bundled model {entry['file']} has no sha256 in the index; reinstall")
@@ -96,6 +124,30 @@ def resolve(name: str, precision: str = "int8", format: str = "onnx", folder: st
         raise SimpleUNetError(f"bundled model {entry['file']} is corrupt: sha256 {got[:12]}… != index "
                               f"{want[:12]}…; reinstall simpleunet-runtime")
     return path
+
+
+def check_manifest(path: Path, data: bytes) -> None:
+    """When the exporter's ``manifest.json`` sits beside ``path`` and lists it, ``data`` (the file's bytes, as the
+    runtime will run them) must have its sha256: a file changed or damaged after export is refused. A manifest.json
+    that is not the exporter's (not JSON, no "files" list) or does not list the file is none of our business."""
+    manifest = path.parent / MANIFEST
+    try:
+        doc = json.loads(manifest.read_text(encoding="utf-8")) if manifest.is_file() else None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+        return
+    rows = doc.get("files") if isinstance(doc, dict) else None
+    entry = next((r for r in rows if isinstance(r, dict) and r.get("file") == path.name), None) \
+        if isinstance(rows, list) else None
+    if entry is None:
+        return
+    want = entry.get("sha256")
+    if not isinstance(want, str):
+        raise SimpleUNetError(f"{manifest} lists {path.name} without a sha256; re-export it with simpleunet-export")
+    got = hashlib.sha256(data).hexdigest()
+    if got != want.lower():
+        raise SimpleUNetError(f"{path} does not match {manifest} (its sha256 {got[:12]}… is not the one listed): "
+                              "changed or damaged since export; copy or re-export it (an edited file needs a new "
+                              "manifest)")
 
 
 def _metric(entry: dict) -> str:
@@ -124,6 +176,8 @@ def list_main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", action="store_true", help="print the index as JSON")
     args = p.parse_args(argv)
     try:
+        if os.environ.get("SIMPLEUNET_MODELS_DIR") and not models_dir().is_dir():
+            raise SimpleUNetError(empty_message())
         entries = index()
     except SimpleUNetError as exc:
         print(f"error: {exc}", file=sys.stderr)

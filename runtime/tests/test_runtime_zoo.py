@@ -64,8 +64,10 @@ def test_empty_or_broken_index(tmp_path, monkeypatch, capsys):
         msg = str(exc.value)  # names the variable and its folder, and what fills it
         assert f"SIMPLEUNET_MODELS_DIR={folder} {state}" in msg and "simpleunet.export.publish --dest" in msg
         assert "simpleunet-export" not in msg
-        assert zoo.list_main([]) == 0
-        assert f"SIMPLEUNET_MODELS_DIR={folder}" in capsys.readouterr().out
+        missing = state == "does not exist"  # a mistyped variable is an error; an empty folder is just empty
+        assert zoo.list_main([]) == (1 if missing else 0)
+        out = capsys.readouterr()
+        assert f"SIMPLEUNET_MODELS_DIR={folder}" in (out.err if missing else out.out)
     (tmp_path / "index.json").write_text("{not json")
     with pytest.raises(SimpleUNetError, match="unreadable"):
         zoo.index()
