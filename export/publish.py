@@ -26,6 +26,12 @@ from .manifest import read as read_manifest
 REPO = Path(__file__).resolve().parents[1]
 DEST = REPO / "runtime" / "simpleunet_runtime" / "models"
 SUFFIXES = (".onnx", ".tflite")
+#: Zoo models the runtime does not bundle, and why (each stays in train/zoo for PyTorch and for export).
+NOT_BUNDLED = {
+    "simpleunet8-kvasir": "its int8 ONNX on the int7 grid, exact on every CPU, agrees with fp32 at mask Dice 0.979 < "
+                          "0.98 on the check images (2026-12-03; int7 QAT reached 0.976, pair-safe 0.975); the "
+                          "full-range file it shipped with lost masks on x86 CPUs without VNNI",
+}
 
 
 def zoo_checkpoints(zoo: Path) -> list[Path]:
@@ -70,6 +76,10 @@ def publish(zoo: Path, dest: Path = DEST, formats: Iterable[str] = ("onnx", "tfl
     try:
         for folder in zoo_checkpoints(Path(zoo)):
             name = folder.name
+            if name in NOT_BUNDLED:
+                if log:
+                    log(f"{name}: not bundled: {NOT_BUNDLED[name]}")
+                continue
             result = export_model(folder, int8=True, formats=tuple(formats), out=staging / name, name=name, log=log,
                                   require_own_data=True)  # never calibrate a BUSI model on the Kvasir sample
             manifest = read_manifest(result.manifest)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from .backends import BACKENDS
 from .errors import SimpleUNetError, console_script
-from .image import TEMP_FILE, list_images, load_image, overlay, save_png, unwritable_parent
+from .image import IMAGE_SUFFIXES, TEMP_FILE, list_images, load_image, overlay, save_png, unwritable_parent
 from .metadata import check_mean, check_std
 from .zoo import DEFAULT_MODEL
 
@@ -95,6 +95,11 @@ def _collect(inputs: list[str]) -> tuple[list[Path], list[tuple[str, str]]]:
             if not found:
                 bad.append((raw, "folder has no image files"))
             files.extend(found)
+            skipped = sorted(p.name for p in path.iterdir() if p.is_file() and p not in set(found)
+                             and not p.name.startswith("."))
+            if skipped:  # a .gif, a .txt: said, not silently left out
+                _say(f"note: {raw}: skipped {len(skipped)} file(s) that are not {'/'.join(IMAGE_SUFFIXES)} images"
+                     f" (first: {skipped[0]})", sys.stderr)
         elif path.is_file():
             files.append(path)
         else:

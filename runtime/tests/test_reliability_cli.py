@@ -264,3 +264,17 @@ def test_the_summary_is_unchanged_on_a_utf8_terminal(images, fixtures, tmp_path,
     out = tmp_path / "masques-é"
     assert infer_main([str(images), "--model", str(fixtures / "tiny_int8.onnx"), "--out", str(out), "-q"]) == 0
     assert capsys.readouterr().out.rstrip().endswith(f"-> {out}")
+
+
+def test_files_a_folder_holds_that_are_not_images_are_said_not_silently_skipped(tmp_path, capsys):
+    """An animated GIF (or any other file) inside a folder was skipped without a word."""
+    from simpleunet_runtime.sample import sample_pairs
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    image = sample_pairs()[0][0]
+    (folder / image.name).write_bytes(image.read_bytes())
+    (folder / "clip.gif").write_bytes(b"GIF89a")
+    assert infer_main([str(folder), "--model", "simpleunet16-kvasir", "--out", str(tmp_path / "out"), "-q"]) == 0
+    err = capsys.readouterr().err
+    assert "skipped 1 file(s) that are not" in err and "clip.gif" in err

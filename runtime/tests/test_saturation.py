@@ -1,7 +1,7 @@
 """The int8-on-every-CPU proof (``saturation``), its protobuf reader, the runtime's warning and the bench status.
 
 ``full_range_int8.onnx`` is the simpleunet8-kvasir int8 file the runtime bundled until 2026-12-03 (full-range int8
-weights): on an AVX2-only CPU it lost whole masks. No onnx package here: these tests also run in the slim venv.
+weights): files like it lost whole masks on AVX2-only CPUs. No onnx package here: these tests also run in the slim venv.
 """
 from __future__ import annotations
 
@@ -110,7 +110,7 @@ def test_runtime_warns_once_for_an_unsafe_file_on_avx2(monkeypatch, fixtures):
     assert len(got) == 1
     with warnings.catch_warnings():
         warnings.simplefilter("error", SimpleUNetWarning)
-        Segmenter(models_dir() / "simpleunet8-kvasir-int8.onnx")  # bundled: proven safe, no warning
+        Segmenter(models_dir() / "simpleunet16-kvasir-int8.onnx")  # bundled: proven safe, no warning
 
 
 def test_runtime_does_not_warn_where_kernels_do_not_saturate(monkeypatch, fixtures):
