@@ -24,30 +24,24 @@ from conftest import FIXTURES, HAS_TFLITE, needs_tflite
 from simpleunet_runtime import Segmenter, SimpleUNetError, backends, zoo
 from simpleunet_runtime.errors import SimpleUNetWarning
 from simpleunet_runtime.onnx_file import _fields, read_graph
+from _protobuf import varint
 
 REFUSED = "refers to data outside the file"
 
 
 # -- protobuf encoding, enough to build hostile ONNX files -----------------------------------------------------
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        out.append((n & 0x7F) | (0x80 if n > 0x7F else 0))
-        n >>= 7
-        if not n:
-            return bytes(out)
 
 
 def pb(number: int, value: int | bytes | str) -> bytes:
     """One protobuf field: a varint for an int, length-delimited for bytes/str."""
     if isinstance(value, int):
-        return _varint(number << 3) + _varint(value)
+        return varint(number << 3) + varint(value)
     value = value.encode() if isinstance(value, str) else bytes(value)
-    return _varint(number << 3 | 2) + _varint(len(value)) + value
+    return varint(number << 3 | 2) + varint(len(value)) + value
 
 
 def _raw(number: int, wire: int, value) -> bytes:
-    return pb(number, value) if wire in (0, 2) else _varint(number << 3 | wire) + bytes(value)
+    return pb(number, value) if wire in (0, 2) else varint(number << 3 | wire) + bytes(value)
 
 
 def edit(message: bytes, number: int, fn) -> bytes:

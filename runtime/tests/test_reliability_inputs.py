@@ -28,19 +28,13 @@ from simpleunet_runtime import image as image_module
 from simpleunet_runtime.image import PALETTE, load_for_model, load_image, load_mask, overlay, resize_probabilities
 from simpleunet_runtime.metadata import METADATA_KEY
 from simpleunet_runtime.sample import sample_pairs
+from _protobuf import varint
 
 LINUX = sys.platform.startswith("linux")
 ONNX = (FIXTURES / "tiny_fp32.onnx").read_bytes()
 
 
 # -- ONNX metadata, rewritten -------------------------------------------------------------------------------------
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        out.append((n & 0x7F) | (0x80 if n > 0x7F else 0))
-        n >>= 7
-        if not n:
-            return bytes(out)
 
 
 def _read_varint(data: bytes, i: int) -> tuple[int, int]:
@@ -54,7 +48,7 @@ def _read_varint(data: bytes, i: int) -> tuple[int, int]:
 
 
 def _field(number: int, payload: bytes) -> bytes:
-    return _varint(number << 3 | 2) + _varint(len(payload)) + payload
+    return varint(number << 3 | 2) + varint(len(payload)) + payload
 
 
 def _top_fields(model: bytes):

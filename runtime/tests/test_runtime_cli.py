@@ -49,7 +49,9 @@ def test_bad_files_cost_one_line_each_and_the_batch_goes_on(tmp_path, fixtures, 
                      "--out", str(tmp_path / "out"), "-q"])
     out, err = capsys.readouterr()
     assert rc == 1
-    errors = err.strip().splitlines()
+    notes = [line for line in err.strip().splitlines() if line.startswith("note: ")]
+    errors = [line for line in err.strip().splitlines() if not line.startswith("note: ")]
+    assert len(notes) == 1 and "skipped 1 file(s)" in notes[0] and "notes.txt" in notes[0]  # said, not silent
     assert len(errors) == 3 and all(line.startswith("error: ") for line in errors)
     assert any("broken.jpg" in e for e in errors) and any("fake.png" in e for e in errors)
     assert any("missing.jpg: no such file" in e for e in errors)
