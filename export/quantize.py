@@ -1,6 +1,8 @@
 """Stage 2: fp32 ONNX -> int8 ONNX with onnxruntime static quantization.
 
-Per-channel symmetric int8 weights; uint8 activations (asymmetric, so a ReLU output uses all 256 levels), ranges
+Per-channel symmetric weights on a grid that is exact on every CPU (``WEIGHTS``: int7 by default, i.e. onnxruntime's
+reduce_range; full-range int8 saturates int16 on x86 without VNNI, see ``simpleunet_runtime.saturation``); uint8
+activations (asymmetric, so a ReLU output uses all 256 levels), ranges
 calibrated (MinMax) on real images preprocessed exactly as at inference; the final Sigmoid/Softmax stays float
 (the output is a float probability). U8S8 because it is what onnxruntime's CPU kernels run natively: with int8
 activations on x86 it converts them back to uint8 and left 8 of 15 convs of SimpleUNet-16 unfused.
@@ -120,7 +122,8 @@ def quantize_onnx(fp32_path: Path, calib: np.ndarray, fmt: str = "qoperator", re
     NCHW float32 calibration data. ``rewrites``: apply ``rewrites.INT8`` to a QOperator graph (faster in
     onnxruntime, see rewrites.py); ``applied``, if given, receives {rewrite: places changed}. Returns the checked,
     stripped model (the caller adds metadata and saves) and {step: bytes after it}. ``calibration``: a key of
-    ``CALIBRATIONS``."""
+    ``CALIBRATIONS``; ``weights``: a key of ``WEIGHTS``; ``float_convs``: indices of Conv nodes to leave in float
+    (``benchmarks/int8_cpus.py`` measures e.g. the first conv that way)."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
