@@ -58,6 +58,8 @@ def _metrics(folder: Path, file_sha256: str, checks: dict[str, Any], checked_on:
                 out[f"test_{key}"] = test[key]
         if out:
             out["scored"] = "this file" if own else "PyTorch fp32"
+        if own and (zoo.get("int8_onnx") or {}).get("scored_on"):  # an int8 score names the kernels it came from
+            out["scored_on"] = zoo["int8_onnx"]["scored_on"]
     held_out = "held-out " if checked_on.get("held_out") else ""
     out["export_checks"] = {"on": f"{checked_on.get('images')} {held_out}{checked_on.get('dataset') or ''} images",
                             **{k: v for k, v in checks.items() if v is not None}}

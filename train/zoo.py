@@ -72,7 +72,7 @@ def int8_onnx_record(exports: Path) -> dict[str, Any]:
     except (OSError, ValueError):
         man = {}
     rows = [r for r in man.get("files", []) if r.get("format") == "onnx" and r.get("precision") == "int8"]
-    return {"weights": man.get("int8_weights"), "scored_on": int8_kernels()[0],
+    return {"weights": man.get("int8_weights") if rows else None, "files": len(rows), "scored_on": int8_kernels()[0],
             "avx2_int16_safe": bool(rows) and all(r.get("checks", {}).get("avx2_int16_safe") for r in rows)}
 
 
@@ -163,14 +163,17 @@ def training_hardware(history: list[dict[str, Any]], amp: bool) -> str:
 
 
 def int8_note(metrics: dict[str, Any]) -> str:
-    """The card's sentence on the int8 ONNX file: its weights, its saturation verdict, the ISA it was scored on."""
+    """The card's sentence on the int8 files: the ONNX file's weights and saturation verdict, and the CPU's int8
+    kernels every int8 score here was computed with."""
     rec = metrics.get("int8_onnx")
     if not rec:
         return ""
+    where = f"every int8 score here (ONNX and TFLite) was computed on {rec.get('scored_on')} int8 kernels."
+    if rec.get("files") == 0 or (rec.get("weights") is None and not rec.get("avx2_int16_safe")):
+        return f"\nNo int8 ONNX file is published for this model (see the README); {where}"
     safe = ("proven int16-safe, so its masks are the same on x86 with or without VNNI and on ARM" if
             rec.get("avx2_int16_safe") else "NOT proven int16-safe: on x86 CPUs without VNNI its masks may differ")
-    return (f"\nint8 ONNX: {rec.get('weights') or 'full-range int8'} weights, {safe}; its scores were computed with "
-            f"onnxruntime's {rec.get('scored_on')} int8 kernels.")
+    return f"\nint8 ONNX: {rec.get('weights') or 'full-range int8'} weights, {safe}; {where}"
 
 
 def write_card(folder: Path, name: str, meta: dict[str, Any], metrics: dict[str, Any]) -> None:
