@@ -103,12 +103,13 @@ def test_bad_inputs_name_the_file(kvasir, tmp_path):
         select_split(discover(tmp_path), tmp_path, "nosuch")
 
 
-def test_augment_keeps_masks_binary_and_aligned():
+@pytest.mark.parametrize("strength", ["strong", "heavy"])
+def test_augment_keeps_masks_binary_and_aligned(strength):
     import torch
-    x = torch.zeros(4, 3, 32, 32)
+    x = torch.zeros(8, 3, 32, 32)
     x[:, :, 8:16, 8:16] = 1.0
     y = x[:, :1].clone()
-    xa, ya = augment(x, y, torch.Generator().manual_seed(0), "strong")
+    xa, ya = augment(x, y, torch.Generator().manual_seed(0), strength)
     assert set(ya.unique().tolist()) <= {0.0, 1.0}
     # the bright square and the mask moved together
     assert ((xa.mean(1, keepdim=True) > 0.5) == (ya > 0.5)).float().mean() > 0.95

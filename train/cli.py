@@ -10,7 +10,7 @@ from pathlib import Path
 
 from simpleunet_runtime.errors import SimpleUNetError
 
-from .config import AUGMENTS, FAMILIES, HEADS, ConfigError, TrainConfig
+from .config import AUGMENTS, FAMILIES, HEADS, LOSSES, ConfigError, TrainConfig
 
 RECIPES = Path(__file__).parent / "recipes"
 
@@ -75,7 +75,7 @@ def training_overlap(meta: dict, root: Path, split: str | None, layout: str = "a
 
 
 #: What a resumed run may change: how fast and where it runs, not what it learns (data_root is compared apart).
-RESUME_MAY_CHANGE = ("threads", "workers", "data_root", "split_used", "init_sha256")
+RESUME_MAY_CHANGE = ("threads", "workers", "data_root", "split_used", "init_sha256", "teacher_sha256")
 
 
 def resumed_config(saved: TrainConfig, asked: TrainConfig, data: str | None, threads: int | None,
@@ -131,6 +131,12 @@ def train_main(argv: list[str] | None = None) -> int:
                       ("val-fraction", float)):
         p.add_argument(f"--{name}", type=typ)
     p.add_argument("--augment", choices=AUGMENTS)
+    p.add_argument("--loss", choices=LOSSES, help="bce_dice (default) or structure (PraNet's weighted BCE + IoU)")
+    p.add_argument("--ema", type=float, help="keep an exponential moving average of the weights with this decay "
+                   "(e.g. 0.999) and validate, keep and export it; 0 = off")
+    p.add_argument("--teacher", metavar="DIR", help="distil from this run folder's model (trained on the same images "
+                   "and carve-out)")
+    p.add_argument("--distill-weight", type=float, help="weight of the distillation term (default 1)")
     p.add_argument("--init", metavar="DIR", help="start from this checkpoint folder's weights (a fine-tune; same "
                    "architecture)")
     p.add_argument("--qat", action="store_true", help="quantization-aware fine-tuning through the int8 graph the "
@@ -155,7 +161,8 @@ def train_main(argv: list[str] | None = None) -> int:
             model_over["aff"] = False
         train_over = {k: getattr(args, k) for k in ("epochs", "batch_size", "lr", "weight_decay", "eta_min", "imgsz",
                                                      "seed", "patience", "threads", "val_fraction", "augment",
-                                                     "dataset", "init", "qat_weights")
+                                                     "dataset", "init", "qat_weights", "loss", "ema",
+                                                     "teacher", "distill_weight")
                       if getattr(args, k) is not None}
         if args.qat:
             train_over["qat"] = True

@@ -14,7 +14,10 @@ from simpleunet_runtime.errors import SimpleUNetError
 
 FAMILIES = ("simpleunet", "simpleesknet", "unet")
 HEADS = ("paper", "logits")
-AUGMENTS = ("none", "light", "strong")
+AUGMENTS = ("none", "light", "strong", "heavy")
+#: ``bce_dice``: BCE + soft Dice (CE + Dice for 2+ classes). ``structure``: PraNet's boundary-weighted BCE +
+#: weighted IoU (1 output channel only).
+LOSSES = ("bce_dice", "structure")
 
 
 class ConfigError(SimpleUNetError, ValueError):
@@ -115,6 +118,17 @@ class TrainConfig:
     #: Weight of the QAT agreement term (train/qat.agreement_loss): the fp32 view is trained on the task too and the
     #: two views towards each other, so the int8 file's masks stay on the fp32 file's. 0: the int8 view alone.
     qat_agreement: float = 0.0
+    #: The training loss (LOSSES).
+    loss: str = "bce_dice"
+    #: Decay of an exponential moving average of the weights (0: off). When on, validation, the best checkpoint and
+    #: the export use the averaged weights; the optimizer keeps training the raw ones.
+    ema: float = 0.0
+    #: A run folder whose model teaches this one (knowledge distillation): ``distill_weight`` x BCE of the student's
+    #: logits against the teacher's probabilities is added to the loss. The teacher must have trained on the same
+    #: images with the same carve-out, or the carve-out would no longer be unseen. Its sha256 is filled in.
+    teacher: str | None = None
+    teacher_sha256: str | None = None
+    distill_weight: float = 1.0
     #: Which images the run trained on, filled in by training (data.training_samples): a split file's name,
     #: data.OFFICIAL_TRAIN or data.ALL_IMAGES. None: not recorded (runs from before the field).
     split_used: str | None = None
@@ -142,6 +156,16 @@ class TrainConfig:
                               "threshold are chosen on that carve-out of the training images")
         if self.augment not in AUGMENTS:
             raise bad("augment", f"one of {', '.join(AUGMENTS)}")
+        if self.loss not in LOSSES:
+            raise bad("loss", f"one of {', '.join(LOSSES)}")
+        if self.loss == "structure" and self.model.num_classes != 1:
+            raise ConfigError("loss 'structure' is for a 1-class sigmoid head; use loss bce_dice with num_classes 2+")
+        if not (isinstance(self.ema, (int, float)) and 0 <= self.ema < 1):
+            raise bad("ema", "a decay in [0, 1) (0 = off; 0.999 is usual)")
+        if not (isinstance(self.distill_weight, (int, float)) and 0 <= self.distill_weight < float("inf")):
+            raise bad("distill_weight", "a number >= 0")
+        if self.teacher and self.model.num_classes != 1:
+            raise ConfigError("distillation (teacher) supports a 1-class sigmoid head only")
         if self.qat and not self.init:
             raise ConfigError("qat fine-tunes a trained model: give the run to start from with --init <run folder>")
         if not (isinstance(self.qat_agreement, (int, float)) and 0 <= self.qat_agreement < float("inf")):

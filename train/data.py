@@ -223,10 +223,30 @@ def carve_validation(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np
     return np.sort(perm[n_val:]), np.sort(perm[:n_val])
 
 
+#: The random affine and colour ranges of each strength above ``light``: rotation (radians), zoom range, shift
+#: (in affine_grid units, 2 = the whole image), colour jitter, gamma (log range) and the blur probability.
+AFFINE = {"strong": dict(angle=math.pi / 4, zoom=(0.75, 1.25), shift=0.2, jitter=0.2, gamma=0.0, blur=0.0),
+          "heavy": dict(angle=math.pi / 4, zoom=(0.6, 1.6), shift=0.3, jitter=0.3, gamma=0.4, blur=0.3)}
+
+
+def _blur(images: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """A separable Gaussian blur, one sigma per image (7-tap kernel)."""
+    taps = torch.arange(-3, 4, dtype=images.dtype)
+    kernel = torch.exp(-taps[None] ** 2 / (2 * sigma[:, None] ** 2))
+    kernel = kernel / kernel.sum(1, keepdim=True)  # (N, 7)
+    n, c, h, w = images.shape
+    x = images.reshape(1, n * c, h, w)
+    k = kernel.repeat_interleave(c, 0)
+    x = F.conv2d(F.pad(x, (3, 3, 0, 0), mode="reflect"), k[:, None, None, :], groups=n * c)
+    x = F.conv2d(F.pad(x, (0, 0, 3, 3), mode="reflect"), k[:, None, :, None], groups=n * c)
+    return x.reshape(n, c, h, w)
+
+
 def augment(images: torch.Tensor, masks: torch.Tensor, gen: torch.Generator, strength: str = "strong"
             ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Random flips and 90-degree turns; with ``strong`` also a random affine (rotation +-45 deg, scale 0.75-1.25,
-    shift +-10 %) and light photometric jitter. images: float NCHW in [0, 1]; masks: float N1HW."""
+    """Random flips and 90-degree turns; with ``strong`` also a random affine (rotation +-45 deg, zoom 0.75-1.25,
+    shift +-10 %) and light photometric jitter; ``heavy`` widens them (zoom 0.6-1.6, shift +-15 %, jitter +-30 %)
+    and adds gamma and a Gaussian blur on 30 % of images (AFFINE). images: float NCHW in [0, 1]; masks: float N1HW."""
     n = images.shape[0]
     r = lambda *shape: torch.rand(*shape, generator=gen)  # noqa: E731
     flip_h, flip_v, turns = r(n) < 0.5, r(n) < 0.5, (r(n) * 4).long()
@@ -242,23 +262,31 @@ def augment(images: torch.Tensor, masks: torch.Tensor, gen: torch.Generator, str
         out_i.append(im)
         out_m.append(m)
     images, masks = torch.stack(out_i), torch.stack(out_m)
-    if strength != "strong":
+    if strength not in AFFINE:
         return images, masks
-    angle = (r(n) * 2 - 1) * math.pi / 4
-    scale = 0.75 + r(n) * 0.5
-    shift = (r(n, 2) * 2 - 1) * 0.2
+    a = AFFINE[strength]
+    angle = (r(n) * 2 - 1) * a["angle"]
+    low, high = a["zoom"]
+    scale = low + r(n) * (high - low)
+    shift = (r(n, 2) * 2 - 1) * a["shift"]
     cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
     theta = torch.stack([torch.stack([cos, -sin, shift[:, 0]], 1), torch.stack([sin, cos, shift[:, 1]], 1)], 1)
     grid = F.affine_grid(theta, list(images.shape), align_corners=False)
     images = F.grid_sample(images, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
     masks = (F.grid_sample(masks, grid, mode="bilinear", padding_mode="reflection", align_corners=False) > 0.5).float()
-    brightness = 1 + (r(n, 1, 1, 1) * 2 - 1) * 0.2
-    contrast = 1 + (r(n, 1, 1, 1) * 2 - 1) * 0.2
-    saturation = 1 + (r(n, 1, 1, 1) * 2 - 1) * 0.2
+    brightness = 1 + (r(n, 1, 1, 1) * 2 - 1) * a["jitter"]
+    contrast = 1 + (r(n, 1, 1, 1) * 2 - 1) * a["jitter"]
+    saturation = 1 + (r(n, 1, 1, 1) * 2 - 1) * a["jitter"]
     mean = images.mean(dim=(1, 2, 3), keepdim=True)
     images = (images - mean) * contrast + mean
     grey = images.mean(dim=1, keepdim=True)
     images = ((images - grey) * saturation + grey) * brightness
+    if a["gamma"]:
+        images = images.clamp(0, 1) ** torch.exp((r(n, 1, 1, 1) * 2 - 1) * a["gamma"])
+    if a["blur"]:
+        blurred = r(n) < a["blur"]
+        if blurred.any():
+            images[blurred] = _blur(images[blurred], 0.5 + r(int(blurred.sum())))
     return images.clamp(0, 1), masks
 
 

@@ -20,12 +20,12 @@ from tqdm import tqdm
 from simpleunet_runtime.machine import cpu_model
 from simpleunet_runtime.metrics import SegmentationMeter
 
-from .checkpoint import (CheckpointError, init_weights, load_training_state, read_training_state, save_model,
+from .checkpoint import (CheckpointError, init_weights, load_model, load_training_state, read_training_state, save_model,
                          save_training_state, write_json, CONFIG, LAST, METRICS)
 from .config import ConfigError, TrainConfig
 from .data import (ALL_IMAGES, DataError, InMemorySegmentation, carve_validation, discover, load_arrays, select_split,
                    training_samples)
-from .losses import foreground_probability, segmentation_loss
+from .losses import distill_loss, foreground_probability, segmentation_loss
 from .model import build_model, count_parameters
 
 THRESHOLDS = np.round(np.arange(0.30, 0.71, 0.05), 2)
@@ -150,6 +150,54 @@ def init_record(cfg: TrainConfig) -> dict[str, Any]:
     return record
 
 
+class WeightAverage:
+    """An exponential moving average of a model's weights (``TrainConfig.ema``), with the usual warm-up
+    (decay min(d, (1 + step) / (10 + step))) so the first steps are not frozen at the initial weights. Buffers
+    (BatchNorm statistics) are copied, not averaged."""
+
+    def __init__(self, model: nn.Module, decay: float):
+        import copy
+
+        self.decay = decay
+        self.model = copy.deepcopy(getattr(model, "module", model)).eval()
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        self.steps = 0
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        model = getattr(model, "module", model)
+        self.steps += 1
+        d = min(self.decay, (1 + self.steps) / (10 + self.steps))
+        for avg, p in zip(self.model.parameters(), model.parameters()):
+            avg.lerp_(p.detach(), 1 - d)
+        for avg, b in zip(self.model.buffers(), model.buffers()):
+            avg.copy_(b)
+
+
+def load_teacher(cfg: TrainConfig, split_used: str) -> tuple[nn.Module, str]:
+    """The teacher of a distillation run and its weights' sha256, refused unless it trained on the same images
+    with the same carve-out and sees the same input."""
+    from simpleunet_runtime.zoo import sha256
+
+    from .checkpoint import WEIGHTS
+
+    teacher, meta = load_model(cfg.teacher)
+    theirs = meta.get("train") or {}
+    same = {"split_used": split_used, "seed": cfg.seed, "val_fraction": cfg.val_fraction, "dataset": cfg.dataset}
+    differ = [f"{k} {theirs.get(k)!r} (this run: {v!r})" for k, v in same.items() if theirs.get(k) != v]
+    pre = meta["preprocess"]
+    if (pre["imgsz"], list(pre["mean"]), list(pre["std"])) != (cfg.imgsz, list(cfg.mean), list(cfg.std)):
+        differ.append(f"input {pre['imgsz']} px mean {pre['mean']} std {pre['std']} (this run: {cfg.imgsz} px "
+                      f"mean {list(cfg.mean)} std {list(cfg.std)})")
+    if meta["model"].get("num_classes") != 1:
+        differ.append(f"num_classes {meta['model'].get('num_classes')} (distillation needs a 1-class teacher)")
+    if differ:
+        raise ConfigError(f"teacher {cfg.teacher} has {', '.join(differ)}: it must have trained on this run's images "
+                          "with its carve-out held out, or the carve-out scores would not be of unseen images")
+    return teacher, sha256(Path(cfg.teacher) / WEIGHTS)
+
+
 def train(cfg: TrainConfig, root: Path, out: Path, *, resume: bool = False, device: str = "auto",
           layout: str = "auto", progress: bool = True, stop_after_batches: int | None = None) -> dict[str, Any]:
     """Train ``cfg`` on ``root``; writes ``out/{config.json, model.safetensors (best), metrics.json,
@@ -183,6 +231,14 @@ def train(cfg: TrainConfig, root: Path, out: Path, *, resume: bool = False, devi
         raise ConfigError(f"the training images changed since this run started: it trained on {cfg.split_used!r}, "
                           f"{root} now gives {split_used!r}; start a new --out run")
     cfg = dataclasses.replace(cfg, split_used=split_used)
+    teacher = None
+    if cfg.teacher:
+        teacher, teacher_sha = load_teacher(cfg, split_used)
+        if cfg.teacher_sha256 not in (None, teacher_sha):
+            raise ConfigError(f"teacher {cfg.teacher} changed since this run started (its weights' sha256 differs); "
+                              "start a new --out run")
+        cfg = dataclasses.replace(cfg, teacher_sha256=teacher_sha)
+        teacher = teacher.to(dev, memory_format=MEMORY_FORMAT)
     if split_used == ALL_IMAGES and ddp.main:
         print(f"warning: {root} has no splits/: training on all {len(train_set) + len(val_set)} images, so none of "
               "them is a held-out test set (add splits/train.txt + splits/test.txt to keep one)", file=sys.stderr)
@@ -193,6 +249,8 @@ def train(cfg: TrainConfig, root: Path, out: Path, *, resume: bool = False, devi
         init = init_record(cfg)
     runner: nn.Module = model  # what trains and is validated: the model, or its int8 view
     calib_x = None
+    if cfg.qat and cfg.ema:
+        raise ConfigError("ema and qat do not combine (QAT validates the int8 view of the raw weights); drop one")
     if cfg.qat:
         from .qat import FakeQuantSimpleUNet, agreement_loss
 
@@ -208,8 +266,9 @@ def train(cfg: TrainConfig, root: Path, out: Path, *, resume: bool = False, devi
     start_epoch, best = 0, {"val_mDice": -1.0, "epoch": -1, "threshold": 0.5}
     use_amp = cfg.amp and dev.type == "cuda" and not cfg.qat  # fake-quant rounding wants fp32
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    average = WeightAverage(model, cfg.ema) if cfg.ema else None
     if resume:
-        state = load_training_state(out, model, optimizer, scaler)
+        state = load_training_state(out, model, optimizer, scaler, average=average)
         start_epoch, best, history, init = state["epoch"] + 1, state["best"], state["history"], state.get("init")
     net: nn.Module = runner
     if ddp.world > 1:
@@ -236,7 +295,8 @@ def train(cfg: TrainConfig, root: Path, out: Path, *, resume: bool = False, devi
         """Validate, keep the best, save the resumable state; True to stop early."""
         nonlocal best
         calibrate()  # the ranges the export would measure on these weights
-        prob = predict_probabilities(runner, val_set, dev)
+        judged = average.model if average else runner  # the weights the checkpoint keeps
+        prob = predict_probabilities(judged, val_set, dev)
         val = score(prob, val_set.masks, 0.5)
         row = {"epoch": epoch + 1, "loss": float(np.mean(losses)), "val_mDice": val["mDice"],
                "val_mIoU": val["mIoU"], "lr": lr_at((epoch + 1) * steps_per_epoch),
@@ -252,11 +312,12 @@ def train(cfg: TrainConfig, root: Path, out: Path, *, resume: bool = False, devi
         if improved:
             threshold, tuned = best_threshold(prob, val_set.masks)
             best = {"val_mDice": val["mDice"], "epoch": epoch + 1, "threshold": threshold, "val_mDice_tuned": tuned}
-            save_model(out, model, checkpoint_meta(cfg, threshold))
+            save_model(out, judged if average else model, checkpoint_meta(cfg, threshold))
         stop = bool(cfg.patience) and epoch + 1 - best["epoch"] >= cfg.patience
         extra = {"init": init} if init else {}
         save_training_state(out, model, optimizer, {"epoch": epoch, "best": best, "history": history,
-                                                    "train": cfg.to_dict(), "stopped_early": stop, **extra}, scaler)
+                                                    "train": cfg.to_dict(), "stopped_early": stop, **extra}, scaler,
+                            average=average)
         write_json(out / METRICS, {"best": best, "history": history, "stopped_early": stop, **extra})
         print(f"epoch {epoch + 1}/{cfg.epochs}  loss {row['loss']:.4f}  val mDice {val['mDice']:.4f}  "
               f"mIoU {val['mIoU']:.4f}  " + (f"int8 vs fp32 {row['val_agreement']:.4f}  " if cfg.qat else "")
@@ -283,15 +344,21 @@ def train(cfg: TrainConfig, root: Path, out: Path, *, resume: bool = False, devi
             y = y.to(dev, non_blocking=True)
             with torch.autocast(dev.type, enabled=use_amp):
                 logits = net(x)
-                loss = segmentation_loss(logits, y)
+                loss = segmentation_loss(logits, y, cfg.loss)
+                if teacher is not None and cfg.distill_weight:
+                    with torch.no_grad():
+                        soft = torch.sigmoid(teacher(x).float())
+                    loss = loss + cfg.distill_weight * distill_loss(logits, soft)
                 if cfg.qat and cfg.qat_agreement:  # train the fp32 view too, and the two views together
                     fp32_logits = runner.fp32(x)
-                    loss = loss + segmentation_loss(fp32_logits, y) \
+                    loss = loss + segmentation_loss(fp32_logits, y, cfg.loss) \
                         + cfg.qat_agreement * agreement_loss(logits, fp32_logits)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(optimizer)
             scaler.update()
+            if average:
+                average.update(model)
             losses.append(loss.item())
             if bar.disable is False:
                 with torch.no_grad():

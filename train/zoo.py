@@ -113,18 +113,28 @@ FLAGS = {"dataset": "--dataset", "epochs": "--epochs", "batch_size": "--batch-si
          "weight_decay": "--weight-decay", "eta_min": "--eta-min", "imgsz": "--imgsz", "seed": "--seed",
          "patience": "--patience", "val_fraction": "--val-fraction", "augment": "--augment",
          "model.family": "--family", "model.width": "--width", "model.blocks": "--blocks", "model.rate": "--rate",
-         "model.num_classes": "--classes", "model.head": "--head", "init": "--init"}
+         "model.num_classes": "--classes", "model.head": "--head", "init": "--init", "loss": "--loss",
+         "ema": "--ema", "teacher": "--teacher", "distill_weight": "--distill-weight"}
 #: Settings that say where and how fast a run ran, not what it learned, and the record of which images it trained
 #: on (``split_used``, filled in by training): left out of the command.
-MACHINE_LOCAL = ("data_root", "threads", "workers", "split_used", "init_sha256")
+MACHINE_LOCAL = ("data_root", "threads", "workers", "split_used", "init_sha256", "teacher_sha256")
 #: What each ``augment`` setting does (data.augment).
 AUGMENT_TEXT = {"none": "none", "light": "flips, 90° turns",
-                "strong": "flips, 90° turns, affine ±45°/0.75–1.25×/±10 %, light colour jitter"}
+                "strong": "flips, 90° turns, affine ±45°/0.75–1.25×/±10 %, light colour jitter",
+                "heavy": "flips, 90° turns, affine ±45°/0.6–1.6×/±15 %, colour jitter ±30 %, gamma, blur on 30 %"}
 
 
 def loss_name(meta: dict[str, Any]) -> str:
-    """The training loss, from the config (a ``loss`` field if it has one, else what the head implies)."""
-    return meta["train"].get("loss") or ("BCE + Dice" if meta["model"]["num_classes"] == 1 else "CE + Dice")
+    """The training loss in words, from the config (runs before the ``loss`` field trained with BCE/CE + Dice),
+    with the EMA and distillation terms when the run used them."""
+    train = meta["train"]
+    name = {"structure": "structure loss (weighted BCE + weighted IoU)"}.get(
+        train.get("loss"), "BCE + Dice" if meta["model"]["num_classes"] == 1 else "CE + Dice")
+    if train.get("teacher"):
+        name += f" + {train.get('distill_weight', 1.0)} x distillation from {train['teacher']}"
+    if train.get("ema"):
+        name += f", weights averaged (EMA {train['ema']})"
+    return name
 
 
 def _settings(cfg: TrainConfig) -> dict[str, Any]:

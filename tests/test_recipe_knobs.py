@@ -1,0 +1,106 @@
+"""The recipe knobs screened for accuracy (train/screen.py): structure loss, weight averaging, distillation and
+heavy augmentation are real, resumable and recorded."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from simpleunet.train import screen
+from simpleunet.train.cli import train_main
+from simpleunet.train.config import ConfigError, ModelConfig, TrainConfig
+from simpleunet.train.losses import segmentation_loss, structure_loss
+from simpleunet.train.loop import train
+
+TINY = dict(dataset="tiny", imgsz=32, epochs=2, batch_size=4, val_fraction=0.25, augment="strong", threads=1,
+            model=ModelConfig(width=4))
+
+
+def test_structure_loss_rewards_the_right_mask_and_weighs_borders():
+    target = torch.zeros(2, 1, 32, 32)
+    target[:, :, 8:24, 8:24] = 1
+    right, wrong = (target * 2 - 1) * 8, -(target * 2 - 1) * 8
+    assert structure_loss(right, target) < 0.01 < 1 < structure_loss(wrong, target)
+    near = torch.full_like(target, 8.0) * (target * 2 - 1)
+    near_err, far_err = near.clone(), near.clone()
+    near_err[:, :, 7, 8:24] = 8  # one wrong row next to the border
+    far_err[:, :, 0, 8:24] = 8  # the same number of wrong pixels far from it
+    assert structure_loss(near_err, target) > structure_loss(far_err, target)
+    assert torch.isclose(segmentation_loss(right, target, "structure"), structure_loss(right, target))
+
+
+def test_weight_average_is_what_the_checkpoint_keeps_and_resumes_exactly(tiny_data, tmp_path):
+    cfg = TrainConfig(**{**TINY, "epochs": 3, "ema": 0.9})
+    train(cfg, tiny_data, tmp_path / "full", progress=False)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, tiny_data, tmp_path / "crash", progress=False, stop_after_batches=5)
+    train(cfg, tiny_data, tmp_path / "crash", resume=True, progress=False)
+    a, b = (load_file(str(tmp_path / run / "last.safetensors")) for run in ("full", "crash"))
+    assert a.keys() == b.keys() and any(k.startswith("ema.") for k in a)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    metrics = json.loads((tmp_path / "full" / "metrics.json").read_text())
+    if metrics["best"]["epoch"] == 3:  # the best checkpoint is the average, not the raw weights
+        best = load_file(str(tmp_path / "full" / "model.safetensors"))
+        name = next(k for k in best if k.endswith("weight") and best[k].ndim == 4)
+        assert torch.equal(best[name], a[f"ema.{name}"]) and not torch.equal(best[name], a[f"model.{name}"])
+
+
+def test_distillation_checks_its_teacher_and_records_it(tiny_data, tmp_path, capsys):
+    train(TrainConfig(**TINY), tiny_data, tmp_path / "teacher", progress=False)
+    result = train(TrainConfig(**{**TINY, "teacher": str(tmp_path / "teacher"), "distill_weight": 0.5}), tiny_data,
+                   tmp_path / "student", progress=False)
+    assert result["best"]["epoch"] >= 1
+    saved = json.loads((tmp_path / "student" / "config.json").read_text())["train"]
+    assert saved["teacher"] == str(tmp_path / "teacher") and len(saved["teacher_sha256"]) == 64
+    with pytest.raises(ConfigError, match="seed 0 .this run: 1.*carve-out"):  # another carve-out: refused
+        train(TrainConfig(**{**TINY, "seed": 1, "teacher": str(tmp_path / "teacher")}), tiny_data,
+              tmp_path / "other", progress=False)
+    with pytest.raises(KeyboardInterrupt):  # a run that stopped after one epoch...
+        train(TrainConfig(**{**TINY, "teacher": str(tmp_path / "teacher")}), tiny_data, tmp_path / "crash",
+              progress=False, stop_after_batches=4)
+    for name in ("model.safetensors", "config.json"):  # ...and a teacher retrained since
+        (tmp_path / "teacher" / name).write_bytes((tmp_path / "student" / name).read_bytes())
+    capsys.readouterr()
+    assert train_main(["--out", str(tmp_path / "crash"), "--resume", "--data", str(tiny_data), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "changed since this run started" in err
+
+
+@pytest.mark.parametrize("bad, msg", [({"loss": "focal"}, "loss must be one of bce_dice, structure"),
+                                      ({"ema": 1.0}, "ema must be a decay in"),
+                                      ({"loss": "structure", "model": ModelConfig(width=4, num_classes=2)},
+                                       "for a 1-class sigmoid head")])
+def test_bad_knobs_are_config_errors(bad, msg):
+    with pytest.raises(ConfigError, match=msg):
+        TrainConfig(**{**TINY, **bad})
+
+
+def test_every_screening_candidate_is_a_valid_training_command(monkeypatch, tmp_path):
+    import argparse
+
+    from simpleunet.train import cli
+
+    parsed = []
+    monkeypatch.setattr(argparse.ArgumentParser, "exit", lambda *a, **k: (_ for _ in ()).throw(SystemExit(2)))
+    for name in screen.CANDIDATES:
+        cmd = screen.command(name, 5)
+        assert cmd[0] == "simpleunet-train" and str(screen.run_dir(name, 5)) in cmd
+        monkeypatch.setattr(cli, "dataset_root", lambda *a: (_ for _ in ()).throw(cli.SimpleUNetError("stop")))
+        assert train_main(cmd[1:]) == 2  # parsed and configured; stopped before looking for data
+        parsed.append(name)
+    assert parsed == list(screen.CANDIDATES)
+    with pytest.raises(cli.SimpleUNetError, match="unknown candidate"):
+        screen.command("nosuch", 5)
+
+
+def test_the_screening_table_reads_runs(tiny_data, tmp_path, monkeypatch):
+    monkeypatch.setattr(screen, "RUNS", tmp_path)
+    train(TrainConfig(**{**TINY, "loss": "structure"}), tiny_data, tmp_path / "structure-e2", progress=False)
+    (tmp_path / "structure-e2" / "test.json").write_text(json.dumps({"mDice": 0.5}))
+    text = screen.table()
+    row = text.splitlines()[2]
+    assert row.startswith("| structure | PraNet") and "| 2 (2) |" in row and "| 0.5000 |" in row
+    assert "--loss structure" in row
