@@ -4,7 +4,7 @@ VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
 
-.PHONY: install export test test-runtime-slim bench benchmarks zoo-train zoo-publish arm64 arm64-wheels clean
+.PHONY: install export test lint test-runtime-slim bench benchmarks zoo-train zoo-publish arm64 arm64-wheels clean
 
 install: $(VENV)/.installed
 
@@ -28,6 +28,10 @@ export: install
 
 test: install
 	$(BIN)/python -m pytest
+
+# The lint rules are pyproject.toml's [tool.ruff]; CI fails on any finding.
+lint: install
+	$(BIN)/ruff check .
 
 test-runtime-slim:
 	bash runtime/tools/slim_venv_check.sh
@@ -64,7 +68,7 @@ zoo-publish: install
 	rm -rf exports/runs/$(NAME)
 	$(BIN)/simpleunet-export --checkpoint $(RUN) --int8 --name $(NAME) --out exports/runs/$(NAME)
 	$(BIN)/python -m simpleunet.train.zoo $(RUN) --name $(NAME) --exports exports/runs/$(NAME)
-	$(BIN)/python -m simpleunet.export.publish
+	$(BIN)/simpleunet-publish
 	$(BIN)/python tests/make_runtime_fixtures.py --zoo train/zoo/$(NAME)
 
 # Emulated Raspberry Pi OS (Debian bookworm arm64, qemu-user) check of the slim runtime: pip install from PyPI,

@@ -21,7 +21,7 @@ from simpleunet.export.images import calibration_set, own_dataset
 from simpleunet.export.onnx_export import export_onnx
 from simpleunet.export.quantize import CALIBRATIONS, quantize_onnx
 from simpleunet.export.verify import onnx_probabilities
-from simpleunet.train.checkpoint import load_model
+from simpleunet.train.checkpoint import load_model, run_folders
 from simpleunet.train.data import discover, load_arrays, select_split, training_samples
 from simpleunet.train.zoo import ZOO
 from simpleunet_runtime.image import normalize
@@ -78,7 +78,7 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("names", nargs="*", help="zoo models (default: all)")
     args = p.parse_args()
-    shipped = sorted(f.name for f in ZOO.iterdir() if (f / "config.json").is_file())
+    shipped = [f.name for f in run_folders(ZOO)]
     unknown = sorted(set(args.names) - set(shipped))
     if unknown:
         print(f"error: no zoo model {unknown[0]!r}; choose from {', '.join(shipped)}", file=sys.stderr)

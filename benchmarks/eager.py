@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, Sequence
 
 import numpy as np
@@ -20,7 +21,7 @@ from simpleunet_runtime.metadata import ModelMetadata
 from simpleunet_runtime.segmenter import foreground_probability
 from simpleunet_runtime.zoo import sha256
 
-from simpleunet.train.checkpoint import WEIGHTS, load_model
+from simpleunet.train.checkpoint import WEIGHTS, is_run, load_model
 from simpleunet.train.config import ModelConfig
 from simpleunet.train.flops import count_macs
 from simpleunet.train.model import build_model
@@ -79,7 +80,7 @@ def find_checkpoint(meta: ModelMetadata, model_path: Path) -> Path | None:
         candidates += [p] if p.is_absolute() else [model_path.parent / p, p]
     if meta.name:
         candidates.append(ZOO / meta.name)
-    return next((c for c in candidates if (c / "config.json").is_file() and (c / WEIGHTS).is_file()), None)
+    return next((c for c in candidates if is_run(c)), None)
 
 
 def eager_job_from_model(model: nn.Module, meta: ModelMetadata, path: Path, key: str, device: str = "cpu",
@@ -118,11 +119,13 @@ def eager_job(meta: ModelMetadata, model_path: Path, device: str = "cpu") -> Job
 
 
 def macs_from_metadata(meta: ModelMetadata) -> int | None:
-    """MACs per image at the file's input size, counted on the architecture its metadata describes (3x3 kernels,
-    as every exported SimpleUNet has); None for a family this toolkit does not build."""
+    """MACs per image at the file's input size, counted on the architecture its metadata carries (files exported
+    before ``architecture`` existed: from its family/width/blocks/rate/aff, with the 3x3 kernels they all have);
+    None for a family this toolkit does not build."""
     try:
-        cfg = ModelConfig(family=meta.family, width=meta.width, blocks=meta.blocks, rate=meta.rate,
-                          num_classes=meta.num_classes, aff=meta.aff)
+        cfg = ModelConfig.from_dict(meta.architecture) if meta.architecture else ModelConfig(
+            family=meta.family, width=meta.width, blocks=meta.blocks, rate=meta.rate, num_classes=meta.num_classes,
+            aff=meta.aff)
         return count_macs(build_model(cfg), tuple(meta.imgsz))
     except (SimpleUNetError, TypeError, ValueError):
         return None
@@ -130,3 +133,8 @@ def macs_from_metadata(meta: ModelMetadata) -> int | None:
 
 def _never(threads: int) -> Any:
     raise SimpleUNetError("this job is not runnable")
+
+
+#: What ``simpleunet-bench`` loads through the ``simpleunet_runtime.baselines`` entry point ``pytorch``
+#: (pyproject.toml), so the runtime names no toolkit module.
+BASELINE = SimpleNamespace(eager_job=eager_job, macs_from_metadata=macs_from_metadata, cuda_available=cuda_available)

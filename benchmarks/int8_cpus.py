@@ -106,12 +106,12 @@ def per_image_dice(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 def _test_data(name: str):
     """(normalized test images, masks, threshold, preprocess, dataset root) of a zoo model."""
     from simpleunet.export.images import own_dataset
-    from simpleunet.train.checkpoint import read_config
+    from simpleunet.train.checkpoint import read_run
     from simpleunet.train.data import discover, load_arrays, select_split
     from simpleunet.train.zoo import ZOO
     from simpleunet_runtime.image import normalize
 
-    meta = read_config(ZOO / name)
+    meta = read_run(ZOO / name)
     pre = meta["preprocess"]
     root = own_dataset(meta["dataset"])
     if root is None:
@@ -215,9 +215,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-emulation", action="store_true", help="this CPU only")
     p.add_argument("--json", type=Path, help="also write the rows here")
     args = p.parse_args(argv)
+    from simpleunet.train.checkpoint import run_folders
     from simpleunet.train.zoo import ZOO
 
-    names = args.models or sorted(d.name for d in ZOO.iterdir() if (d / "config.json").is_file())
+    names = args.models or [d.name for d in run_folders(ZOO)]
     checkpoints = {n.partition("=")[0]: Path(n.partition("=")[2]) for n in names if "=" in n}
     names = [n.partition("=")[0] for n in names]
     emulate = not args.no_emulation and shutil.which("qemu-x86_64") is not None

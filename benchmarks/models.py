@@ -16,7 +16,8 @@ from pathlib import Path
 import torch
 
 import simpleunet
-from simpleunet.train.checkpoint import CONFIG, WEIGHTS, load_model, save_model, write_json
+from simpleunet.train.checkpoint import (WEIGHTS, copy_run, is_run, load_model, read_run, run_folders, save_model,
+                                         write_json)
 from simpleunet.train.config import ConfigError, ModelConfig, TrainConfig
 from simpleunet.train.model import build_model
 from simpleunet.train.zoo import ZOO
@@ -40,32 +41,29 @@ class Subject:
 
 def zoo_subjects(names: list[str] | None = None) -> list[Subject]:
     """Every ``train/zoo/<name>/`` with a config and weights (or just ``names``)."""
-    folders = sorted(p for p in ZOO.iterdir() if (p / CONFIG).is_file() and (p / WEIGHTS).is_file()) \
-        if ZOO.is_dir() else []
+    folders = run_folders(ZOO)
     if names:
         missing = sorted(set(names) - {p.name for p in folders})
         if missing:
             have = ", ".join(p.name for p in folders) or "none"
             raise ConfigError(f"no zoo model {missing[0]!r} in {ZOO} (have: {have})")
         folders = [p for p in folders if p.name in names]
-    return [Subject(p.name, p, json.loads((p / CONFIG).read_text()).get("dataset", "kvasir-seg")) for p in folders]
+    return [Subject(p.name, p, read_run(p).get("dataset", "kvasir-seg")) for p in folders]
 
 
 def checkpoint_subject(folder: Path, work: Path) -> Subject:
     """A checkpoint outside the zoo (e.g. a run still training), snapshotted first: its weights must not change
     between the export and the eager baseline."""
     folder = Path(folder)
-    if not (folder / CONFIG).is_file() or not (folder / WEIGHTS).is_file():
-        raise ConfigError(f"{folder} is not a checkpoint folder (needs {CONFIG} and {WEIGHTS})")
+    if not is_run(folder):
+        raise ConfigError(f"{folder} is not a run folder written by simpleunet-train (needs its config and weights)")
     snap = work / "checkpoints" / f"{folder.name}-{_weights_key(folder)}"
     if not (snap / WEIGHTS).is_file():
-        snap.mkdir(parents=True, exist_ok=True)
-        for f in (CONFIG, WEIGHTS):
-            shutil.copy2(folder / f, snap / f)
+        copy_run(folder, snap)
     if _weights_key(snap) != snap.name.rsplit("-", 1)[1]:  # copied while the run was rewriting it
         shutil.rmtree(snap)
         return checkpoint_subject(folder, work)
-    return Subject(folder.name, snap, json.loads((snap / CONFIG).read_text()).get("dataset", "kvasir-seg"))
+    return Subject(folder.name, snap, read_run(snap).get("dataset", "kvasir-seg"))
 
 
 def unet_peer(work: Path, seed: int = 0) -> Subject:
@@ -112,7 +110,7 @@ def export_subject(subject: Subject, work: Path, formats: tuple[str, ...] = ("on
     (``ort_rewrites=False``: the plain ONNX graphs, for before/after timings)."""
     from simpleunet.export import export_model
 
-    size = imgsz or json.loads((subject.checkpoint / CONFIG).read_text())["preprocess"]["imgsz"]
+    size = imgsz or read_run(subject.checkpoint)["preprocess"]["imgsz"]
     tag = f"{subject.name}-{_weights_key(subject.checkpoint)}-{size}-{'-'.join(formats)}" \
           f"{'-int8-' + int8_onnx if int8 else ''}{'' if ort_rewrites else '-plain'}-v{simpleunet.__version__}" \
           f"-{_exporter_key()}"

@@ -7,7 +7,6 @@ size only), with ratios measured in the same run; then one-knob-at-a-time speed 
 from __future__ import annotations
 
 import argparse
-import json
 import shlex
 import sys
 import time
@@ -15,15 +14,17 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from simpleunet_runtime import bench, machine
+from simpleunet_runtime import bench, bench_report, machine
 from simpleunet_runtime.errors import SimpleUNetError
 
-from simpleunet.train.cli import dataset_root
+from simpleunet.train.checkpoint import read_run
+from simpleunet.train.data import dataset_root
 from simpleunet.train.data import cache_dir
 
 from . import eager, tuning
 from .models import (Subject, checkpoint_subject, export_subject, load_checkpoint, random_subject, unet_peer,
                      zoo_subjects)
+from .peers import PEERS
 
 HERE = Path(__file__).resolve().parent
 #: dataset name in the checkpoint -> (dataset folder name, split scored)
@@ -61,7 +62,7 @@ def _subject_of(row: dict[str, Any], subjects: list[Subject]) -> Subject | None:
 
 
 def _is_su16(s: Subject) -> bool:
-    cfg = json.loads((s.checkpoint / "config.json").read_text())["model"]
+    cfg = read_run(s.checkpoint)["model"]
     return cfg["family"] == "simpleunet" and cfg["width"] == 16 and cfg.get("blocks", 1) == 1
 
 
@@ -194,7 +195,7 @@ def speed_experiments(subject: Subject, work: Path, data: bench.BenchData, args)
 
 
 def subject_imgsz(subject: Subject) -> int:
-    return int(json.loads((subject.checkpoint / "config.json").read_text())["preprocess"]["imgsz"])
+    return int(read_run(subject.checkpoint)["preprocess"]["imgsz"])
 
 
 def _plain(subject: Subject, work: Path) -> dict[str, Path]:
@@ -213,7 +214,8 @@ def _qdq(subject: Subject, work: Path) -> dict[str, Path]:
     try:
         s = export_subject(Subject(subject.name, subject.checkpoint, subject.dataset, untrained=subject.untrained),
                            work, formats=("onnx",), int8_onnx="qdq", log=log)
-        return {"QDQ int8 graph instead of QOperator": f for f in s.files if "int8" in f.name}
+        int8 = [f for f in s.files if "int8" in f.name]
+        return {"QDQ int8 graph instead of QOperator": int8[-1]} if int8 else {}
     except SimpleUNetError as exc:
         log(f"  QDQ variant skipped: {exc}")
         return {}
@@ -242,12 +244,12 @@ def _input_sizes(subject: Subject, work: Path, data: bench.BenchData, args) -> l
 
 def write_results(out: Path, result: dict[str, Any]) -> None:
     md = render(result)
-    bench._write(out / "RESULTS.md", md)
-    bench._write(out / "results.json", json.dumps(result, indent=2, default=str) + "\n")
+    bench_report._write(out / "RESULTS.md", md)
+    bench_report._write(out / "results.json", bench_report.to_json(result))
 
 
 def render(result: dict[str, Any]) -> str:
-    p = [f"# Benchmark results", "",
+    p = ["# Benchmark results", "",
          f"Generated {result['date']} by `{result['command']}` in {result['elapsed_s']:.0f} s.", ""]
     p += machine.markdown_lines(machine.header_lines(result["machine"], result["peak"]))
     s = result["settings"]
@@ -266,8 +268,9 @@ def render(result: dict[str, Any]) -> str:
               "\"interleaved\": median of the round medians, and the fastest call), so load from elsewhere falls on "
               "all of them alike; against the U-Net peer the ratios come from the table's rows (p50, min).", ""] \
             + result["ratios"] + [""]
-    for name, block in result["datasets"].items():
-        p += [f"## {block['title']}", "", f"Data: {block['data']}.", "", bench.markdown_table(block["rows"]), ""]
+    for block in result["datasets"].values():
+        p += [f"## {block['title']}", "", f"Data: {block['data']}.", "",
+              bench_report.markdown_table(block["rows"]), ""]
     p += ["Columns: peak RSS = the process's high-water mark during the row "
           "(interpreter, torch, libraries and decoded images included), (+model) its rise while the model ran; "
           "mDice/mIoU per-image means and pooled Dice over all pixels, masks at each image's original size; "
@@ -392,7 +395,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
         tuning_lines, tuning_raw = speed_experiments(su16, work, data, args)
     plot_name = None
     try:
-        bench.plot(all_rows, args.out / "results.png", "simpleunet benchmark suite")
+        bench_report.plot(all_rows, args.out / "results.png", "simpleunet benchmark suite", PEERS)
         plot_name = "results.png"
     except SimpleUNetError as exc:
         notes.append(f"No plot: {exc}")

@@ -14,8 +14,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from simpleunet.train.checkpoint import load_model
-from simpleunet.train.cli import dataset_root
+from simpleunet.train.checkpoint import load_model, run_folders
+from simpleunet.train.data import dataset_root
 from simpleunet.train.data import InMemorySegmentation, discover, load_arrays, select_split
 from simpleunet.train.loop import predict_probabilities, score
 from simpleunet.train.zoo import ZOO
@@ -45,9 +45,7 @@ def main() -> None:
           f"grey levels{': ' + ', '.join(sorted(dups)) if dups else ''}")
     images, masks = load_arrays(test, 256)
     keep = np.array([s.id not in dups for s in test])
-    for folder in sorted(ZOO.iterdir()):
-        if not (folder / "config.json").is_file():
-            continue
+    for folder in run_folders(ZOO):
         model, meta = load_model(folder)
         if meta.get("dataset") != args.dataset:
             continue

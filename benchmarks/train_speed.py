@@ -63,7 +63,7 @@ def main() -> None:
     images = 792
     print(f"{platform.processor() or platform.machine()}, torch {torch.__version__}, {args.threads} threads, "
           f"batch {args.batch}, {args.imgsz} px; epoch = {images} images")
-    print(f"| model | params | s/step | s/epoch |\n|---|---|---|---|")
+    print("| model | params | s/step | s/epoch |\n|---|---|---|---|")
     for name in args.models.split(","):
         cfg = MODELS[name]
         s = seconds_per_step(cfg, args.steps, args.batch, args.imgsz)

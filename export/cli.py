@@ -9,7 +9,9 @@ import math
 import re
 import sys
 
-from simpleunet_runtime.errors import SimpleUNetError
+from simpleunet_runtime.errors import console_script
+
+from simpleunet.train.config import FAMILIES
 
 from .pipeline import FORMATS, INT8_ONNX, INT8_WEIGHTS
 
@@ -60,9 +62,9 @@ def _name(text: str) -> str:
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser("simpleunet-export", description=__doc__.splitlines()[0].split(": ", 1)[1],
                                 epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", metavar="DIR", help="folder with config.json + model.safetensors "
+    p.add_argument("--checkpoint", metavar="DIR", help="a run folder written by simpleunet-train "
                    "(default: the shipped pretrained weights for --family/--width/--blocks)")
-    p.add_argument("--family", choices=("simpleunet", "simpleesknet"), help="model family (default simpleunet)")
+    p.add_argument("--family", choices=FAMILIES, help="model family (default simpleunet)")
     p.add_argument("--width", type=_positive, help="channel width C (default 16)")
     p.add_argument("--blocks", type=_positive, help="blocks per level N (default 1)")
     p.add_argument("--imgsz", type=_positive, help="input size, a multiple of 16 (default: the checkpoint's)")
@@ -97,24 +99,18 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+# A KeyboardInterrupt held while files move into --out carries a message that says they did.
+@console_script(interrupted="nothing was written to the output folder")
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    try:
-        from .pipeline import export_model, parse_formats
+    from .pipeline import export_model, parse_formats
 
-        export_model(args.checkpoint, family=args.family, width=args.width, blocks=args.blocks, imgsz=args.imgsz,
-                     int8=args.int8, formats=parse_formats(args.formats), calib_data=args.calib_data,
-                     calib_size=args.calib_size, val_data=args.val_data, val_size=args.val_size, out=args.out,
-                     opset=args.opset, int8_onnx=args.int8_onnx, int8_weights=args.int8_weights,
-                     min_agreement=args.min_agreement,
-                     max_delta=args.max_delta, ort_rewrites=args.ort_rewrites, name=args.name)
-    except SimpleUNetError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt as exc:  # held while files move into --out; its message then says they did
-        print(f"interrupted: {exc.args[0] if exc.args else 'nothing was written to the output folder'}",
-              file=sys.stderr)
-        return 130
+    export_model(args.checkpoint, family=args.family, width=args.width, blocks=args.blocks, imgsz=args.imgsz,
+                 int8=args.int8, formats=parse_formats(args.formats), calib_data=args.calib_data,
+                 calib_size=args.calib_size, val_data=args.val_data, val_size=args.val_size, out=args.out,
+                 opset=args.opset, int8_onnx=args.int8_onnx, int8_weights=args.int8_weights,
+                 min_agreement=args.min_agreement,
+                 max_delta=args.max_delta, ort_rewrites=args.ort_rewrites, name=args.name)
     return 0
 
 

@@ -46,7 +46,7 @@ def _pick(items: list, count: int | None) -> list:
 
 def own_dataset(name: str) -> Path | None:
     """The local copy of dataset ``name`` ($SIMPLEUNET_DATA or ../shared/datasets), if there is one."""
-    from simpleunet.train.cli import dataset_root
+    from simpleunet.train.data import dataset_root
 
     try:
         return dataset_root(name, None)

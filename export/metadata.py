@@ -21,15 +21,15 @@ def set_onnx_metadata(proto: onnx.ModelProto, meta: ModelMetadata) -> onnx.Model
     keep = [p for p in proto.metadata_props if p.key != METADATA_KEY]
     del proto.metadata_props[:]
     proto.metadata_props.extend(keep)
-    onnx.helper.set_model_props(proto, {**{p.key: p.value for p in keep}, METADATA_KEY: meta.to_json()})
+    onnx.helper.set_model_props(proto, {**{p.key: p.value for p in keep}, **meta.to_props()})
     return proto
 
 
 def read_onnx_metadata(path: str | Path) -> ModelMetadata:
     proto = onnx.load(str(path), load_external_data=False)
-    for prop in proto.metadata_props:
-        if prop.key == METADATA_KEY:
-            return ModelMetadata.from_json(prop.value)
+    meta = ModelMetadata.from_props({p.key: p.value for p in proto.metadata_props})
+    if meta is not None:
+        return meta
     raise SimpleUNetError(f"{path} carries no {METADATA_KEY!r} metadata")
 
 
@@ -37,22 +37,27 @@ def set_tflite_metadata(model, meta: ModelMetadata) -> None:
     """Add (or replace) the ``simpleunet`` entry of a ``flatbuffer_utils`` ModelT, pointing at a new buffer."""
     from tensorflow.lite.python import schema_py_generated as schema
 
-    entries = [m for m in (model.metadata or []) if m.name not in (METADATA_KEY, METADATA_KEY.encode())]
-    buffer = schema.BufferT()
-    buffer.data = np.frombuffer(meta.to_json().encode("utf-8"), dtype=np.uint8).copy()
-    model.buffers.append(buffer)
-    entry = schema.MetadataT()
-    entry.name = METADATA_KEY
-    entry.buffer = len(model.buffers) - 1
-    model.metadata = entries + [entry]
+    props = meta.to_props()
+    entries = [m for m in (model.metadata or []) if (m.name.decode() if isinstance(m.name, bytes) else m.name)
+               not in props]
+    for key, text in props.items():
+        buffer = schema.BufferT()
+        buffer.data = np.frombuffer(text.encode("utf-8"), dtype=np.uint8).copy()
+        model.buffers.append(buffer)
+        entry = schema.MetadataT()
+        entry.name = key
+        entry.buffer = len(model.buffers) - 1
+        entries.append(entry)
+    model.metadata = entries
 
 
 def read_tflite_metadata(path: str | Path) -> ModelMetadata:
     data = Path(path).read_bytes()
     raw = read_metadata(data, METADATA_KEY, str(path))
-    if raw is None:
+    meta = ModelMetadata.from_props({} if raw is None else {METADATA_KEY: raw.decode("utf-8", "replace")})
+    if meta is None:
         raise SimpleUNetError(f"{path} carries no {METADATA_KEY!r} metadata")
-    return ModelMetadata.from_json(raw)
+    return meta
 
 
 def read_any(path: str | Path) -> ModelMetadata:

@@ -29,6 +29,8 @@ from simpleunet_runtime.machine import cpu_model, int8_kernels
 from simpleunet_runtime.metadata import ModelMetadata
 from simpleunet_runtime.sample import SAMPLE_DATASET
 
+from simpleunet.train.config import FAMILIES
+
 from . import manifest as manifest_mod
 from .errors import ExportError
 from .images import ImageSet, calibration_set, own_dataset, verification_set
@@ -136,13 +138,13 @@ def zoo_dir() -> Path:
 
 def find_pretrained(family: str, width: int, blocks: int, zoo: Path | None = None) -> Path:
     """The shipped checkpoint for a config (Kvasir-SEG first), or an error listing what ships."""
-    from simpleunet.train.checkpoint import read_config
+    from simpleunet.train.checkpoint import read_run, run_folders
 
     zoo = zoo or zoo_dir()
     found, have = [], []
-    for folder in sorted(p for p in zoo.glob("*") if (p / "config.json").is_file()) if zoo.is_dir() else []:
+    for folder in run_folders(zoo):
         try:
-            m = read_config(folder)["model"]
+            m = read_run(folder)["model"]
         except SimpleUNetError:
             continue
         have.append(folder.name)
@@ -433,13 +435,14 @@ def _tflite(run: _Run, fp32: Path, int8: bool, mean, std) -> None:
 
 def _load(checkpoint, family, width, blocks):
     """(model, meta, checkpoint folder): the given checkpoint, or the shipped one for the config."""
-    from simpleunet.train.checkpoint import WEIGHTS, load_model
+    from simpleunet.train.checkpoint import load_model
 
     if checkpoint is None:
         checkpoint = find_pretrained(family or "simpleunet", width or 16, blocks or 1)
     checkpoint = Path(checkpoint)
     if not checkpoint.is_dir():
-        raise ExportError(f"checkpoint folder {checkpoint} does not exist (expected config.json + {WEIGHTS})")
+        raise ExportError(f"checkpoint folder {checkpoint} does not exist (pass a run folder written by "
+                          "simpleunet-train)")
     model, meta = load_model(checkpoint)
     cfg = model.config
     for flag, want, have in (("--family", family, cfg.family), ("--width", width, cfg.width),
@@ -451,7 +454,7 @@ def _load(checkpoint, family, width, blocks):
 
 
 def export_model(checkpoint: str | os.PathLike | None = None, *, family: str | None = None,
-                 width: int | None = None, blocks: int | None = None, imgsz: int | None = None, int8: bool = True,
+                 width: int | None = None, blocks: int | None = None, imgsz: int | None = None, int8: bool = False,
                  formats: str | Iterable[str] = FORMATS, calib_data: str | os.PathLike | None = None,
                  calib_size: int | None = 32, out: str | os.PathLike | None = None, opset: int = 17,
                  int8_onnx: str = "qoperator", int8_weights: str = "int7", min_agreement: float = 0.98,
@@ -459,9 +462,10 @@ def export_model(checkpoint: str | os.PathLike | None = None, *, family: str | N
                  val_data: str | os.PathLike | None = None, val_size: int | None = None, name: str | None = None,
                  fold_aff: bool = True, ort_rewrites: bool = True, require_own_data: bool = False,
                  log: Callable[[str], None] | None = print) -> ExportResult:
-    """Export a trained SimpleUNet/SimpleESKNet to ONNX and TFLite (fp32, and int8 with ``int8``).
+    """Export a trained SimpleUNet/SimpleESKNet to ONNX and TFLite (fp32, and int8 with ``int8``: off by default,
+    as in the CLI's ``--int8``).
 
-    ``checkpoint``: a folder with config.json + model.safetensors; default: the shipped weights for
+    ``checkpoint``: a run folder written by simpleunet-train; default: the shipped weights for
     (family, width, blocks) (defaults simpleunet, 16, 1). ``imgsz``: default the checkpoint's. ``out``: default
     ``exports/<name>``. ``int8_onnx``: qoperator (default), qdq or both. ``val_data``: images/ + masks/ for the
     checks (default: the runtime's bundled Kvasir-SEG val sample). ``ort_rewrites``: apply the exact graph
@@ -494,8 +498,8 @@ def export_model(checkpoint: str | os.PathLike | None = None, *, family: str | N
         raise ExportError(f"--min-agreement must be in (0, 1], got {min_agreement}")
     if not 0 < max_delta < math.inf:
         raise ExportError(f"--max-delta must be a positive number, got {max_delta}")
-    if family not in (None, "simpleunet", "simpleesknet", "unet"):
-        raise ExportError(f"unknown family {family!r}; choose simpleunet, simpleesknet or unet")
+    if family not in (None, *FAMILIES):
+        raise ExportError(f"unknown family {family!r}; choose one of {', '.join(FAMILIES)}")
 
     t = time.perf_counter()
     model, meta, checkpoint = _load(checkpoint, family, width, blocks)
@@ -553,7 +557,8 @@ def export_model(checkpoint: str | os.PathLike | None = None, *, family: str | N
                          channel_order=pre.get("channel_order", "RGB"), output="probabilities",
                          threshold=threshold, aff=cfg.aff, parameters=params, weights_sha256=weights_sha,
                          dataset=str(meta.get("dataset", "")), name=name, toolkit_version=_version(),
-                         extra={"head": cfg.head, "opset": opset, "macs": count_macs(model, (imgsz, imgsz))})
+                         extra={"head": cfg.head, "opset": opset, "macs": count_macs(model, (imgsz, imgsz))},
+                         architecture=cfg.to_dict())
     cpu, saturates = int8_kernels()
     run = _Run(name, out, _staging(out), model, base, val, calib, xval, reference, threshold, max_delta,
                min_agreement, say, report, cpu=cpu, saturates=saturates)

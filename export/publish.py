@@ -1,7 +1,7 @@
 """Publish the zoo into the runtime: export every checkpoint in ``train/zoo/`` and bundle its fp32 + int8 ONNX and
 TFLite files in ``runtime/simpleunet_runtime/models/`` with ``index.json``.
 
-``python -m simpleunet.export.publish [--zoo DIR] [--dest DIR]``. Each entry of index.json (a list): name, format,
+``simpleunet-publish [--zoo DIR] [--dest DIR]``. Each entry of index.json (a list): name, format,
 precision, file, sha256, bytes, parameters, dataset, metrics (the file's own test-split scores when the zoo
 scored these exact files (by sha256), else PyTorch's, plus ``export_checks``: the export's checks and the images
 they ran on). Everything is exported into a staging
@@ -18,7 +18,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from simpleunet_runtime.errors import SimpleUNetError
+from simpleunet_runtime.errors import console_script
 
 from .errors import ExportError
 from .manifest import read as read_manifest
@@ -37,9 +37,11 @@ NOT_BUNDLED = {
 def zoo_checkpoints(zoo: Path) -> list[Path]:
     if not zoo.is_dir():
         raise ExportError(f"zoo folder {zoo} does not exist")
-    found = sorted(p for p in zoo.iterdir() if (p / "config.json").is_file() and (p / "model.safetensors").is_file())
+    from simpleunet.train.checkpoint import run_folders
+
+    found = run_folders(zoo)
     if not found:
-        raise ExportError(f"no checkpoints (config.json + model.safetensors) in {zoo}")
+        raise ExportError(f"no trained models (run folders written by simpleunet-train) in {zoo}")
     return found
 
 
@@ -110,18 +112,16 @@ def publish(zoo: Path, dest: Path = DEST, formats: Iterable[str] = ("onnx", "tfl
     return entries
 
 
+@console_script
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser("python -m simpleunet.export.publish", description=__doc__.split("\n\n")[0].replace("\n", " "))
+    """``simpleunet-publish``: the zoo's runs -> the runtime's bundled models and their index."""
+    p = argparse.ArgumentParser("simpleunet-publish", description=__doc__.split("\n\n")[0].replace("\n", " "))
     p.add_argument("--zoo", type=Path, default=None, help="zoo folder (default train/zoo)")
     p.add_argument("--dest", type=Path, default=DEST, help=f"runtime models folder (default {DEST})")
     args = p.parse_args(argv)
-    try:
-        from .pipeline import zoo_dir
+    from .pipeline import zoo_dir
 
-        publish(args.zoo or zoo_dir(), args.dest)
-    except SimpleUNetError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    publish(args.zoo or zoo_dir(), args.dest)
     return 0
 
 

@@ -16,7 +16,7 @@ from simpleunet.train.config import ModelConfig
 from simpleunet.train.flops import count_macs
 from simpleunet.train.model import build_model
 from simpleunet_runtime import bench
-from simpleunet_runtime.metadata import METADATA_KEY, ModelMetadata
+from simpleunet_runtime.metadata import ModelMetadata
 from simpleunet_runtime.segmenter import Segmenter
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -51,7 +51,7 @@ def tiny(tmp_path_factory):
     torch.onnx.export(Prob().eval(), torch.zeros(1, 3, SIZE, SIZE), str(path), input_names=["image"],
                       output_names=["prob"], opset_version=17, dynamo=False)
     proto = onnx.load(str(path))
-    onnx.helper.set_model_props(proto, {METADATA_KEY: meta.to_json()})
+    onnx.helper.set_model_props(proto, meta.to_props())
     onnx.save(proto, str(path))
     return {"ckpt": ckpt, "meta": meta, "onnx": path, "model": model}
 
@@ -82,6 +82,10 @@ def test_macs_from_metadata_matches_spec():
     meta = ModelMetadata(family="simpleunet", width=16, blocks=1, rate=0.5, imgsz=(256, 256), mean=MEAN, std=STD)
     assert round(eager.macs_from_metadata(meta) / 1e9, 2) == 0.21
     assert eager.macs_from_metadata(meta.replace(family="unknown")) is None
+
+
+def test_the_runtime_finds_the_baseline_through_its_entry_point():
+    assert bench._baseline() is eager.BASELINE  # pyproject.toml's simpleunet_runtime.baselines entry point
 
 
 def test_bench_adds_the_eager_row_with_the_same_dice(tiny, tmp_path):
@@ -120,7 +124,7 @@ def _export_like(ckpt: Path, out: Path, name: str) -> Path:
                        mean=MEAN, std=STD, parameters=1, name=name,
                        weights_sha256=hashlib.sha256((ckpt / WEIGHTS).read_bytes()).hexdigest())
     proto = onnx.load(str(path))
-    onnx.helper.set_model_props(proto, {METADATA_KEY: md.to_json()})
+    onnx.helper.set_model_props(proto, md.to_props())
     onnx.save(proto, str(path))
     return path
 

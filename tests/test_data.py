@@ -66,7 +66,8 @@ def test_isic_layout_rgba_and_grey(kvasir, tmp_path):
     for k, (img, mask) in enumerate(_real_pairs(kvasir, 2)):
         sid = f"ISIC_{k:07d}"
         im = Image.open(img)
-        (im.convert("RGBA") if k == 0 else im.convert("L")).save(tmp_path / "ISIC2018_Task1-2_Training_Input" / f"{sid}.png")
+        converted = im.convert("RGBA") if k == 0 else im.convert("L")
+        converted.save(tmp_path / "ISIC2018_Task1-2_Training_Input" / f"{sid}.png")
         Image.open(mask).convert("L").save(tmp_path / "ISIC2018_Task1_Training_GroundTruth" / f"{sid}_segmentation.png")
     samples = discover(tmp_path)
     assert [s.id for s in samples] == ["ISIC_0000000", "ISIC_0000001"]

@@ -27,7 +27,7 @@ from simpleunet.export.errors import ExportError
 from simpleunet.export.images import CALIBRATION_DIR, calibration_set, verification_set
 from simpleunet.export.manifest import sha256
 from simpleunet.export.metadata import read_onnx_metadata, read_tflite_metadata, set_onnx_metadata
-from simpleunet.export.onnx_export import Probabilities, export_onnx, fold_aff, remove_mul_by_one
+from simpleunet.export.onnx_export import export_onnx, fold_aff, remove_mul_by_one
 from simpleunet.export.pipeline import export_model
 from simpleunet.train.checkpoint import load_model, save_model
 from simpleunet.train.config import ModelConfig
@@ -277,7 +277,8 @@ def variant(optimize=False, types=(), ops=None, calibrate=False, io=None):
     if io:
         c.inference_input_type = c.inference_output_type = io
     return len(c.convert()) > 0
-int8, int16 = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8], [tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8]
+int8 = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+int16 = [tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8]
 print([variant(), variant(True, [tf.float16]), variant(True), variant(True, ops=int8, calibrate=True),
        variant(True, ops=int8, calibrate=True, io=tf.int8), variant(True, ops=int16, calibrate=True, io=tf.int16)])
 """

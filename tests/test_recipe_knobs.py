@@ -3,7 +3,6 @@ heavy augmentation are real, resumable and recorded."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch

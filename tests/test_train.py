@@ -342,7 +342,10 @@ def test_training_saves_and_resumes_with_its_loss_scaler(tiny_data, tmp_path, mo
     seen = []
     for name in ("save_training_state", "load_training_state"):
         real = getattr(loop, name)
-        monkeypatch.setattr(loop, name, lambda *a, _real=real, _name=name, **kw: seen.append((_name, a[-1])) or _real(*a, **kw))
+        def spy(*a, _real=real, _name=name, **kw):
+            seen.append((_name, a[-1]))
+            return _real(*a, **kw)
+        monkeypatch.setattr(loop, name, spy)
     cfg = TrainConfig(**{**TINY, "epochs": 2})
     with pytest.raises(KeyboardInterrupt):
         train(cfg, tiny_data, tmp_path, progress=False, stop_after_batches=4)  # one epoch saved, then a crash

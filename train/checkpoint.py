@@ -78,7 +78,30 @@ def save_model(folder: Path, model: nn.Module, meta: dict[str, Any]) -> None:
     write_json(folder / CONFIG, {**meta, "weights_sha256": sha256(folder / WEIGHTS)})
 
 
-def read_config(folder: str | os.PathLike) -> dict[str, Any]:
+def is_run(folder: str | os.PathLike) -> bool:
+    """Whether ``folder`` holds a run's model: its config and its best weights."""
+    return (Path(folder) / CONFIG).is_file() and (Path(folder) / WEIGHTS).is_file()
+
+
+def run_folders(parent: str | os.PathLike) -> list[Path]:
+    """The run folders directly in ``parent`` (the zoo, runs/), sorted by name; none when it does not exist."""
+    parent = Path(parent)
+    return sorted(p for p in parent.iterdir() if not p.name.startswith(".") and is_run(p)) if parent.is_dir() else []
+
+
+def copy_run(src: str | os.PathLike, dst: str | os.PathLike) -> None:
+    """Copy a run's model (config and weights, as a pair) into ``dst``."""
+    import shutil
+
+    Path(dst).mkdir(parents=True, exist_ok=True)
+    for f in (CONFIG, WEIGHTS):
+        shutil.copy2(Path(src) / f, Path(dst) / f)
+
+
+def read_run(folder: str | os.PathLike) -> dict[str, Any]:
+    """A run folder's config, checked: ``model`` (ModelConfig fields), ``preprocess`` (imgsz, mean, std,
+    channel_order, threshold), ``dataset``, ``train`` (every training setting) and ``weights_sha256``. The one
+    place the toolkit reads it; a one-line error when it is not a run's."""
     folder = Path(folder)
     path = folder / CONFIG if folder.is_dir() else folder
     if not path.is_file():
@@ -122,7 +145,7 @@ def load_into(model: nn.Module, weights: dict[str, torch.Tensor], source: Path) 
 def load_model(folder: str | os.PathLike, weights: str = WEIGHTS) -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild the model from ``config.json`` and load its safetensors weights (eval mode)."""
     folder = Path(folder)
-    meta = read_config(folder)
+    meta = read_run(folder)
     model = build_model(ModelConfig.from_dict(meta["model"]))
     tensors = _load_weights(folder / weights)
     want = meta.get("weights_sha256") if weights == WEIGHTS else None  # absent in older checkpoints: not checked

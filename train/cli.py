@@ -8,8 +8,9 @@ import os
 import sys
 from pathlib import Path
 
-from simpleunet_runtime.errors import SimpleUNetError
+from simpleunet_runtime.errors import SimpleUNetError, console_script
 
+from .data import dataset_root
 from .config import AUGMENTS, FAMILIES, HEADS, LOSSES, ConfigError, TrainConfig
 
 RECIPES = Path(__file__).parent / "recipes"
@@ -22,7 +23,8 @@ def recipe_names() -> list[str]:
 def load_recipe(name: str) -> TrainConfig:
     path = RECIPES / f"{name}.json" if not name.endswith(".json") else Path(name)
     if not path.is_file():
-        raise SimpleUNetError(f"unknown recipe {name!r}; choose one of {', '.join(recipe_names())} or pass a .json path")
+        raise SimpleUNetError(f"unknown recipe {name!r}; choose one of {', '.join(recipe_names())} or pass a "
+                              ".json path")
     try:
         data = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -30,18 +32,6 @@ def load_recipe(name: str) -> TrainConfig:
     if not isinstance(data, dict):
         raise SimpleUNetError(f"recipe {path} must be a JSON object of training settings")
     return TrainConfig.from_dict(data)
-
-
-def dataset_root(name: str, explicit: str | None) -> Path:
-    """--data, else $SIMPLEUNET_DATA/<name>, else ../shared/datasets/<name> seen from here or the repo root."""
-    if explicit:
-        return Path(explicit)
-    bases = [Path(os.environ["SIMPLEUNET_DATA"])] if os.environ.get("SIMPLEUNET_DATA") else []
-    bases += [Path.cwd() / ".." / "shared" / "datasets", Path(__file__).resolve().parents[1] / ".." / "shared" / "datasets"]
-    for base in bases:
-        if name and (base / name).is_dir():  # an empty name would match the datasets folder itself
-            return (base / name).resolve()
-    raise SimpleUNetError(f"dataset {name!r} not found; pass --data DIR (or set SIMPLEUNET_DATA)")
 
 
 def checkpoint_data_root(meta: dict, explicit: str | None, checkpoint: str | os.PathLike) -> Path:
@@ -99,17 +89,7 @@ def resumed_config(saved: TrainConfig, asked: TrainConfig, data: str | None, thr
     return dataclasses.replace(saved, data_root=data_root, threads=saved.threads if threads is None else threads)
 
 
-def _run(fn, interrupted: str = "interrupted") -> int:
-    try:
-        return fn() or 0
-    except SimpleUNetError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(interrupted, file=sys.stderr)
-        return 130
-
-
+@console_script(interrupted="the last finished epoch is saved; continue with --resume")
 def train_main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser("simpleunet-train", description="Train a SimpleUNet/SimpleESKNet on image/mask pairs.")
     p.add_argument("--recipe", help=f"a named recipe ({', '.join(recipe_names())}) or a recipe .json")
@@ -184,12 +164,13 @@ def train_main(argv: list[str] | None = None) -> int:
               f"weights in {args.out}. Next: {nxt}")
         return 0
 
-    return _run(go, "interrupted: the last finished epoch is saved; continue with --resume")
+    return go()
 
 
+@console_script
 def eval_main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser("simpleunet-eval", description="Dice/IoU of a checkpoint on a dataset split.")
-    p.add_argument("checkpoint", help="checkpoint folder (config.json + model.safetensors)")
+    p.add_argument("checkpoint", help="a run folder written by simpleunet-train")
     p.add_argument("--data", help="dataset folder (default: the dataset the model was trained on)")
     p.add_argument("--layout", default="auto")
     p.add_argument("--split", default="test", help="train, test, val, all, or a split .txt file (default test)")
@@ -220,4 +201,4 @@ def eval_main(argv: list[str] | None = None) -> int:
             write_json(Path(args.json), res)
         return 0
 
-    return _run(go)
+    return go()

@@ -3,7 +3,8 @@ serve augmented batches from memory.
 
 Layouts (``layout=``): ``folder`` (images/ + masks/ with matching stems, optional splits/), the shared
 ``kvasir-seg`` and ``busi`` folders (same shape, with their split files), the Kvasir-SEG zip
-(``Kvasir-SEG/images``, ``Kvasir-SEG/masks``), the original BUSI download (``Dataset_BUSI_with_GT/<class>/<class> (N).png``
+(``Kvasir-SEG/images``, ``Kvasir-SEG/masks``), the original BUSI download
+(``Dataset_BUSI_with_GT/<class>/<class> (N).png``
 with ``_mask.png``, ``_mask_1.png``... OR-merged) and ISIC 2018 Task 1 (``ISIC_xxxxxxx.jpg`` with
 ``ISIC_xxxxxxx_segmentation.png``). ``auto`` picks one by looking.
 """
@@ -30,7 +31,7 @@ LAYOUTS = ("auto", "folder", "kvasir-zip", "busi-original", "isic2018")
 #: 2 = load_mask reads 0/1 label maps and 16-bit masks on their own scale. 3 = EXIF orientation applied, 32-bit
 #: and float files beyond the array rules refused (no Kvasir-SEG or BUSI image changes: none carries a rotation).
 PREPROCESS_VERSION = 3
-#: ``split_used`` (config.json ``train``) of a run trained on every image of a folder without splits/.
+#: ``split_used`` (the run config's ``train`` block) of a run trained on every image of a folder without splits/.
 ALL_IMAGES = "all images (no splits/)"
 #: ``split_used`` of a run trained on a layout's official training folders (ISIC 2018 ``*_Training_*``).
 OFFICIAL_TRAIN = "official Training folders"
@@ -44,6 +45,19 @@ class Sample:
     image: Path
     masks: tuple[Path, ...]
     split: str | None = None  # train/val/test from the layout's official folders (ISIC 2018), else None
+
+
+def dataset_root(name: str, explicit: str | None) -> Path:
+    """--data, else $SIMPLEUNET_DATA/<name>, else ../shared/datasets/<name> seen from here or the repo root."""
+    if explicit:
+        return Path(explicit)
+    bases = [Path(os.environ["SIMPLEUNET_DATA"])] if os.environ.get("SIMPLEUNET_DATA") else []
+    bases += [Path.cwd() / ".." / "shared" / "datasets",
+              Path(__file__).resolve().parents[1] / ".." / "shared" / "datasets"]
+    for base in bases:
+        if name and (base / name).is_dir():  # an empty name would match the datasets folder itself
+            return (base / name).resolve()
+    raise DataError(f"dataset {name!r} not found; pass --data DIR (or set SIMPLEUNET_DATA)")
 
 
 def _images_in(folder: Path) -> list[Path]:

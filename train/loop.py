@@ -20,8 +20,8 @@ from tqdm import tqdm
 from simpleunet_runtime.machine import cpu_model
 from simpleunet_runtime.metrics import SegmentationMeter
 
-from .checkpoint import (CheckpointError, init_weights, load_model, load_training_state, read_training_state, save_model,
-                         save_training_state, write_json, CONFIG, LAST, METRICS)
+from .checkpoint import (LAST, METRICS, CheckpointError, init_weights, load_model, load_training_state,
+                         read_training_state, save_model, save_training_state, write_json)
 from .config import ConfigError, TrainConfig
 from .data import (ALL_IMAGES, DataError, InMemorySegmentation, carve_validation, discover, load_arrays, select_split,
                    training_samples)
@@ -277,7 +277,8 @@ def train(cfg: TrainConfig, root: Path, out: Path, *, resume: bool = False, devi
     trained_on = hardware(dev) + (f" x{ddp.world} processes" if ddp.world > 1 else "")
 
     def lr_at(step: int) -> float:  # cosine annealing per step, eta_min at the end
-        return cfg.eta_min + (cfg.lr - cfg.eta_min) * 0.5 * (1 + math.cos(math.pi * min(step, total_steps) / total_steps))
+        progress = min(step, total_steps) / total_steps
+        return cfg.eta_min + (cfg.lr - cfg.eta_min) * 0.5 * (1 + math.cos(math.pi * progress))
 
     if ddp.main:
         print(f"{cfg.model.name}: {count_parameters(model):,} parameters, {len(train_set)} train / "

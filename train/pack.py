@@ -21,7 +21,7 @@ from PIL import Image, features
 
 from simpleunet_runtime.errors import SimpleUNetError
 
-from .cli import dataset_root
+from .data import dataset_root
 from .data import ALL_IMAGES, LAYOUTS, discover, load_arrays, training_samples
 
 FORMATS = ("webp", "png")  # lossless WebP is ~30 % smaller than PNG on these images

@@ -82,7 +82,8 @@ def rows(epochs: int | None = None) -> list[dict[str, Any]]:
 
 
 def table(epochs: int | None = None) -> str:
-    lines = ["| candidate | change | epochs (done) | carve-out mDice (best epoch) | val_120 mDice | minutes | command |",
+    lines = ["| candidate | change | epochs (done) | carve-out mDice (best epoch) | val_120 mDice | minutes "
+             "| command |",
              "|---|---|---|---|---|---|---|"]
     for r in sorted(rows(epochs), key=lambda r: (r["epochs"], -r["carve_out"])):
         test = f"{r['test']:.4f}" if r["test"] is not None else "—"

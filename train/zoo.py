@@ -23,7 +23,7 @@ import numpy as np
 from simpleunet_runtime.errors import SimpleUNetError
 from simpleunet_runtime.image import umask
 
-from .checkpoint import CONFIG, METRICS, WEIGHTS, load_model, write_json
+from .checkpoint import METRICS, copy_run, load_model, read_run, write_json
 from .cli import checkpoint_data_root, load_recipe, recipe_names, training_overlap
 from .config import TrainConfig
 from .data import discover, load_arrays, select_split
@@ -190,7 +190,8 @@ def write_card(folder: Path, name: str, meta: dict[str, Any], metrics: dict[str,
     train = meta["train"]
     m = meta["model"]
     test = metrics["test"]
-    rows = [f"| PyTorch fp32 (simpleunet-eval) | {test['mDice']:.4f} | {test['mIoU']:.4f} | {test['pooled_dice']:.4f} |"]
+    rows = [f"| PyTorch fp32 (simpleunet-eval) | {test['mDice']:.4f} | {test['mIoU']:.4f} "
+            f"| {test['pooled_dice']:.4f} |"]
     for fname, s in metrics.get("exports", {}).items():
         rows.append(f"| {fname} | {s['mDice']:.4f} | {s['mIoU']:.4f} | {s['pooled_dice']:.4f} |")
     hist = metrics["history"]
@@ -220,7 +221,8 @@ def write_card(folder: Path, name: str, meta: dict[str, Any], metrics: dict[str,
 the official val_120; BUSI: the 156-image stratified test split). Images and masks resized to {train['imgsz']} px.
 
 ## Recipe
-{start}`{reproduce_command(name, train)}`: {train['epochs']} epochs planned, {len(hist)} trained, batch {train['batch_size']},
+{start}`{reproduce_command(name, train)}`: {train['epochs']} epochs planned, {len(hist)} trained,
+batch {train['batch_size']},
 AdamW lr {train['lr']} (wd {train['weight_decay']}), per-step cosine to {train['eta_min']}, {loss_name(meta)},
 augmentation `{train['augment']}` ({AUGMENT_TEXT.get(train['augment'], train['augment'])}), seed
 {train['seed']}. Best epoch {metrics['best']['epoch']} (val mDice {metrics['best']['val_mDice']:.4f}{view}); threshold
@@ -257,7 +259,7 @@ def readme_table(zoo: Path = ZOO) -> str:
     rows = ["| model | params | data | epochs | PyTorch fp32 | ONNX int8 | TFLite int8 | paper |",
             "|---|---|---|---|---|---|---|---|"]
     for folder in sorted(p for p in zoo.iterdir() if (p / METRICS).is_file() and not p.name.startswith(".")):
-        meta = json.loads((folder / CONFIG).read_text())
+        meta = read_run(folder)
         metrics = json.loads((folder / METRICS).read_text())
         exports = metrics.get("exports", {})
         own = {kind: next((s for f, s in exports.items() if f.endswith(kind)), None)
@@ -297,8 +299,7 @@ def publish(run: Path, name: str, exports: Path | None = None, data: str | None 
     ZOO.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=ZOO))
     try:
-        for f in (CONFIG, WEIGHTS):
-            shutil.copy2(run / f, staging / f)
+        copy_run(run, staging)
         write_json(staging / METRICS, metrics)
         whole, before = full_history(metrics)
         plot_curve(whole, staging / "curve.png", name, loss_name(meta), before)

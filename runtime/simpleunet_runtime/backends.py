@@ -10,9 +10,11 @@ structure) and then handed to the runtime, which never opens the path itself. A 
 """
 from __future__ import annotations
 
+import contextlib
 import numbers
 import os
 import sys
+import tempfile
 import threading
 import warnings
 from pathlib import Path
@@ -69,7 +71,8 @@ class Backend:
     def fixed_batch(self) -> bool:
         return len(self.input_shape) > 0 and self.input_shape[0] == 1
 
-    def metadata_json(self) -> str | None:
+    def metadata_props(self) -> dict[str, str]:
+        """The file's ``key -> text`` metadata entries (metadata.ModelMetadata.from_props reads ours)."""
         raise NotImplementedError
 
     def _invoke(self, x: np.ndarray) -> np.ndarray:
@@ -187,9 +190,9 @@ class OnnxBackend(Backend):
             raise SimpleUNetError(f"{path} takes {inp.type} input; SimpleUNet models take float")
         warn_if_saturating(path, graph)
 
-    def metadata_json(self) -> str | None:
+    def metadata_props(self) -> dict[str, str]:
         try:
-            return self.session.get_modelmeta().custom_metadata_map.get(METADATA_KEY)
+            return dict(self.session.get_modelmeta().custom_metadata_map)
         except UnicodeDecodeError:  # onnxruntime hands its strings to Python as UTF-8
             raise SimpleUNetError(f"{self.path.name}: model metadata is not UTF-8 text; re-export it") from None
 
@@ -247,6 +250,33 @@ def _probe_shapes(Interpreter, data: bytes, path: Path) -> None:
                                   f"but its operator makes {list(d['shape'])}; corrupt?)")
 
 
+#: What LiteRT's C++ logger prints on every interpreter (not ours to show a user): dropped from stderr.
+LITERT_INFO = b"INFO: Created TensorFlow Lite XNNPACK delegate"
+
+
+@contextlib.contextmanager
+def _without_info_lines():
+    """Run a block with file descriptor 2 caught in a temp file, then pass on every line but LiteRT's INFO ones:
+    the C++ logger writes to fd 2 directly, past sys.stderr."""
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):  # no fd 2 (embedded interpreters): nothing to filter
+        yield
+        return
+    with tempfile.TemporaryFile() as caught:
+        os.dup2(caught.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            caught.seek(0)
+            kept = b"".join(line for line in caught if not line.startswith(LITERT_INFO))
+            if kept:
+                os.write(2, kept)
+
+
 class TFLiteBackend(Backend):
     """A TFLite interpreter behind a lock. An interpreter is not thread-safe: one Segmenter shared by 8 threads
     failed 164 of 400 calls ("There is at least 1 reference to internal data...") and 11 masks were wrong.
@@ -268,9 +298,11 @@ class TFLiteBackend(Backend):
         verify(self._data, str(path))  # the interpreter segfaults on a truncated file instead of raising
         self._lock = threading.Lock()
         try:
-            _probe_shapes(Interpreter, self._data, path)
-            self.interpreter = Interpreter(model_content=self._data, num_threads=int(threads) if threads else None)
-            self.interpreter.allocate_tensors()
+            with _without_info_lines():
+                _probe_shapes(Interpreter, self._data, path)
+                self.interpreter = Interpreter(model_content=self._data,
+                                               num_threads=int(threads) if threads else None)
+                self.interpreter.allocate_tensors()
             inputs, outputs = self.interpreter.get_input_details(), self.interpreter.get_output_details()
         except SimpleUNetError:
             raise
@@ -283,9 +315,9 @@ class TFLiteBackend(Backend):
         self.output_shape = tuple(int(d) for d in self.output_detail["shape"])
         self._allocated = self.input_shape  # the input shape the interpreter's tensors are allocated for
 
-    def metadata_json(self) -> str | None:
+    def metadata_props(self) -> dict[str, str]:
         raw = read_metadata(self._data, METADATA_KEY, str(self.path))
-        return None if raw is None else raw.decode("utf-8", "replace")
+        return {} if raw is None else {METADATA_KEY: raw.decode("utf-8", "replace")}
 
     def _invoke(self, x: np.ndarray) -> np.ndarray:
         x = _quantize(x, self.input_detail)

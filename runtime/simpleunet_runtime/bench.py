@@ -1,27 +1,27 @@
 """``simpleunet-bench``: size, latency and Dice of exported models on the machine in front of you, side by side.
 
+With no ``--models`` it times the default model (``zoo.DEFAULT_MODEL``) in every format it ships, at 1 thread and
+at all cores, and ends with the file to use on this CPU (``advice``); ``--all`` times every bundled model.
 One row per model file x backend x thread count: latency (ms per image, batch ``--batch``, after warm-up; the
 ``Segmenter.run`` call on a preprocessed input, so layout transposes and int8 (de)quantization are included and
 decoding/resizing is not), images/s, peak RSS, mDice/mIoU (per image) and pooled Dice against the ground truth at
 each image's original size, Dice change against the fp32 model of the same weights, and MACs/latency as a % of
 the core's peak (``machine.py`` says how the peak is obtained). Needs only the runtime (numpy + onnxruntime
 [+ LiteRT]); with the toolkit installed it adds the PyTorch eager fp32 model of the same weights as the baseline
-(``simpleunet.benchmarks.eager``). A row that fails becomes a status, never a lost table.
+(found through the ``simpleunet_runtime.baselines`` entry point). A row that fails becomes a status, never a lost
+table. This module measures; ``bench_report`` writes the tables, files and plot.
 """
 from __future__ import annotations
 
 import argparse
-import csv
 import gc
-import importlib
+import importlib.metadata
 import importlib.util
-import io
-import json
 import os
 import shlex
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -30,6 +30,7 @@ import numpy as np
 
 from . import machine, zoo
 from .backends import TFLITE_HINT
+from .bench_report import COLUMNS, _need_matplotlib, _write, plot, report_markdown, to_csv, to_json
 from .errors import SimpleUNetError, console_script
 from .folders import masks_by_stem, read_split
 from .image import list_images, load_image, load_mask, unwritable_parent
@@ -38,32 +39,6 @@ from .sample import SAMPLE_DATASET
 
 FORMAT_ORDER = {"pytorch": 0, "onnx": 1, "tflite": 2}
 PRECISION_ORDER = {"fp32": 0, "fp16": 1, "int8": 2}
-PLOT_HINT = 'pip install "simpleunet-runtime[plot]"'
-
-#: Published peers (each paper's own figures, on the dataset named), for the plot.
-PEERS = (
-    ("U-Net", 7.77e6, 13.76, 0.8699, "ISIC17"),
-    ("UNeXt", 1.47e6, 0.57, 0.8661, "ISIC18"),
-    ("TinyU-Net", 0.48e6, 1.67, 0.8891, "ISIC18"),
-    ("EGE-UNet", 0.053e6, 0.072, 0.8946, "ISIC18"),
-    ("UltraLight VM-UNet", 0.049e6, 0.060, 0.9091, "ISIC17"),
-    ("MALUNet", 0.175e6, 0.083, 0.8813, "ISIC17"),
-    ("SimpleESKNet-32 N=2 (paper)", 0.673e6, 8.60, 0.8646, "Kvasir-SEG"),
-)
-
-#: Every output column, in order (JSON/CSV keep them all; the printed table shows ``TABLE``).
-COLUMNS = ("model", "format", "precision", "backend", "threads", "file_bytes", "parameters",
-           "imgsz", "batch", "runs", "p50_ms", "p90_ms", "min_ms", "max_ms", "images_per_s", "peak_rss_mb",
-           "model_rss_mb", "images", "mDice", "mIoU", "pooled_dice", "delta_dice", "agreement_vs_fp32", "macs",
-           "gmacs_per_s",
-           "pct_peak", "path", "status")
-TABLE = (("model", "model"), ("format", "format"), ("precision", "prec"), ("backend", "backend"),
-         ("threads", "thr"), ("file_bytes", "file KB"), ("parameters", "params"),
-         ("p50_ms", "p50 ms"), ("p90_ms", "p90 ms"), ("min_ms", "min ms"), ("max_ms", "max ms"),
-         ("images_per_s", "img/s"), ("peak_rss_mb", "peak RSS MB (+model)"), ("mDice", "mDice"), ("mIoU", "mIoU"),
-         ("pooled_dice", "pooled Dice"), ("delta_dice", "ΔmDice vs fp32"), ("agreement_vs_fp32", "Dice vs fp32"),
-         ("gmacs_per_s", "GMAC/s"),
-         ("pct_peak", "% peak"), ("status", "status"))
 
 
 # -- data --------------------------------------------------------------------------------------------------------
@@ -265,7 +240,22 @@ def resolve_models(specs: Sequence[str] | None, device: str = "cpu") -> list[Job
     return jobs
 
 
-EAGER_PLUGIN = "simpleunet.benchmarks.eager"  # the toolkit's PyTorch baseline; the runtime never imports torch
+#: Entry-point group through which an installed toolkit offers the eager baseline, so the runtime names no toolkit
+#: module and never imports torch itself. The ``pytorch`` entry is an object with ``eager_job(metadata, path,
+#: device) -> Job``, ``macs_from_metadata(metadata) -> int | None`` and ``cuda_available() -> bool``.
+BASELINES = "simpleunet_runtime.baselines"
+
+
+def _baseline(name: str = "pytorch") -> Any:
+    """Load the baseline registered as ``name`` in ``BASELINES``; ImportError when none is installed."""
+    try:
+        group = importlib.metadata.entry_points(group=BASELINES)
+    except TypeError:  # Python 3.9: no keyword, a dict of group -> entry points
+        group = importlib.metadata.entry_points().get(BASELINES, ())
+    entry = next((ep for ep in group if ep.name == name), None)
+    if entry is None:
+        raise ImportError(f"no {name!r} entry point in group {BASELINES!r}")
+    return entry.load()
 
 
 def _eager_plugin_cuda() -> bool:
@@ -273,7 +263,7 @@ def _eager_plugin_cuda() -> bool:
     if importlib.util.find_spec("torch") is None:
         return False
     try:
-        return bool(importlib.import_module(EAGER_PLUGIN).cuda_available())
+        return bool(_baseline().cuda_available())
     except ImportError:
         return False
 
@@ -283,7 +273,7 @@ def eager_jobs(jobs: Sequence[Job], device: str = "cpu") -> tuple[list[Job], str
     if importlib.util.find_spec("torch") is None:
         return [], "PyTorch eager baseline: not run (torch not installed; the runtime alone needs no torch)"
     try:
-        plugin = importlib.import_module(EAGER_PLUGIN)
+        plugin = _baseline()
     except ImportError as exc:
         return [], f"PyTorch eager baseline: not run (simpleunet toolkit not importable: {_line(exc)})"
     out, seen = [], set()
@@ -485,167 +475,6 @@ def run_bench(jobs: list[Job], data: BenchData, settings: Settings, peaks: dict[
     return rows
 
 
-# -- output --------------------------------------------------------------------------------------------------------
-def _fmt(key: str, v: Any) -> str:
-    if v is None:
-        return "–"
-    if key == "file_bytes":  # decimal KB (1000 bytes), as the docs and simpleunet-models quote sizes
-        return f"{v / 1000:.1f}"
-    if key == "parameters":
-        return f"{v:,}"
-    if key in ("mDice", "mIoU", "pooled_dice"):
-        return f"{v:.4f}"
-    if key == "delta_dice":
-        return f"{v + 0.0:+.4f}" if abs(v) >= 5e-5 else "+0.0000"
-    if key in ("p50_ms", "p90_ms", "min_ms", "max_ms"):
-        return f"{v:.2f}"
-    if key in ("images_per_s", "gmacs_per_s", "pct_peak"):
-        return f"{v:.1f}"
-    return str(v)
-
-
-def markdown_table(rows: list[dict[str, Any]]) -> str:
-    lines = ["| " + " | ".join(h for _, h in TABLE) + " |", "|" + "---|" * len(TABLE)]
-    for r in rows:
-        cells = []
-        for key, _ in TABLE:
-            cell = _fmt(key, r.get(key))
-            if key == "peak_rss_mb" and r.get("model_rss_mb") is not None:
-                cell += f" (+{r['model_rss_mb']:.0f})"
-            cells.append(cell.replace("|", "/"))
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
-def report_markdown(result: dict[str, Any]) -> str:
-    info, s = result["machine"], result["settings"]
-    parts = [f"# simpleunet-bench, {result['date']}", "", f"Command: `{result['command']}`", ""]
-    parts += machine.markdown_lines(machine.header_lines(info, result.get("peak")))
-    parts += [f"- Data: {result['data']}" + (f" ({result['data_note']})" if result.get("data_note") else ""),
-              f"- Latency: ms per image at batch {s['batch']}, {s['warmup']} warm-up runs then up to {s['runs']} "
-              f"timed runs (at most {s['max_seconds']:g} s per row); device {s['device']}",
-              f"- {result['eager_note']}", "", markdown_table(result["rows"]), ""]
-    parts.append("Columns: file KB = 1000 bytes; peak RSS = the process's high-water mark during "
-                 "the row (interpreter, libraries and decoded images included), (+model) = its rise while the "
-                 "model ran; mDice/mIoU = per-image means, pooled Dice over all pixels, masks at each image's "
-                 "original size; ΔmDice against the fp32 file of the same weights; % peak = MACs per image / "
-                 "p50 latency against the per-core peak of that precision x threads.")
-    return "\n".join(parts) + "\n"
-
-
-def _write(path: Path, text: str) -> None:
-    """Temp file + rename: a reader never sees half a report."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise SimpleUNetError(f"cannot write {path}: {exc.strerror or exc}") from None
-
-
-def to_csv(rows: list[dict[str, Any]]) -> str:
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=list(COLUMNS), extrasaction="ignore", lineterminator="\n")
-    w.writeheader()
-    for r in rows:
-        w.writerow({k: ("" if r.get(k) is None else r[k]) for k in COLUMNS})
-    return buf.getvalue()
-
-
-def _pareto(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
-    """Points no other point beats on both axes (smaller x, larger y), sorted by x."""
-    front, best = [], -1.0
-    for x, y in sorted(points, key=lambda p: (p[0], -p[1])):
-        if y > best:
-            front.append((x, y))
-            best = y
-    return front
-
-
-def _need_matplotlib():
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise SimpleUNetError(f"--plot needs matplotlib: {PLOT_HINT}") from None
-    return plt
-
-
-def plot(rows: list[dict[str, Any]], path: str | os.PathLike, title: str = "") -> Path:
-    """Size–Dice and latency–Dice Pareto fronts (one point per model file; latency at the fewest threads),
-    with the published peers on the size panel (their parameters x 4 bytes, Dice on their own dataset). With
-    several models only the points on the front are named: thirty labels on top of each other name nothing."""
-    plt = _need_matplotlib()
-    from matplotlib import ticker
-
-    scored = [r for r in rows if r.get("mDice") is not None and r.get("p50_ms") is not None]
-    fewest: dict[tuple, dict] = {}
-    for r in scored:
-        k = (r["model"], r["format"], r["precision"], r["backend"])
-        if k not in fewest or (r["threads"] or 0) < (fewest[k]["threads"] or 0):
-            fewest[k] = r
-    pts = list(fewest.values())
-    one_model = len({r["model"] for r in pts}) == 1
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.8), dpi=110)
-    marker = {"pytorch": "s", "onnx": "o", "tflite": "^"}
-    panels = ((axes[0], "file_bytes", "model size (bytes, log)"),
-              (axes[1], "p50_ms", "latency p50 (ms per image, fewest threads, log)"))
-    for ax, key, xlabel in panels:
-        front = _pareto([((r[key] if key != "file_bytes" else r["file_bytes"] or 0), r["mDice"]) for r in pts
-                         if (r[key] if key != "file_bytes" else r["file_bytes"])])
-        for r in pts:
-            x = r[key] if key != "file_bytes" else (r["file_bytes"] or (r["parameters"] or 0) * 4)
-            if not x:
-                continue
-            ax.scatter(x, r["mDice"], marker=marker.get(r["format"], "o"),
-                       color="tab:red" if r["precision"] == "int8" else "tab:blue", zorder=3)
-            crowded = any(fx != x and max(fx, x) < 1.1 * min(fx, x) and 0 < fy - r["mDice"] < 0.01 for fx, fy in front)
-            if one_model or ((x, r["mDice"]) in front and not crowded):  # of a cluster on the front, name the best
-                label = " ".join(([] if one_model else [r["model"]]) + [r["format"], r["precision"]])
-                ax.annotate(label, (x, r["mDice"]), fontsize=6, xytext=(3, 3), textcoords="offset points")
-        if len(front) > 1:
-            ax.step(*zip(*front), where="post", color="grey", lw=1, ls="--", label="Pareto front (measured)")
-        ax.set_xscale("log")
-        ax.set_xlabel(xlabel)
-        ax.set_ylabel("mDice (per image)")
-        ax.grid(alpha=0.3, which="both")
-    for name, params, _, dice, dataset in PEERS:
-        axes[0].scatter(params * 4, dice, marker="x", color="black", zorder=3)
-        axes[0].annotate(f"{name} ({dataset}, published)", (params * 4, dice), fontsize=6, xytext=(3, -8),
-                         textcoords="offset points")
-    axes[0].scatter([], [], marker="x", color="black", label="peers: published params x 4 B, own dataset")
-    axes[0].scatter([], [], marker="o", color="tab:blue", label="fp32 (o ONNX, ^ TFLite, s PyTorch)")
-    axes[0].scatter([], [], marker="o", color="tab:red", label="int8")
-    axes[0].legend(fontsize=7, loc="best")
-    if axes[1].get_legend_handles_labels()[0]:
-        axes[1].legend(fontsize=7, loc="best")
-    title = title or "simpleunet-bench: size and latency against Dice"
-    fig.suptitle(f"{title} — {pts[0]['model']}" if one_model and pts else title, fontsize=10)
-    for ax in axes:
-        ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
-        lo, hi = ax.get_xlim()
-        small = hi / max(lo, 1e-12) < 10  # under one decade: label the minor ticks too
-        ax.xaxis.set_minor_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}") if small else ticker.NullFormatter())
-    fig.tight_layout()
-    out = Path(path)
-    tmp = out.with_name(f".{out.stem}.tmp{os.getpid()}{out.suffix or '.png'}")
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(tmp)
-        os.replace(tmp, out)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise SimpleUNetError(f"cannot write {out}: {exc.strerror or exc}") from None
-    finally:
-        plt.close(fig)
-    return out
-
-
 def check_output_path(flag: str, path: str) -> None:
     """Refuse an output path that cannot be written before the benchmark runs, not after minutes of timing."""
     out = Path(path)
@@ -688,8 +517,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"),
                    help="cuda: onnxruntime's CUDA provider (and torch CUDA for the eager baseline)")
     p.add_argument("--models", nargs="+", metavar="NAME|PATH",
-                   help="bundled model names, .onnx/.tflite files or folders of them (default: every bundled "
-                        "model in every format)")
+                   help=f"bundled model names, .onnx/.tflite files or folders of them (default: {zoo.DEFAULT_MODEL} "
+                        "in every format it ships)")
+    p.add_argument("--all", action="store_true", help="every bundled model in every format (the full grid)")
     p.add_argument("--data", metavar="DIR", help="images/ + masks/ (same stems) [+ splits/]; without masks/ Dice "
                    "is skipped (default: the bundled Kvasir-SEG sample; models trained on another dataset then "
                    "get no Dice)")
@@ -699,7 +529,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", default=default_threads(), help="comma-separated thread counts")
     p.add_argument("--runs", type=int, default=100, help="timed runs per row")
     p.add_argument("--warmup", type=int, default=10, help="untimed runs first")
-    p.add_argument("--max-seconds", type=float, default=10.0, help="stop timing a row after this (min 5 runs)")
+    p.add_argument("--max-seconds", type=float, default=3.0, help="stop timing a row after this (min 5 runs)")
     p.add_argument("--batch", type=int, default=1, help="images per run (latency is reported per image)")
     p.add_argument("--json", metavar="PATH", help="write every column and the machine header as JSON")
     p.add_argument("--csv", metavar="PATH", help="write the rows as CSV")
@@ -745,7 +575,10 @@ def benchmark(args: argparse.Namespace, argv: Sequence[str], progress: Callable[
     settings = _check(args)
     if args.dice_floor is not None and args.data and not (Path(args.data) / "masks").is_dir():
         raise SimpleUNetError(f"--dice-floor needs masks, and {args.data} has no masks/ folder")
-    jobs = resolve_models(args.models, settings.device)
+    if args.all and args.models:
+        raise SimpleUNetError("--all times every bundled model; drop it or --models")
+    default = None if args.all or zoo.DEFAULT_MODEL not in zoo.names() else [zoo.DEFAULT_MODEL]
+    jobs = resolve_models(args.models or default, settings.device)
     data = load_data(args.data, args.split, args.limit)
     info = machine.machine_info()
     peaks = None if args.no_peak else machine.peak_macs(info["isa"])
@@ -758,7 +591,26 @@ def benchmark(args: argparse.Namespace, argv: Sequence[str], progress: Callable[
     rows = run_bench(jobs, data, settings, peaks, progress)
     return {"command": "simpleunet-bench " + shlex.join(argv), "date": datetime.now(timezone.utc).isoformat(
         timespec="seconds"), "machine": info, "peak": peaks, "data": data.name, "data_note": data.note,
-        "settings": settings.__dict__, "eager_note": eager_note, "rows": rows}
+        "settings": settings.__dict__, "eager_note": eager_note, "rows": rows, "advice": advice(rows)}
+
+
+def advice(rows: list[dict[str, Any]]) -> str:
+    """The table's last sentence: the fastest model file here whose masks hold (status ok: an int8 file agrees with
+    its fp32 file at Dice >= MIN_AGREEMENT), per model when several were timed."""
+    out = []
+    for name in dict.fromkeys(r["model"] for r in rows):
+        files = [r for r in rows if r["model"] == name and r["format"] != "pytorch" and r["p50_ms"] is not None]
+        good = [r for r in files if r["status"] == "ok"]
+        if not good:
+            continue
+        best = min(good, key=lambda r: r["p50_ms"])
+        faster = [r for r in files if r["p50_ms"] < best["p50_ms"] and r["status"].startswith("degraded")]
+        why = (f"the fastest file whose masks agree with fp32 (Dice >= {MIN_AGREEMENT})" if best["precision"] != "fp32"
+               else "the fastest file here")
+        out.append(f"{name}: use {Path(best['path']).name} ({best['backend']}, {best['threads']} thread"
+                   f"{'s' * (best['threads'] != 1)}) on this CPU, {best['p50_ms']:.2f} ms per image: {why}"
+                   + (f"; {len(faster)} faster row(s) left out: their int8 masks drift from fp32" if faster else ""))
+    return " ".join(f"{line}." for line in out)
 
 
 def floor_failures(rows: list[dict[str, Any]], floor: float) -> list[str]:
@@ -776,6 +628,8 @@ def floor_failures(rows: list[dict[str, Any]], floor: float) -> list[str]:
 
 @console_script
 def main(argv: Sequence[str] | None = None) -> int:
+    """Exit 2: a usage error (arguments or input refused before timing); 1: a row failed, the Dice floor was
+    missed or an output could not be written; 130: interrupted."""
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     tty = sys.stderr.isatty()
@@ -786,12 +640,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif not msg.endswith("..."):
             print(msg, file=sys.stderr, flush=True)
 
-    try:
+    try:  # everything it raises is about what was asked for: each model's own failure is a row status
         result = benchmark(args, argv, progress)
-        text = report_markdown(result)
-        print(text)
+    except SimpleUNetError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    text = report_markdown(result)
+    print(text)
+    try:  # the paths were checked before timing, so a failure here happened while running
         if args.json:
-            _write(Path(args.json), json.dumps(result, indent=2, default=str) + "\n")
+            _write(Path(args.json), to_json(result))
         if args.csv:
             _write(Path(args.csv), to_csv(result["rows"]))
         if args.markdown:
@@ -800,7 +658,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             plot(result["rows"], args.plot, result["data"])
     except SimpleUNetError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return 1
     rows = result["rows"]
     code = 0
     if any(r["status"].startswith("error") for r in rows):

@@ -26,9 +26,26 @@ def _one_line_warning(message, category, filename, lineno, file=None, line=None)
 _show_warning = warnings.showwarning
 
 
-def console_script(main: Callable[..., int]) -> Callable[..., int]:
-    """Wrap a console script's main: a reader that stops early (``simpleunet-models | head -1``) ends it quietly
-    with exit 0 instead of a BrokenPipeError traceback (the recipe of Python's signal documentation)."""
+#: The exit codes of every console script (README "Exit codes"). argparse already exits 2 on a bad argument.
+EXIT_FAILURE, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
+
+
+def say(text: str, file=None) -> None:
+    """print, escaping what the stream cannot show (``\\xe9``): a non-ASCII path under LANG=C or
+    PYTHONIOENCODING=ascii must not end the run with a UnicodeEncodeError."""
+    file = file or sys.stdout
+    enc = getattr(file, "encoding", None) or "utf-8"
+    print(text.encode(enc, "backslashreplace").decode(enc), file=file, flush=True)
+
+
+def console_script(main: Callable[..., int] | None = None, *, interrupted: str = "") -> Callable[..., int]:
+    """Wrap a console script's main, so that every CLI keeps one exit-code rule (README "Exit codes"): a
+    ``SimpleUNetError`` (bad arguments or input) is one ``error:`` line and exit 2; Ctrl-C is one ``interrupted: WHY``
+    line (WHY: the KeyboardInterrupt's message, else ``interrupted``) and exit 130; main itself returns 1 for a
+    failure while running. A reader that stops early (``simpleunet-models | head -1``) ends it quietly with exit 0
+    instead of a BrokenPipeError traceback (the recipe of Python's signal documentation)."""
+    if main is None:
+        return functools.partial(console_script, interrupted=interrupted)
 
     @functools.wraps(main)
     def run(*args, **kwargs) -> int:
@@ -40,5 +57,12 @@ def console_script(main: Callable[..., int]) -> Callable[..., int]:
         except BrokenPipeError:
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
             return 0
+        except SimpleUNetError as exc:
+            say(f"error: {exc}", sys.stderr)
+            return EXIT_USAGE
+        except KeyboardInterrupt as exc:
+            why = exc.args[0] if exc.args else interrupted
+            say(f"interrupted: {why}" if why else "interrupted", sys.stderr)
+            return EXIT_INTERRUPTED
 
     return run

@@ -379,7 +379,8 @@ def save_png(path: str | os.PathLike, array: np.ndarray, compress_level: int = 6
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            Image.fromarray(np.ascontiguousarray(array, dtype=np.uint8)).save(f, format="PNG", compress_level=compress_level)
+            Image.fromarray(np.ascontiguousarray(array, dtype=np.uint8)).save(f, format="PNG",
+                                                                              compress_level=compress_level)
         os.chmod(tmp, 0o666 & ~umask())  # mkstemp makes 0600; a mask is as readable as any file the user writes
         os.replace(tmp, path)
     except BaseException:

@@ -1,6 +1,8 @@
-"""The model-file metadata schema: the one definition. The exporter writes it into every model file
+"""The model contract: the one typed home of what a model file needs from its user (``Preprocess``: input size,
+mean/std, channel order, resize rule; the threshold and output kind) and where it came from (``architecture``: the
+training config's model fields, verbatim). The exporter writes it into every model file with ``to_props()``
 (ONNX ``metadata_props`` / TFLite ``Model.metadata``, key ``simpleunet``, value = this JSON) and the runtime
-reads it back, so a model file is self-describing.
+reads it back with ``from_props()``, so a model file is self-describing.
 
 A file is trusted no more than a user: the ``check_*`` rules below are the ones the Segmenter applies to its
 arguments, and ``ModelMetadata`` applies them (and one per other field) to every value it is given. Strings are
@@ -154,13 +156,43 @@ def _version(value: Any, field: str) -> int:
     return int(value)
 
 
+#: How every stage turns an image into the model's input size: image.resize_image (Pillow bilinear, antialiased,
+#: stretched to imgsz without keeping the aspect ratio), as training's cache does.
+RESIZE = "bilinear-stretch"
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """What an image goes through before the model: resized by ``resize`` to ``imgsz`` (h, w), scaled to [0, 1],
+    then ``(x - mean) / std`` per ``channel_order`` channel. One definition for training, export and runtime."""
+
+    imgsz: tuple[int, int]
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    channel_order: str = "RGB"
+    resize: str = RESIZE
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "imgsz", check_imgsz(self.imgsz))
+        object.__setattr__(self, "mean", check_mean(self.mean))
+        object.__setattr__(self, "std", check_std(self.std))
+        _one_of("RGB")(self.channel_order, "channel_order")
+        _one_of(RESIZE)(self.resize, "resize")
+
+
+def _architecture(value: Any, field: str) -> dict[str, Any]:
+    """The training config's model fields as given (family, width, kernel_size, dilation...): the runtime keeps
+    them for the baselines and reports, and interprets none."""
+    return _extra(value, field)
+
+
 _CHECKS: dict[str, Callable[[Any, str], Any]] = {
     "family": _text, "width": _count, "blocks": _count, "rate": _rate, "imgsz": check_imgsz, "mean": check_mean,
     "std": check_std, "num_classes": _classes, "input_layout": _one_of("NCHW", "NHWC"),
     "channel_order": _one_of("RGB"),  # the runtime feeds RGB: a BGR file would be silently wrong
     "output": _one_of("probabilities", "logits"), "threshold": check_threshold, "precision": _text, "aff": _flag,
     "parameters": _count, "weights_sha256": _text, "dataset": _text, "name": _text, "toolkit_version": _text,
-    "notice": _text, "extra": _extra, "schema_version": _version,
+    "notice": _text, "extra": _extra, "architecture": _architecture, "schema_version": _version,
 }
 
 
@@ -170,6 +202,8 @@ class ModelMetadata:
 
     ``input_layout`` is the layout of the file's input tensor (ONNX: NCHW, TFLite: NHWC);
     ``output`` is ``probabilities`` (a sigmoid for 1 class / softmax for more is inside the graph) or ``logits``.
+    ``architecture`` is the model's full training config (``ModelConfig`` fields, verbatim; empty in files
+    exported before 2026-12-03, whose family/width/blocks/rate/aff fields say the rest and imply 3x3 convs).
     Every field is checked and normalized (tuples of floats, cleaned strings) when an instance is made.
     """
 
@@ -194,11 +228,26 @@ class ModelMetadata:
     toolkit_version: str = ""
     notice: str = NOTICE
     extra: dict[str, Any] = field(default_factory=dict)
+    architecture: dict[str, Any] = field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION
 
     def __post_init__(self) -> None:
         for name in _CHECKS:
             object.__setattr__(self, name, _checked(name, getattr(self, name)))
+
+    @property
+    def preprocess(self) -> Preprocess:
+        return Preprocess(self.imgsz, self.mean, self.std, self.channel_order)
+
+    def to_props(self) -> dict[str, str]:
+        """The ``key -> text`` entries a model file carries (ONNX metadata_props, TFLite Model.metadata)."""
+        return {METADATA_KEY: self.to_json()}
+
+    @classmethod
+    def from_props(cls, props: Any, **overrides: Any) -> "ModelMetadata | None":
+        """The metadata among a file's ``key -> text`` entries; None when it has no ``simpleunet`` entry."""
+        text = props.get(METADATA_KEY)
+        return None if text is None else cls.from_json(text, **overrides)
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), sort_keys=True, separators=(",", ":"))

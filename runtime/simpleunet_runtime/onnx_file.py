@@ -2,8 +2,9 @@
 onnxruntime only): a minimal protobuf wire-format reader over the few ModelProto fields the runtime's checks need.
 
 Field numbers are onnx.proto3's: ModelProto.graph = 7; GraphProto.node = 1, initializer = 5; NodeProto.input = 1,
-output = 2, name = 3, op_type = 4, attribute = 5; AttributeProto.name = 1, i = 3, s = 4, t = 5; TensorProto.dims = 1, data_type = 2,
-float_data = 4, int32_data = 5, int64_data = 7, name = 8, raw_data = 9, external_data = 13, data_location = 14.
+output = 2, name = 3, op_type = 4, attribute = 5; AttributeProto.name = 1, i = 3, s = 4, t = 5; TensorProto.dims = 1,
+data_type = 2, float_data = 4, int32_data = 5, int64_data = 7, name = 8, raw_data = 9, external_data = 13,
+data_location = 14.
 ``_HOLDERS`` lists every other field on a path to a TensorProto, for the whole-file external-data scan.
 """
 from __future__ import annotations

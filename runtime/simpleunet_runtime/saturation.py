@@ -11,7 +11,7 @@ when for every two weights of the same sign ``255 * (|w_a| + |w_b|) <= 32767``, 
 magnitudes of each output channel sum to at most ``PAIR_LIMIT`` (128). Weights of opposite signs cannot overflow
 (255 * 127 < 32767). uint8 weights (U8U8) go through 16-bit multiplies that cannot clip. Full-range int8 weights
 (up to ±127 in every channel) break the bound; the exporter's int7 weights (onnxruntime's ``reduce_range``,
-[-64, 64]) and pair-safe scales (``simpleunet.export.quantize``) keep it. QDQ graphs are checked as the integer ops
+[-64, 64]) and pair-safe scales (the exporter's quantizer) keep it. QDQ graphs are checked as the integer ops
 onnxruntime fuses them into when it loads them.
 """
 from __future__ import annotations

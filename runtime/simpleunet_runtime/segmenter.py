@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -39,10 +39,11 @@ def class_mask(p: np.ndarray, threshold: float) -> np.ndarray:
 OVERRIDES = {"imgsz": check_imgsz, "mean": check_mean, "std": check_std, "threshold": check_threshold}
 
 
-def _parse_metadata(text: str | bytes, name: str, overrides: dict) -> ModelMetadata:
-    """The file's metadata with the user's overrides, checked by the same rules; errors name the file and field."""
+def _parse_metadata(props: dict[str, str], name: str, overrides: dict) -> ModelMetadata | None:
+    """The file's metadata with the user's overrides, checked by the same rules (None: the file has none); errors
+    name the file and field."""
     try:
-        return ModelMetadata.from_json(text, **overrides)
+        return ModelMetadata.from_props(props, **overrides)
     except FieldError as exc:
         fix = (f"override it with {exc.field}= (--{exc.field} on the command line)" if exc.field in OVERRIDES
                else "re-export the model with simpleunet-export")
@@ -79,13 +80,14 @@ class Segmenter:
         given = {"imgsz": imgsz, "mean": mean, "std": std, "threshold": threshold}
         overrides = {k: OVERRIDES[k](v) for k, v in given.items() if v is not None}  # messages name the argument
         try:
-            text = self._backend.metadata_json()
+            props = self._backend.metadata_props()
         except UnicodeDecodeError:  # onnxruntime decodes the metadata itself
             raise SimpleUNetError(f"{self.path.name}: model metadata is not UTF-8 text; re-export the model with "
                                   "simpleunet-export") from None
-        if text is not None:
-            self.metadata: ModelMetadata = _parse_metadata(text, self.path.name, overrides)
-            self._backend.layout = self.metadata.input_layout
+        found = _parse_metadata(props, self.path.name, overrides)
+        if found is not None:
+            self.metadata: ModelMetadata = found
+            self._backend.layout = found.input_layout
         else:
             self.metadata = self._fallback_metadata(overrides)
         fixed = self._backend.input_hw
@@ -188,6 +190,12 @@ class Segmenter:
     def predict(self, image: ImageInput) -> np.ndarray:
         """HxW uint8 mask at the image's original size: 0/255 for one class, class ids otherwise."""
         return self._masks([load_for_model(image, self.metadata.imgsz)], 1)[0]
+
+    def stream(self, frames: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
+        """One mask per frame of any frame iterator (HxWx3 uint8 RGB arrays: a video.FrameSource, a camera
+        generator), computed as ``predict`` computes it, as the frames come."""
+        for frame in frames:
+            yield self.predict(frame)
 
     def predict_batch(self, images: Sequence[ImageInput], batch_size: int = 8) -> list[np.ndarray]:
         """Masks for several images (paths, bytes or arrays; any sizes), run ``batch_size`` at a time.

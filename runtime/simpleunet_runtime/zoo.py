@@ -11,12 +11,11 @@ import argparse
 import hashlib
 import json
 import os
-import sys
 from pathlib import Path
 
 from .errors import SimpleUNetError, console_script
 
-EMPTY = "no bundled models (the toolkit's python -m simpleunet.export.publish installs them)"
+EMPTY = "no bundled models (the toolkit's simpleunet-publish installs them)"
 FORMATS, PRECISIONS = ("onnx", "tflite"), ("fp32", "int8")
 DEFAULT_MODEL = "simpleunet16-kvasir"  # the paper's 16 K model, what simpleunet-infer runs unless told
 MANIFEST = "manifest.json"  # what simpleunet-export writes beside its files (export/manifest.py)
@@ -32,8 +31,8 @@ def empty_message() -> str:
     if not os.environ.get("SIMPLEUNET_MODELS_DIR"):
         return f"no bundled models in {folder}; reinstall simpleunet-runtime (in the toolkit: make zoo-publish)"
     state = "does not exist" if not folder.is_dir() else "has no index.json"
-    return (f"SIMPLEUNET_MODELS_DIR={folder} {state}; fill it with the toolkit's python -m simpleunet.export.publish "
-            "--dest DIR, or unset SIMPLEUNET_MODELS_DIR to use the bundled models")
+    return (f"SIMPLEUNET_MODELS_DIR={folder} {state}; fill it with the toolkit's simpleunet-publish --dest DIR, "
+            "or unset SIMPLEUNET_MODELS_DIR to use the bundled models")
 
 
 def index(folder: str | os.PathLike | None = None) -> list[dict]:
@@ -175,13 +174,9 @@ def list_main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="simpleunet-models", description="List the models bundled with the runtime.")
     p.add_argument("--json", action="store_true", help="print the index as JSON")
     args = p.parse_args(argv)
-    try:
-        if os.environ.get("SIMPLEUNET_MODELS_DIR") and not models_dir().is_dir():
-            raise SimpleUNetError(empty_message())
-        entries = index()
-    except SimpleUNetError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+    if os.environ.get("SIMPLEUNET_MODELS_DIR") and not models_dir().is_dir():
+        raise SimpleUNetError(empty_message())  # console_script: one error line, exit 2
+    entries = index()
     if args.json:
         print(json.dumps(entries, indent=2))
     elif not entries:

@@ -1,7 +1,8 @@
 """Runtime test fixtures: committed tiny model files (made by the toolkit's tests/make_runtime_fixtures.py) and
 the bundled sample.
 
-Nothing here imports torch, onnx or tensorflow: these tests also run in the slim venv (runtime/tools/slim_venv_check.sh).
+Nothing here imports torch, onnx or tensorflow: these tests also run in the slim venv
+(runtime/tools/slim_venv_check.sh).
 """
 from __future__ import annotations
 

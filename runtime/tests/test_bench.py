@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from simpleunet_runtime import bench, machine
+from simpleunet_runtime import bench, bench_report, machine
 from simpleunet_runtime.sample import sample_pairs
 
 HAS_TFLITE = bench._has_tflite()  # not imported from conftest: tests/ has a conftest module of the same name
@@ -64,14 +64,14 @@ def test_default_run_writes_json_csv_markdown(full_run, capsys):
     rows = result["rows"]
     assert len(rows) == 6  # 3 files x 2 thread counts
     assert {tuple(r[k] for k in ("format", "precision")) for r in rows} == {f[1:] for f in FILES}
-    assert all(set(bench.COLUMNS) <= set(r) for r in rows)
+    assert all(set(bench_report.COLUMNS) <= set(r) for r in rows)
     assert result["machine"]["cpu"] and result["machine"]["python"] and "numpy" in result["machine"]["versions"]
     with open(out / "b.csv", newline="") as f:
         reader = csv.DictReader(f)
-        assert tuple(reader.fieldnames) == bench.COLUMNS
+        assert tuple(reader.fieldnames) == bench_report.COLUMNS
         assert len(list(reader)) == 6
     md = (out / "b.md").read_text()
-    for _, header in bench.TABLE:
+    for _, header in bench_report.TABLE:
         assert header in md
     assert "simpleunet-bench --runs 3" in md and "CPU:" in md and "ISA:" in md
     for r in rows:
@@ -125,14 +125,15 @@ def test_bad_input_is_one_line_error(bundled, capsys, tmp_path, args, message):
 def test_help_states_one_default_per_flag():
     text = " ".join(bench.build_parser().format_help().split())
     assert "(default: None)" not in text and "(default: False)" not in text
-    assert text.count("default: every bundled model") == 1 and text.count("default: the bundled Kvasir") == 1
+    assert text.count("default: simpleunet16-kvasir in every format") == 1
+    assert text.count("default: the bundled Kvasir") == 1
     for flag in ("--models", "--data"):
         entry = text.split(f" {flag} ", 2)[-1].split(" --", 1)[0]  # the help entry of that flag
         assert entry.count("default") == 1, entry
 
 
 def test_sizes_are_decimal_kb():
-    assert bench._fmt("file_bytes", 23737) == "23.7" and dict(bench.TABLE)["file_bytes"] == "file KB"
+    assert bench_report._fmt("file_bytes", 23737) == "23.7" and dict(bench_report.TABLE)["file_bytes"] == "file KB"
 
 
 def test_empty_models_dir_is_named(tmp_path, monkeypatch, capsys):
@@ -236,7 +237,7 @@ def test_batch_and_folder_of_models(fixtures, tmp_path):
 
 def test_percent_of_peak_and_delta(monkeypatch):
     monkeypatch.setattr(machine, "usable_cores", lambda: 8)
-    base = {c: None for c in bench.COLUMNS}
+    base = {c: None for c in bench_report.COLUMNS}
     rows = [{**base, "_key": "w", "format": "onnx", "precision": "fp32", "backend": "onnxruntime", "threads": 1,
              "macs": 2e9, "p50_ms": 10.0, "mDice": 0.80},
             {**base, "_key": "w", "format": "tflite", "precision": "int8", "backend": "tflite", "threads": 2,
@@ -248,15 +249,26 @@ def test_percent_of_peak_and_delta(monkeypatch):
 
 
 def test_pareto_front():
-    assert bench._pareto([(1, 0.5), (2, 0.9), (3, 0.8), (0.5, 0.4), (2, 0.7)]) == [(0.5, 0.4), (1, 0.5), (2, 0.9)]
+    points = [(1, 0.5), (2, 0.9), (3, 0.8), (0.5, 0.4), (2, 0.7)]
+    assert bench_report._pareto(points) == [(0.5, 0.4), (1, 0.5), (2, 0.9)]
 
 
 def test_plot_writes_png(full_run, tmp_path):
     pytest.importorskip("matplotlib")
     _, out = full_run
     rows = json.loads((out / "b.json").read_text())["rows"]
-    png = bench.plot(rows, tmp_path / "p.png")
+    png = bench_report.plot(rows, tmp_path / "p.png", peers=[("Peer", 1e4, 0.1, 0.8, "X")])
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_an_output_that_fails_after_the_run_exits_1(bundled, monkeypatch, tmp_path, capsys):
+    """2 is for what the user asked (refused before timing); a write failing after the run is a run failure."""
+    def disk_full(path, text):
+        raise bench.SimpleUNetError(f"cannot write {path}: No space left on device")
+
+    monkeypatch.setattr(bench, "_write", disk_full)
+    assert bench.main(FAST + ["--threads", "1", "--json", str(tmp_path / "r.json")]) == 1
+    assert "No space left on device" in capsys.readouterr().err
 
 
 def test_plot_without_matplotlib_is_clear(bundled, monkeypatch, capsys):
@@ -274,6 +286,17 @@ def test_runtime_only_no_torch(monkeypatch):
     monkeypatch.setattr(bench.importlib.util, "find_spec", lambda name, *a: None if name == "torch" else real(name, *a))
     jobs, note = bench.eager_jobs([], "cpu")
     assert jobs == [] and "torch not installed" in note
+
+
+def test_no_baseline_entry_point_means_no_eager_rows(monkeypatch):
+    """The toolkit offers the eager baseline through an entry point; without one, no rows and the note says why."""
+    real = bench.importlib.util.find_spec
+    torch_found = lambda name, *a: object() if name == "torch" else real(name, *a)  # as if torch were installed
+    monkeypatch.setattr(bench.importlib.util, "find_spec", torch_found)
+    monkeypatch.setattr(bench.importlib.metadata, "entry_points", lambda **kw: [])
+    jobs, note = bench.eager_jobs([], "cpu")
+    assert jobs == [] and "simpleunet toolkit not importable: no 'pytorch' entry point" in note
+    assert bench._eager_plugin_cuda() is False
 
 
 def test_machine_header_and_int8_factors():
@@ -322,3 +345,33 @@ def test_busy_cores_sees_work_running_now():
     finally:
         spin.kill()
     assert 0.8 <= busy <= (len([c for c in Path("/proc/stat").read_text().split() if c.startswith("cpu")]) - 1)
+
+
+def _row(fmt, precision, ms, status="ok", threads=1, model="m"):
+    return {"model": model, "format": fmt, "precision": precision, "backend": fmt, "threads": threads,
+            "p50_ms": ms, "status": status, "path": f"/x/{model}-{precision}.{fmt}"}
+
+
+def test_the_advice_names_the_fastest_file_whose_masks_hold():
+    rows = [_row("pytorch", "fp32", 1.0), _row("onnx", "fp32", 9.0), _row("onnx", "int8", 3.0, "degraded: drift"),
+            _row("tflite", "int8", 5.0, threads=2), _row("tflite", "fp32", 6.0, "error: boom")]
+    text = bench.advice(rows)
+    assert text.startswith("m: use m-int8.tflite (tflite, 2 threads) on this CPU, 5.00 ms per image")
+    assert "1 faster row(s) left out" in text and "pytorch" not in text
+    assert bench.advice([_row("onnx", "fp32", 9.0, "error: x")]) == ""
+
+
+def test_by_default_only_the_default_model_is_timed_and_all_times_every_one(monkeypatch):
+    asked = []
+
+    def stop(specs, device="cpu"):
+        asked.append(specs)
+        raise bench.SimpleUNetError("stop")
+
+    monkeypatch.setattr(bench, "resolve_models", stop)
+    for argv in ([], ["--all"], ["--models", "x.onnx"]):
+        with pytest.raises(bench.SimpleUNetError, match="stop"):
+            bench.benchmark(bench.build_parser().parse_args(argv), argv)
+    assert asked == [[bench.zoo.DEFAULT_MODEL], None, ["x.onnx"]]
+    with pytest.raises(bench.SimpleUNetError, match="--all times every bundled model"):
+        bench.benchmark(bench.build_parser().parse_args(["--all", "--models", "x"]), [])

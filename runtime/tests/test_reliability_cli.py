@@ -156,6 +156,17 @@ def test_a_full_disk_keeps_neither_file_of_an_image_it_reports_failed(images, fi
     assert temps == [] and masks == overlays == {p.stem for p in images.iterdir()} - {second.stem}
 
 
+def test_a_failure_while_running_decides_the_exit_code_of_a_batch_with_refused_inputs(images, fixtures, tmp_path,
+                                                                                      monkeypatch, capsys):
+    """Refused inputs alone exit 2 (usage); a full disk on top of one exits 1 (a failure while running)."""
+    args = [str(images), str(tmp_path / "gone.jpg"), "--model", str(fixtures / "tiny_int8.onnx"), "-q"]
+    assert infer_main(args + ["--out", str(tmp_path / "a")]) == 2
+    _fail_at(monkeypatch, "save_png", 2, OSError(errno.ENOSPC, "No space left on device"))
+    assert infer_main(args + ["--out", str(tmp_path / "b")]) == 1
+    captured = capsys.readouterr()
+    assert "segmented 2/4 images" in captured.out and "2 failed" in captured.out
+
+
 @pytest.mark.skipif(not LINUX or shutil.which("unshare") is None, reason="needs Linux user namespaces (unshare)")
 def test_a_really_full_disk_leaves_only_complete_pairs(fixtures, tmp_path):
     """The 16 sample images onto a 600 KB tmpfs (mounted in a private user + mount namespace)."""
@@ -214,8 +225,8 @@ def test_out_of_memory_in_predict_is_that_images_error(images, fixtures, tmp_pat
 @pytest.mark.skipif(not LINUX, reason="RLIMIT_AS is a Linux limit")
 def test_a_huge_image_under_a_1gb_address_space_costs_one_line(fixtures, tmp_path):
     """Issue 19's acceptance: ``ulimit -v 1000000``, folder [good, 8000x8000, good, good] -> 3 masks, one error
-    line, exit 1. It ended the batch with a MemoryError traceback (the 8000x8000 probability map did not fit);
-    whether the image is now refused from its header or runs out of memory, it costs its own line only."""
+    line. It ended the batch with a MemoryError traceback (the 8000x8000 probability map did not fit); now it is
+    refused from its header (exit 2, a refused input) and costs its own line only."""
     import resource
 
     folder = tmp_path / "in"
@@ -229,7 +240,7 @@ def test_a_huge_image_under_a_1gb_address_space_costs_one_line(fixtures, tmp_pat
 
     run = _infer([str(folder), "--model", str(fixtures / "tiny_fp32.onnx"), "--out", str(tmp_path / "out"), "-q",
                   "--threads", "1"], preexec_fn=limit)
-    assert run.returncode == 1 and "Traceback" not in run.stderr, run.stderr[-2000:]
+    assert run.returncode == 2 and "Traceback" not in run.stderr, run.stderr[-2000:]
     assert run.stderr.count("\n") == 1 and run.stderr.startswith("error: ") and str(folder / "b.png") in run.stderr
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a.png", "c.png", "d.png"]
 

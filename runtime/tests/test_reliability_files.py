@@ -164,7 +164,7 @@ def test_external_data_is_refused_however_it_points(how, secret, capsys):
     with pytest.raises(SimpleUNetError, match=REFUSED):
         Segmenter(model)
     capsys.readouterr()
-    assert infer_main([str(sample_pairs()[0][0]), "--model", str(model), "--out", str(folder / "out")]) == 1
+    assert infer_main([str(sample_pairs()[0][0]), "--model", str(model), "--out", str(folder / "out")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and REFUSED in err[0]
     assert not (folder / "out").exists()
@@ -293,7 +293,7 @@ def test_manifest_sha256_is_checked(tmp_path, name, capsys):
     from simpleunet_runtime.cli import infer_main
     from simpleunet_runtime.sample import sample_pairs
 
-    assert infer_main([str(sample_pairs()[0][0]), "--model", str(out / name), "--out", str(tmp_path / "m")]) == 1
+    assert infer_main([str(sample_pairs()[0][0]), "--model", str(out / name), "--out", str(tmp_path / "m")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len([e for e in err if e.startswith("error:")]) == 1 and "does not match" in err[-1]
 
@@ -345,14 +345,14 @@ def test_malformed_index_entries_are_one_line_errors(tmp_path, monkeypatch, caps
     monkeypatch.setenv("SIMPLEUNET_MODELS_DIR", str(tmp_path))
     with pytest.raises(SimpleUNetError, match="entry 2"):
         Segmenter.pretrained("x")
-    assert zoo.list_main([]) == 1
+    assert zoo.list_main([]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: bundled model index") and "entry 2" in err[0]
 
 
 def test_models_command_fails_when_the_models_dir_does_not_exist(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("SIMPLEUNET_MODELS_DIR", str(tmp_path / "nope"))
-    assert zoo.list_main([]) == 1
+    assert zoo.list_main([]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: SIMPLEUNET_MODELS_DIR=") and "does not exist" in err[0]
 
@@ -400,7 +400,7 @@ def test_threads_are_bounded_by_the_usable_cores(monkeypatch, capsys, tmp_path):
     from simpleunet_runtime.cli import infer_main
     from simpleunet_runtime.sample import sample_pairs
 
-    out = capsys.readouterr()
+    capsys.readouterr()
     assert infer_main([str(sample_pairs()[0][0]), "--model", str(FIXTURES / "tiny_fp32.onnx"), "--out",
                        str(tmp_path), "--threads", "10000", "-q"]) == 0
     err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]

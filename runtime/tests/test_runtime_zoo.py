@@ -62,16 +62,16 @@ def test_empty_or_broken_index(tmp_path, monkeypatch, capsys):
         with pytest.raises(SimpleUNetError) as exc:
             Segmenter.pretrained("simpleunet16-kvasir")
         msg = str(exc.value)  # names the variable and its folder, and what fills it
-        assert f"SIMPLEUNET_MODELS_DIR={folder} {state}" in msg and "simpleunet.export.publish --dest" in msg
+        assert f"SIMPLEUNET_MODELS_DIR={folder} {state}" in msg and "simpleunet-publish --dest" in msg
         assert "simpleunet-export" not in msg
         missing = state == "does not exist"  # a mistyped variable is an error; an empty folder is just empty
-        assert zoo.list_main([]) == (1 if missing else 0)
+        assert zoo.list_main([]) == (2 if missing else 0)
         out = capsys.readouterr()
         assert f"SIMPLEUNET_MODELS_DIR={folder}" in (out.err if missing else out.out)
     (tmp_path / "index.json").write_text("{not json")
     with pytest.raises(SimpleUNetError, match="unreadable"):
         zoo.index()
-    assert zoo.list_main([]) == 1
+    assert zoo.list_main([]) == 2
     assert capsys.readouterr().err.startswith("error: bundled model index")
     (tmp_path / "index.json").write_text('[{"file": "x"}]')
     with pytest.raises(SimpleUNetError, match="malformed"):

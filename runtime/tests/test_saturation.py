@@ -57,7 +57,8 @@ def test_reader_decodes_the_bundled_files(fixtures):
     assert "QLinearConv" in ops and not g.external
     convs = [n for n in g.nodes if n.op == "QLinearConv"]
     assert all(n.inputs[3] in g.constants or any(p.outputs == [n.inputs[3]] for p in g.nodes) for n in convs)
-    assert {a.dtype for n in convs if n.inputs[3] in g.constants for a in [g.constants[n.inputs[3]]]} == {np.dtype(np.int8)}
+    weights = [g.constants[n.inputs[3]] for n in convs if n.inputs[3] in g.constants]
+    assert {a.dtype for a in weights} == {np.dtype(np.int8)}
 
 
 def test_reader_refuses_what_is_not_onnx(tmp_path):

@@ -77,7 +77,7 @@ def main() -> int:
             failed += 1
             continue
 
-        def fmt(key: str, scale: float = 1000.0) -> str:
+        def fmt(key: str, scale: float = 1000.0, runs: list = runs) -> str:
             vals = [r[key] * scale for r in runs]
             return f"{statistics.median(vals):.0f} ({min(vals):.0f}-{max(vals):.0f})"
         total = [(r["import"] + r["load"] + r["first"]) * 1000 for r in runs]

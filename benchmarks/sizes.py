@@ -1,5 +1,5 @@
 """Measure what the export produces and what each size-reduction step saves:
-``python -m simpleunet.export.sizes [--json PATH]``.
+``python -m simpleunet.benchmarks.sizes [--json PATH]``.
 
 Sizes depend on the architecture, not on the weight values, so random-weight models stand in for trained ones:
 SimpleUNet-8/16/32 (N=1) and SimpleESKNet-32 (N=2), each exported with the AFF fold and (SimpleUNet only)
@@ -37,8 +37,8 @@ def _checkpoint(folder: Path, family: str, width: int, blocks: int) -> Path:
 
 
 def measure(family: str, width: int, blocks: int, fold: bool, work: Path) -> dict:
-    from .manifest import read
-    from .pipeline import export_model
+    from simpleunet.export.manifest import read
+    from simpleunet.export.pipeline import export_model
 
     tag = f"{family}{width}-n{blocks}-{'fold' if fold else 'nofold'}"
     ckpt = _checkpoint(work / f"ckpt-{tag}", family, width, blocks)
@@ -89,7 +89,8 @@ def markdown(rows: list[dict]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser("python -m simpleunet.export.sizes", description=__doc__.split("\n\n")[0].replace("\n", " "))
+    p = argparse.ArgumentParser("python -m simpleunet.benchmarks.sizes",
+                                description=__doc__.split("\n\n")[0].replace("\n", " "))
     p.add_argument("--json", type=Path, help="also write the raw rows as JSON")
     p.add_argument("--no-unfolded", action="store_true", help="skip the exports without the AFF fold")
     p.add_argument("--only", nargs="+", metavar="NAME", help="only these, e.g. simpleunet16 simpleesknet32")
