@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# CI-friendly aarch64 check, no emulation: can pip install ./runtime[tflite] on a 64-bit Raspberry Pi OS / Linux
+# CI-friendly aarch64 check, no emulation: can pip install ./runtime[tflite,video] on a 64-bit Raspberry Pi OS / Linux
 # aarch64 from binary wheels alone? `pip download`s the dependencies for manylinux aarch64 for each Python version,
 # prints the resolved onnxruntime / ai-edge-litert / numpy / Pillow versions, the download sizes, and every package
 # that has no aarch64 wheel; flags a package that resolves older on aarch64 than on this host (a missing wheel).
@@ -12,7 +12,7 @@ PY="${PYTHON:-python3}"
 INDEX_URL="${INDEX_URL:-https://pypi.org/simple}"
 VERSIONS=("$@"); [ ${#VERSIONS[@]} -gt 0 ] || VERSIONS=(3.11 3.12 3.13)
 PLATFORMS=(--platform manylinux_2_28_aarch64 --platform manylinux_2_27_aarch64 --platform manylinux2014_aarch64)
-KEY=(onnxruntime ai_edge_litert numpy pillow)
+KEY=(onnxruntime ai_edge_litert numpy pillow opencv_python_headless)
 WORK="$(mktemp -d)"
 trap 'rm -rf "$WORK"' EXIT
 now() { date +%s.%N; }
@@ -38,22 +38,22 @@ for pyv in "${VERSIONS[@]}"; do
     t=$(now)
     # What this (non-aarch64) host would get for the same Python, queried alongside: an aarch64 fallback to an
     # older release shows.
-    for p in onnxruntime ai-edge-litert numpy pillow; do
+    for p in onnxruntime ai-edge-litert numpy pillow opencv-python-headless; do
         (pip_clean index versions --index-url "$INDEX_URL" --only-binary=:all: --python-version "$pyv" "$p" \
             2>/dev/null | sed -n '1s/.*(\(.*\)).*/\1/p' >"$WORK/newest-$pyv-$p") &
     done
     if ! pip_clean download --index-url "$INDEX_URL" --only-binary=:all: "${PLATFORMS[@]}" --python-version "$pyv" \
-            -d "$dest" "$ROOT/runtime[tflite]" >"$log" 2>&1; then
+            -d "$dest" "$ROOT/runtime[tflite,video]" >"$log" 2>&1; then
         fail=1
         miss="$(sed -n 's/.*Could not find a version that satisfies the requirement \([^ ;]*\).*/\1/p' "$log" | sort -u |
                 tr '\n' ' ')"
         echo "Python $pyv: FAIL, no aarch64 wheel for: ${miss:-?} ($(grep -m1 -E '^ERROR' "$log" || tail -1 "$log"))"
-        summary+=("| $pyv | missing: ${miss:-see log} | | | | |")
+        summary+=("| $pyv | missing: ${miss:-see log} | | | | | |")
         wait; continue
     fi
     wait
     declare -A ver=() newest=()
-    for p in onnxruntime ai_edge_litert numpy pillow; do
+    for p in onnxruntime ai_edge_litert numpy pillow opencv_python_headless; do
         v="$(cat "$WORK/newest-$pyv-${p//_/-}")"; newest[$p]="${v:-?}"
     done
     for f in "$dest"/*.whl; do
@@ -80,8 +80,8 @@ for pyv in "${VERSIONS[@]}"; do
 done
 
 echo
-echo "| Python | onnxruntime | ai-edge-litert | numpy | Pillow | download |"
-echo "|---|---|---|---|---|---|"
+echo "| Python | onnxruntime | ai-edge-litert | numpy | Pillow | opencv-python-headless | download |"
+echo "|---|---|---|---|---|---|---|"
 printf '%s\n' "${summary[@]}"
 echo
 echo "wheels.sh: $([ $fail = 0 ] && echo OK || echo FAIL) in $(since "$T0") (platform manylinux_2_28/2_27/2014 aarch64, index $INDEX_URL)"

@@ -1,12 +1,15 @@
-"""``simpleunet-infer``: segment image files/folders with a bundled or exported model, write mask PNGs.
+"""``simpleunet-infer``: segment image files/folders, videos, cameras and streams with a bundled or exported model;
+write mask PNGs (images) or mask videos (streams: video.py).
 
-A bad file costs one ``error:`` line and the batch goes on; the exit code is non-zero if any file failed.
-SIGINT and SIGTERM end the batch with the summary line (exit 130 / 143); nothing half-written is left.
+A bad file costs one ``error:`` line and the batch goes on; the exit code is then 2 (a refused input) or 1 (an image
+that could not be written or ran out of memory). SIGINT and SIGTERM end the batch with the summary line (exit 130 /
+143); nothing half-written is left.
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import math
 import signal
 import sys
@@ -15,21 +18,14 @@ import time
 from pathlib import Path
 
 from .backends import BACKENDS
-from .errors import SimpleUNetError, console_script
+from .errors import EXIT_FAILURE, EXIT_USAGE, SimpleUNetError, console_script, say as _say
 from .image import IMAGE_SUFFIXES, TEMP_FILE, list_images, load_image, overlay, save_png, unwritable_parent
 from .metadata import check_mean, check_std
+from .video import VIDEO_SUFFIXES, is_stream, stream_name
 from .zoo import DEFAULT_MODEL
 
 #: A temp file of another output name is removed once untouched this long (a run writing there now keeps its own).
 STALE_S = 3600
-
-
-def _say(text: str, file=None) -> None:
-    """print, escaping what the stream cannot show (``\\xe9``): a non-ASCII path under LANG=C or
-    PYTHONIOENCODING=ascii must not end the run with a UnicodeEncodeError."""
-    file = file or sys.stdout
-    enc = getattr(file, "encoding", None) or "utf-8"
-    print(text.encode(enc, "backslashreplace").decode(enc), file=file, flush=True)
 
 
 def _floats(text: str) -> tuple[float, ...]:
@@ -64,13 +60,23 @@ def _positive(text: str) -> int:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="simpleunet-infer", description="Segment images with a SimpleUNet model "
-                                "file (.onnx / .tflite) or a bundled model; writes one mask PNG per image.")
-    p.add_argument("inputs", nargs="+", metavar="IMAGE|DIR", help="image files and/or folders of images")
-    p.add_argument("--model", default=DEFAULT_MODEL, help=f"bundled model name or a model file (default {DEFAULT_MODEL};"
+    p = argparse.ArgumentParser(prog="simpleunet-infer", description="Segment images, videos, cameras and streams "
+                                "with a SimpleUNet model file (.onnx / .tflite) or a bundled model; writes one mask "
+                                "PNG per image and a mask video per stream.")
+    p.add_argument("inputs", nargs="+", metavar="SOURCE", help="image files, folders of images, video files "
+                   f"({'/'.join(VIDEO_SUFFIXES[:3])}...), a camera index (0) or an rtsp:// / http:// stream URL "
+                   "(videos need the video extra)")
+    p.add_argument("--model", default=DEFAULT_MODEL, help="bundled model name or a model file (default "
+                   f"{DEFAULT_MODEL};"
                    " list them with simpleunet-models)")
-    p.add_argument("--out", required=True, type=Path, help="output folder for <stem>.png masks")
-    p.add_argument("--overlay", action="store_true", help="also write <stem>_overlay.png (mask blended on the image)")
+    p.add_argument("--out", required=True, type=Path, help="output folder for <stem>.png masks and "
+                   "<stem>_mask.mkv mask videos (lossless)")
+    p.add_argument("--overlay", action="store_true", help="also write <stem>_overlay.png / <stem>_overlay.mp4 "
+                   "(mask blended on the image)")
+    p.add_argument("--show", action="store_true", help="show a stream's overlay in a window (needs a display and "
+                   "opencv-python rather than the headless build); q closes it")
+    p.add_argument("--json", action="store_true", help="print one JSON report on stdout (the summary lines go to "
+                   "stderr)")
     p.add_argument("--threads", type=_positive, help="inference threads (default: the runtime's choice)")
     p.add_argument("--backend", choices=BACKENDS, help="force a backend (default: by the model file; for a bundled "
                    "model, tflite picks its .tflite file)")
@@ -249,6 +255,109 @@ def _segment(seg, path: Path, out: Path, stem: str, with_overlay: bool, signals:
             raise
 
 
+class _StreamStatus:
+    """The live line of a stream: frames, end-to-end FPS, decode / inference / encode ms per frame, dropped frames;
+    in place on a terminal, every 5 s otherwise, never with -q."""
+
+    def __init__(self, stem: str, quiet: bool):
+        self.stem, self.quiet, self.tty, self.last = stem, quiet, sys.stderr.isatty(), 0.0
+
+    def line(self, r: dict) -> str:
+        return (f"{self.stem}: {r['frames']} frames, {r['fps']:.1f} fps (decode {r['decode_ms']:.1f}, inference "
+                f"{r['infer_ms']:.1f}, encode {r['encode_ms']:.1f} ms per frame), {r['dropped']} dropped")
+
+    def update(self, r: dict) -> None:
+        now = time.monotonic()
+        if self.quiet or now - self.last < (0.25 if self.tty else 5.0):
+            return
+        self.last = now
+        print(("\r\033[K" if self.tty else "") + self.line(r), end="" if self.tty else "\n", file=sys.stderr,
+              flush=True)
+
+    def done(self) -> None:
+        if self.tty and not self.quiet and self.last:
+            print("\r\033[K", end="", file=sys.stderr, flush=True)
+
+
+def _window(show: bool):
+    """cv2 when --show can open a window here, else None with a one-line note."""
+    if not show:
+        return None
+    import os
+
+    from .video import opencv
+
+    cv2 = opencv()
+    if sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
+        _say("note: --show ignored: no display (DISPLAY is not set)", sys.stderr)
+        return None
+    try:
+        cv2.namedWindow("simpleunet", cv2.WINDOW_NORMAL)
+    except cv2.error:
+        _say("note: --show ignored: this OpenCV has no window support (opencv-python-headless); pip install "
+             "opencv-python for windows", sys.stderr)
+        return None
+    return cv2
+
+
+def _stream(seg, source: str, args: argparse.Namespace, signals: _Signals) -> dict:
+    """Segment every frame of one stream into ``<stem>_mask.mkv`` (+ ``<stem>_overlay.mp4``) at the source's frame
+    rate. A signal ends it at a frame boundary and the videos are finished, so both play."""
+    from .video import MASK_VIDEO, OVERLAY_VIDEO, FrameSource, VideoOut
+
+    src = FrameSource(source)
+    stem = stream_name(source)
+    status, window = _StreamStatus(stem, args.quiet), _window(args.show)
+    outs: list[tuple[VideoOut, bool]] = []
+    report = {"source": source, "frames": 0, "fps_in": src.fps, "fps": 0.0, "decode_ms": 0.0, "infer_ms": 0.0,
+              "encode_ms": 0.0, "dropped": 0, "outputs": [], "interrupted": None}
+    infer_s, t0 = 0.0, time.perf_counter()
+
+    def tally() -> None:
+        n = max(report["frames"], 1)
+        report.update(fps=report["frames"] / max(time.perf_counter() - t0, 1e-9), dropped=src.dropped,
+                      decode_ms=1000 * src.decode_s / n, infer_ms=1000 * infer_s / n,
+                      encode_ms=1000 * sum(o.encode_s for o, _ in outs) / n)
+
+    try:
+        for frame in src:
+            t = time.perf_counter()
+            mask = seg.predict(frame)
+            infer_s += time.perf_counter() - t
+            if not outs:
+                args.out.mkdir(parents=True, exist_ok=True)
+                size = frame.shape[:2]
+                outs.append((VideoOut(args.out / f"{stem}_mask{MASK_VIDEO[0]}", src.fps, size, MASK_VIDEO), False))
+                if args.overlay:
+                    outs.append((VideoOut(args.out / f"{stem}_overlay{OVERLAY_VIDEO[0]}", src.fps, size,
+                                          OVERLAY_VIDEO), True))
+            blended = overlay(frame, mask) if args.overlay or window else None
+            with signals.hold():  # a frame goes into every video or none
+                for out, is_overlay in outs:
+                    out.write(blended if is_overlay else mask)
+            report["frames"] += 1
+            if window is not None:
+                window.imshow("simpleunet", window.cvtColor(blended, window.COLOR_RGB2BGR))
+                if window.waitKey(1) & 0xFF == ord("q"):
+                    break
+            tally()
+            status.update(report)
+            signals.check()
+    except _Interrupted:
+        report["interrupted"] = signal.Signals(signals.pending).name
+    finally:
+        src.close()
+        status.done()
+        for out, _ in outs:
+            kept = out.close()
+            if kept:
+                report["outputs"].append(str(kept))
+        if window is not None:
+            window.destroyAllWindows()
+    tally()
+    return report
+
+
 @console_script
 def infer_main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
@@ -262,19 +371,14 @@ def infer_main(argv: list[str] | None = None) -> int:
 
 def _infer(args: argparse.Namespace, signals: _Signals) -> int:
     t0 = time.perf_counter()
-    try:
-        _check_out(args.out)
-        seg = _open(args)
-    except SimpleUNetError as exc:
-        _say(f"error: {exc}", sys.stderr)
-        return 1
+    _check_out(args.out)  # up to _names, a SimpleUNetError ends the run (console_script: one error line, exit 2)
+    seg = _open(args)
     load_s = time.perf_counter() - t0
-    files, bad = _collect(args.inputs)
-    try:
-        names = _names(files, args.out, args.overlay)
-    except SimpleUNetError as exc:
-        _say(f"error: {exc}", sys.stderr)
-        return 1
+    streams = [s for s in args.inputs if is_stream(s) and not Path(s).is_dir()]
+    files, bad = _collect([s for s in args.inputs if s not in streams]) if len(streams) < len(args.inputs) \
+        else ([], [])
+    tell = sys.stderr if args.json else sys.stdout  # with --json, stdout is the report alone
+    names = _names(files, args.out, args.overlay)
     for path, stem in zip(files, names):
         if stem != path.stem:  # a shared stem: say where this input's mask went
             _say(f"note: {path} -> {args.out / stem}.png ({path.stem}.png is taken by an earlier input)", sys.stderr)
@@ -284,19 +388,22 @@ def _infer(args: argparse.Namespace, signals: _Signals) -> int:
     progress = _Progress(len(files), args.quiet)
     for raw, msg in bad:
         progress.error(f"{raw}: {msg}")
-    failed, done, t1 = len(bad), 0, time.perf_counter()
+    failed, broken, done, t1 = len(bad), 0, 0, time.perf_counter()
+    results: list[dict] = [{"input": raw, "error": msg} for raw, msg in bad]
     try:
         for path, stem in zip(files, names):
             try:
                 _segment(seg, path, args.out, stem, args.overlay, signals)
+                results.append({"input": str(path), "mask": str(args.out / f"{stem}.png")})
             except SimpleUNetError as exc:
                 failed += 1
                 progress.error(str(exc) if str(path) in str(exc) else f"{path}: {exc}")  # name the file once
+                results.append({"input": str(path), "error": str(exc)})
             except MemoryError:
-                failed += 1
+                failed, broken = failed + 1, broken + 1
                 progress.error(f"{path}: not enough memory to segment this image; downscale it or free memory")
             except OSError as exc:
-                failed += 1
+                failed, broken = failed + 1, broken + 1
                 progress.error(f"{path}: cannot write output: {exc.strerror or exc}")
             done += 1
             progress.update(done)
@@ -306,15 +413,36 @@ def _infer(args: argparse.Namespace, signals: _Signals) -> int:
     total = len(files) + len(bad)
     ok = len(bad) + done - failed
     run_s = time.perf_counter() - t1
-    per = f", {1000 * run_s / done:.1f} ms/image" if ok else ""
-    left = f", {len(files) - done} not processed" if len(files) > done else ""
-    stopped = f"; interrupted by {signal.Signals(signals.pending).name}{left}" if signals.pending else ""
-    _say(f"segmented {ok}/{total} images in {run_s:.2f} s{per} (model load {load_s:.2f} s) with "
-         f"{seg.path.name} [{seg.backend}] -> " + (str(args.out) if ok else "nothing written")
-         + (f"; {failed} failed" if failed else "") + stopped)
+    if total or not streams:
+        per = f", {1000 * run_s / done:.1f} ms/image" if ok else ""
+        left = f", {len(files) - done} not processed" if len(files) > done else ""
+        stopped = f"; interrupted by {signal.Signals(signals.pending).name}{left}" if signals.pending else ""
+        _say(f"segmented {ok}/{total} images in {run_s:.2f} s{per} (model load {load_s:.2f} s) with "
+             f"{seg.path.name} [{seg.backend}] -> " + (str(args.out) if ok else "nothing written")
+             + (f"; {failed} failed" if failed else "") + stopped, tell)
+    stream_reports: list[dict] = []
+    for source in streams if not signals.pending else ():
+        try:
+            r = _stream(seg, source, args, signals)
+        except SimpleUNetError as exc:
+            failed += 1
+            progress.error(str(exc))
+            stream_reports.append({"source": source, "error": str(exc)})
+            continue
+        stream_reports.append(r)
+        _say(_StreamStatus(stream_name(source), False).line(r) + f" at {r['fps_in']:g} fps in -> "
+             + (", ".join(r["outputs"]) or "nothing written")
+             + (f"; interrupted by {r['interrupted']}" if r["interrupted"] else ""), tell)
+        if signals.pending:
+            break
+    if args.json:
+        print(json.dumps({"model": seg.path.name, "backend": seg.backend, "images": results,
+                          "streams": stream_reports}, indent=2), flush=True)
     if signals.pending:
         return 128 + signals.pending
-    return 1 if failed or not total else 0
+    if broken:  # the machine failed (memory, disk), not the input: that decides the code of a mixed batch
+        return EXIT_FAILURE
+    return EXIT_USAGE if failed or not (total or streams) else 0
 
 
 if __name__ == "__main__":  # pragma: no cover

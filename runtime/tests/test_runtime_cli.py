@@ -48,7 +48,7 @@ def test_bad_files_cost_one_line_each_and_the_batch_goes_on(tmp_path, fixtures, 
     rc = infer_main([str(mixed), str(tmp_path / "missing.jpg"), "--model", str(fixtures / "tiny_int8.onnx"),
                      "--out", str(tmp_path / "out"), "-q"])
     out, err = capsys.readouterr()
-    assert rc == 1
+    assert rc == 2  # refused inputs: a usage error
     notes = [line for line in err.strip().splitlines() if line.startswith("note: ")]
     errors = [line for line in err.strip().splitlines() if not line.startswith("note: ")]
     assert len(notes) == 1 and "skipped 1 file(s)" in notes[0] and "notes.txt" in notes[0]  # said, not silent
@@ -67,7 +67,7 @@ def test_model_errors_are_one_line(tmp_path, fixtures, capsys):
                       (["--model", str(fixtures / "tiny_nometa.onnx")], "no simpleunet metadata"),
                       (["--model", "no-such-model"], "unknown model 'no-such-model'"),
                       (["--model", str(tmp_path / "gone.tflite")], "not found")]:
-        assert infer_main([image, "--out", str(tmp_path / "o"), *args]) == 1
+        assert infer_main([image, "--out", str(tmp_path / "o"), *args]) == 2
         err = capsys.readouterr().err
         assert err.startswith("error: ") and msg in err and len(err.strip().splitlines()) == 1
 
@@ -107,7 +107,7 @@ def test_colliding_stems_each_get_a_mask_and_inputs_are_never_overwritten(tmp_pa
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a-2.png", "a-3.png", "a.png"]
     capsys.readouterr()
     before = {p.name: p.read_bytes() for p in src.iterdir()}
-    assert infer_main([str(src), "--out", str(src), *model]) == 1
+    assert infer_main([str(src), "--out", str(src), *model]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "would overwrite an input image" in err and len(err.splitlines()) == 1
     assert {p.name: p.read_bytes() for p in src.iterdir()} == before
@@ -118,7 +118,7 @@ def test_nothing_written_means_no_out_folder_and_no_per_image_time(tmp_path, fix
     rc = infer_main([str(tmp_path / "notes.txt"), str(tmp_path / "gone.jpg"), "--out", str(tmp_path / "out"),
                      "--model", str(fixtures / "tiny_int8.onnx")])
     out, err = capsys.readouterr()
-    assert rc == 1 and not (tmp_path / "out").exists()
+    assert rc == 2 and not (tmp_path / "out").exists()
     assert "segmented 0/2 images" in out and "ms/image" not in out and "nothing written" in out
     notes = next(line for line in err.splitlines() if "notes.txt" in line)  # named once, no Python object repr
     assert notes.count("notes.txt") == 1 and "_io." not in notes, notes
@@ -127,7 +127,7 @@ def test_nothing_written_means_no_out_folder_and_no_per_image_time(tmp_path, fix
 def test_explicit_precision_with_a_model_file_is_an_error(tmp_path, fixtures, capsys):
     image = str(sample_pairs()[0][0])
     assert infer_main([image, "--model", str(fixtures / "tiny_fp32.onnx"), "--precision", "int8",
-                       "--out", str(tmp_path / "out")]) == 1
+                       "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: --precision applies to bundled model names only") and len(err.splitlines()) == 1
     assert not (tmp_path / "out").exists()
@@ -182,6 +182,26 @@ def test_usage_errors_exit_2(tmp_path, capsys):
     capsys.readouterr()
 
 
+def test_console_script_keeps_the_exit_code_rule(capsys):
+    """Every CLI goes through console_script: 2 for a SimpleUNetError, 130 for Ctrl-C, main's own code otherwise."""
+    from simpleunet_runtime.errors import SimpleUNetError, console_script
+
+    def fails(exc):
+        def main():
+            raise exc
+        return main
+
+    assert console_script(lambda: 1)() == 1
+    assert console_script(fails(SimpleUNetError("no such file x.jpg")))() == 2
+    assert capsys.readouterr().err == "error: no such file x.jpg\n"
+    assert console_script(fails(KeyboardInterrupt()))() == 130
+    assert capsys.readouterr().err == "interrupted\n"
+    assert console_script(interrupted="nothing written")(fails(KeyboardInterrupt()))() == 130
+    assert capsys.readouterr().err == "interrupted: nothing written\n"
+    assert console_script(interrupted="nothing written")(fails(KeyboardInterrupt("all written")))() == 130
+    assert capsys.readouterr().err == "interrupted: all written\n"
+
+
 def test_console_script_does_not_import_torch_tensorflow_or_onnx(tmp_path, fixtures):
     """The runtime's whole path (import, load, infer, write) in a fresh interpreter, checked for heavy imports."""
     code = ("import sys; from simpleunet_runtime.cli import infer_main; "
@@ -200,3 +220,16 @@ def test_a_reader_that_stops_early_ends_the_script_quietly():
             "from simpleunet_runtime.zoo import list_main; sys.exit(list_main([]))")
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert (run.returncode, run.stderr) == (0, "")
+
+
+@needs_tflite
+def test_output_has_no_third_party_log_lines_and_json_is_the_whole_stdout(tmp_path):
+    image = str(sample_pairs()[0][0])
+    exe = Path(sys.executable).with_name("simpleunet-infer")
+    run = subprocess.run([str(exe), image, "--out", str(tmp_path / "out"), "--backend", "tflite", "--json"],
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert "INFO" not in run.stderr and "XNNPACK" not in run.stderr  # LiteRT's C++ logger, dropped
+    report = json.loads(run.stdout)
+    assert report["images"] == [{"input": image, "mask": str(tmp_path / "out" / (Path(image).stem + ".png"))}]
+    assert run.stderr.startswith("segmented 1/1 images")
