@@ -59,4 +59,16 @@ done
 echo "slim venv: installed size $(du -sh "$VENV" | cut -f1) in all; largest packages:"
 du -s "$VENV"/lib/python3*/site-packages/* 2>/dev/null | sort -rn | head -8 | \
     awk '{ n = split($2, p, "/"); printf "  %7.1f MB  %s\n", $1 / 1024, p[n] }'
+
+# The video extra on top (opencv-python-headless, newest): the stream tests, which skipped above, now run.
+t=$(now)
+"$VENV/bin/python" -m pip install -q --upgrade --upgrade-strategy eager "$ROOT/runtime[tflite,video,test]"
+"$VENV/bin/python" -m pip list --format=freeze | grep -iE '^(numpy|opencv-python-headless)=' | tr '\n' ' '
+echo
+(cd "$WORK" && "$VENV/bin/python" -m pytest -q -p no:cacheprovider --rootdir "$ROOT/runtime/tests" \
+    -c /dev/null "$ROOT/runtime/tests/test_video.py" "$ROOT/runtime/tests/test_runtime_cli.py")
+echo "slim venv: with the video extra, stream tests in $(since "$t")"
+echo "slim venv: installed size with the video extra $(du -sh "$VENV" | cut -f1); largest packages:"
+du -s "$VENV"/lib/python3*/site-packages/* 2>/dev/null | sort -rn | head -8 | \
+    awk '{ n = split($2, p, "/"); printf "  %7.1f MB  %s\n", $1 / 1024, p[n] }'
 echo "slim venv: OK"
