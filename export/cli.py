@@ -13,11 +13,12 @@ from simpleunet_runtime.errors import console_script
 
 from simpleunet.train.config import FAMILIES
 
-from .pipeline import FORMATS, INT8_ONNX, INT8_WEIGHTS
+from .pipeline import DEFAULT_FORMATS, INT8_ONNX, INT8_WEIGHTS
 
 EXAMPLES = """examples:
   simpleunet-export --width 16 --int8                      # shipped weights, bundled calibration images
   simpleunet-export --checkpoint runs/my-run --int8 --formats onnx --out exports/my-run
+  simpleunet-export --width 8 --imgsz 128 --int8 --formats tflm          # a microcontroller: C array + arena
   simpleunet-export --family simpleesknet --width 32 --blocks 2 --checkpoint runs/esk32 --int8
 """
 
@@ -69,7 +70,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--blocks", type=_positive, help="blocks per level N (default 1)")
     p.add_argument("--imgsz", type=_positive, help="input size, a multiple of 16 (default: the checkpoint's)")
     p.add_argument("--int8", action="store_true", help="also write int8 ONNX and full-integer int8 TFLite")
-    p.add_argument("--formats", default=",".join(FORMATS), help="comma-separated: onnx,tflite (default both)")
+    p.add_argument("--formats", default=",".join(DEFAULT_FORMATS), help="comma-separated: onnx, tflite, tflm "
+                   "(TensorFlow Lite Micro: int8 file + C array + measured arena; needs --int8) (default onnx,tflite)")
     p.add_argument("--calib-data", metavar="DIR", help="folder of real images for int8 calibration, or a dataset "
                    "folder (its training images: the train split or official Training folders) (default: the "
                    "bundled Kvasir-SEG train sample; a model of another dataset, e.g. BUSI, uses that dataset when "

@@ -35,7 +35,9 @@ from . import manifest as manifest_mod
 from .errors import ExportError
 from .images import ImageSet, calibration_set, own_dataset, verification_set
 
-FORMATS = ("onnx", "tflite")
+FORMATS = ("onnx", "tflite", "tflm")
+#: What an export writes unless told: tflm (TensorFlow Lite Micro, export/micro.py) is asked for by name.
+DEFAULT_FORMATS = ("onnx", "tflite")
 INT8_ONNX = ("qoperator", "qdq", "both")
 #: int8 ONNX weight grids the exporter writes (``quantize.WEIGHTS``): both are int16-safe on AVX2 without VNNI.
 INT8_WEIGHTS = ("int7", "pair-safe")
@@ -78,6 +80,8 @@ class ExportResult:
         entries = {e["file"]: e for e in manifest_mod.read(self.manifest)["files"]}
         for path in self.files.values():
             e = entries[path.name]
+            if "int8_weight_bytes" not in e:  # the TFLite Micro C files: their figures are on their own line
+                continue
             c = e["checks"]
             rows.append((path.name, f"{e['bytes'] / 1024:.1f}", f"{e['int8_weight_bytes']:,}",
                          _num(c.get("max_abs_delta_vs_pytorch"), "{:.1e}"), _num(c.get("dice_vs_fp32"), "{:.4f}"),
@@ -280,6 +284,7 @@ class _Run:
     saturates: bool = False  # this CPU sums int8 product pairs in saturating int16
     entries: list[dict[str, Any]] = field(default_factory=list)
     staged: dict[str, Path] = field(default_factory=dict)
+    fp32_plain: Path | None = None  # the plain fp32 graph the converters read
 
     def done(self, step: Step) -> None:
         self.report.append(step)
@@ -414,7 +419,6 @@ def _onnx_int8(run: _Run, fp32: Path, kinds: list[str], mean, std, rewrites: boo
 def _tflite(run: _Run, fp32: Path, int8: bool, mean, std) -> None:
     """One onnx2tf run for both precisions; each file checked like the ONNX ones."""
     from .tflite import convert
-    from .verify import tflite_probabilities
 
     t = time.perf_counter()
     precisions = ["fp32", "int8"] if int8 else ["fp32"]
@@ -423,14 +427,64 @@ def _tflite(run: _Run, fp32: Path, int8: bool, mean, std) -> None:
     calib = run.calib.images if int8 else run.val.images[:1]
     results = convert(fp32, outputs, calib, mean, std, metas)
     for p in precisions:
-        label = "TFLite" if p == "fp32" else "TFLite int8"
-        checks = run.checks(label, p, tflite_probabilities(outputs[p], run.xval), t, outputs[p])
-        run.keep(f"tflite-{p}", label, outputs[p], t, checks,
-                 "onnx2tf: fp32 and int8 from one conversion" if p == "fp32" and int8 else "",
-                 format="tflite", precision=p, layout="NHWC", io="int8" if p == "int8" else "float32",
-                 parameters=run.base.parameters, int8_weight_bytes=results[p]["int8_weight_bytes"],
-                 size_steps=results[p]["sizes"])
+        _keep_tflite(run, p, outputs[p], results[p], t, "onnx2tf: fp32 and int8 from one conversion"
+                     if p == "fp32" and int8 else "")
         t = time.perf_counter()
+
+
+def _keep_tflite(run: _Run, precision: str, path: Path, result: dict, t: float, message: str = "") -> None:
+    """Check one converted TFLite file against PyTorch and stage it with its manifest row."""
+    from .verify import tflite_probabilities
+
+    label = "TFLite" if precision == "fp32" else "TFLite int8"
+    checks = run.checks(label, precision, tflite_probabilities(path, run.xval), t, path)
+    run.keep(f"tflite-{precision}", label, path, t, checks, message, format="tflite", precision=precision,
+             layout="NHWC", io="int8" if precision == "int8" else "float32", parameters=run.base.parameters,
+             int8_weight_bytes=result["int8_weight_bytes"], size_steps=result["sizes"])
+
+
+def _micro(run: _Run, mean, std) -> None:
+    """The TFLite Micro files (micro.py): the int8 TFLite file (converted here when --formats has no tflite), run in
+    TFLite Micro to find its smallest arena and to compare its outputs with LiteRT's, and its C array."""
+    from . import micro
+    from .tflite import convert
+    from .verify import agreement, dice_vs_truth, foreground
+
+    t = time.perf_counter()
+    path = run.staged.get("tflite-int8")
+    if path is None:  # tflm alone: the int8 file is made, checked and kept like any TFLite int8 file
+        path = run.staging / f"{run.name}-int8.tflite"
+        result = convert(run.fp32_plain, {"int8": path}, run.calib.images, mean, std,
+                         {"int8": run.metadata("int8", "NHWC", "tflite").to_json()})["int8"]
+        _keep_tflite(run, "int8", path, result, t)
+        t = time.perf_counter()
+    data = path.read_bytes()
+    arena = micro.smallest_arena(data)
+    q, io = micro.run(data, arena, run.xval)
+    steps = {kind: int(np.abs(q.astype(np.int16) - micro.litert_int8(path, run.xval, io, ref).astype(np.int16)).max())
+             for kind, ref in (("reference", True), ("default", False))}
+    prob = ((q.astype(np.float32) - io["output_zero_point"]) * io["output_scale"]).transpose(0, 3, 1, 2)
+    mask = foreground(prob, run.threshold)
+    checks = {"dice_vs_fp32": agreement(mask, foreground(run.reference, run.threshold)),
+              "dice_vs_gt": dice_vs_truth(mask, run.val.masks),
+              "max_int8_steps_vs_litert_reference": steps["reference"],
+              "max_int8_steps_vs_litert_default": steps["default"]}
+    ops = micro.operators(data)
+    record = {"model": path.name, "arena_bytes": arena, "flash_bytes": len(data), "ops": ops, **io,
+              "allocation_report": micro.allocation_report(data, arena).splitlines()}
+    header, code = micro.c_files(f"{run.name}_int8", data, io, arena, run.metadata("int8", "NHWC", "tflite"))
+    ident = micro.c_identifier(f"{run.name}_int8")
+    for key, text, suffix in (("tflm-header", header, ".h"), ("tflm-source", code, ".cc")):
+        file = run.staging / f"{ident}{suffix}"
+        file.write_text(text)
+        run.staged[key] = file
+        run.entries.append(manifest_mod.file_entry(file, format="c", precision="int8", target="tflite-micro",
+                                                   checks=checks, micro=record))
+    parity = ("equal to LiteRT's reference kernels" if steps["reference"] == 0
+              else f"within {steps['reference']} int8 step(s) of LiteRT's reference kernels")
+    run.done(Step("TFLite Micro", True, time.perf_counter() - t, run.out / f"{ident}.cc", len(code.encode()), checks,
+                  f"arena {arena:,} B ({arena / 1024:.0f} KiB), flash {len(data):,} B, {len(ops)} ops; outputs "
+                  f"{parity} ({steps['default']} step(s) from its default kernels)"))
 
 
 def _load(checkpoint, family, width, blocks):
@@ -455,7 +509,7 @@ def _load(checkpoint, family, width, blocks):
 
 def export_model(checkpoint: str | os.PathLike | None = None, *, family: str | None = None,
                  width: int | None = None, blocks: int | None = None, imgsz: int | None = None, int8: bool = False,
-                 formats: str | Iterable[str] = FORMATS, calib_data: str | os.PathLike | None = None,
+                 formats: str | Iterable[str] = DEFAULT_FORMATS, calib_data: str | os.PathLike | None = None,
                  calib_size: int | None = 32, out: str | os.PathLike | None = None, opset: int = 17,
                  int8_onnx: str = "qoperator", int8_weights: str = "int7", min_agreement: float = 0.98,
                  max_delta: float = 1e-4,
@@ -490,6 +544,12 @@ def export_model(checkpoint: str | os.PathLike | None = None, *, family: str | N
     if int8_weights not in INT8_WEIGHTS:
         raise ExportError(f"unknown --int8-weights {int8_weights!r}; choose one of {', '.join(INT8_WEIGHTS)} (each "
                           "keeps the int8 ONNX exact on x86 CPUs without VNNI; see export/README.md)")
+    if "tflm" in formats:
+        if not int8:
+            raise ExportError("--formats tflm writes a full-integer int8 file for TensorFlow Lite Micro: add --int8")
+        from .micro import _tflm
+
+        _tflm()  # before minutes of work: the arena is measured in TFLite Micro itself
     if opset not in OPSETS:
         raise ExportError(f"--opset must be between {OPSETS.start} and {OPSETS.stop - 1}, got {opset}")
     if imgsz is not None:
@@ -570,6 +630,9 @@ def export_model(checkpoint: str | os.PathLike | None = None, *, family: str | N
                        ort_rewrites, int8_weights)
         if "tflite" in formats:
             _tflite(run, fp32, int8, mean, std)
+        if "tflm" in formats:
+            run.fp32_plain = fp32
+            _micro(run, mean, std)
         t = time.perf_counter()
         man = manifest_mod.build(
             run.entries, name=name, family=cfg.family, config=cfg.to_dict(), parameters=params,
@@ -626,7 +689,7 @@ def _speeds(files: dict[str, Path], x: np.ndarray, runs: int = 20) -> dict[Path,
 def _finish(result: ExportResult, out: Path, say: Callable[[str], None],
             xval: np.ndarray | None = None) -> ExportResult:
     """The closing report: the table, where the files are, which file is fastest here, and the next commands."""
-    files = result.files
+    files = {k: p for k, p in result.files.items() if p.suffix in (".onnx", ".tflite")}  # not the C sources
     say("\n" + result.table())
     say(f"\nExport complete ({result.seconds:.1f}s)")
     say(f"Results saved to {out.resolve()}")

@@ -7,14 +7,12 @@ Segmenter so the export checks the files, not itself.
 """
 from __future__ import annotations
 
-import contextlib
 import functools
-import os
-import sys
 from pathlib import Path
 
 import numpy as np
 
+from simpleunet_runtime.backends import native_output
 from simpleunet_runtime.metrics import SegmentationMeter
 from simpleunet_runtime.segmenter import foreground_probability
 
@@ -55,30 +53,11 @@ def _litert():
     return Interpreter
 
 
-@contextlib.contextmanager
-def _quiet_stderr():
-    """Silence the interpreter's C++ "Created TensorFlow Lite XNNPACK delegate" line (it bypasses Python)."""
-    try:
-        fd = sys.stderr.fileno()
-    except (AttributeError, OSError, ValueError):
-        yield
-        return
-    sys.stderr.flush()
-    saved = os.dup(fd)
-    try:
-        with open(os.devnull, "w") as null:
-            os.dup2(null.fileno(), fd)
-            yield
-    finally:
-        os.dup2(saved, fd)
-        os.close(saved)
-
-
 @_one_line
 def tflite_probabilities(path: Path, x: np.ndarray) -> np.ndarray:
     """(N, C, H, W) probabilities of a TFLite file (NHWC inside; int8 input/output (de)quantized with the
     tensor's own scale and zero point)."""
-    with _quiet_stderr():
+    with native_output(2):
         interp = _litert()(model_path=str(path), num_threads=1)
         interp.allocate_tensors()
     inp, out = interp.get_input_details()[0], interp.get_output_details()[0]

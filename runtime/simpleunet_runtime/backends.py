@@ -255,26 +255,39 @@ LITERT_INFO = b"INFO: Created TensorFlow Lite XNNPACK delegate"
 
 
 @contextlib.contextmanager
-def _without_info_lines():
-    """Run a block with file descriptor 2 caught in a temp file, then pass on every line but LiteRT's INFO ones:
-    the C++ logger writes to fd 2 directly, past sys.stderr."""
+def native_output(fd: int = 2):
+    """Catch what native code writes to file descriptor ``fd`` (C++ loggers write past sys.stdout/sys.stderr)
+    during a block; yields a list that holds the caught lines (bytes) once the block ends."""
+    lines: list[bytes] = []
+    stream = sys.stdout if fd == 1 else sys.stderr
     try:
-        sys.stderr.flush()
-        saved = os.dup(2)
-    except (OSError, ValueError):  # no fd 2 (embedded interpreters): nothing to filter
-        yield
+        stream.flush()
+        saved = os.dup(fd)
+    except (OSError, ValueError):  # no such fd (embedded interpreters): nothing to catch
+        yield lines
         return
     with tempfile.TemporaryFile() as caught:
-        os.dup2(caught.fileno(), 2)
+        os.dup2(caught.fileno(), fd)
         try:
-            yield
+            yield lines
         finally:
-            os.dup2(saved, 2)
+            os.dup2(saved, fd)
             os.close(saved)
             caught.seek(0)
-            kept = b"".join(line for line in caught if not line.startswith(LITERT_INFO))
-            if kept:
-                os.write(2, kept)
+            lines.extend(caught)
+
+
+@contextlib.contextmanager
+def _without_info_lines():
+    """Run a block with fd 2 caught, then pass on every line but LiteRT's INFO ones (also when it raised)."""
+    lines: list[bytes] = []
+    try:
+        with native_output(2) as lines:
+            yield
+    finally:
+        kept = b"".join(line for line in lines if not line.startswith(LITERT_INFO))
+        if kept:
+            os.write(2, kept)
 
 
 class TFLiteBackend(Backend):
