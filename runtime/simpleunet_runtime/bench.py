@@ -36,6 +36,7 @@ from .folders import masks_by_stem, read_split
 from .image import list_images, load_image, load_mask, unwritable_parent
 from .metrics import SegmentationMeter
 from .sample import SAMPLE_DATASET
+from .segmenter import TTA
 
 FORMAT_ORDER = {"pytorch": 0, "onnx": 1, "tflite": 2}
 PRECISION_ORDER = {"fp32": 0, "fp16": 1, "int8": 2}
@@ -130,6 +131,7 @@ class Job:
     dice_note: str = ""
     file_bytes: int | None = None
     metadata: Any = None
+    tta: str | None = None  # Segmenter's test-time augmentation (segmenter.TTA), None: plain
 
 
 def _cuda_providers() -> list[str]:
@@ -142,19 +144,28 @@ def _cuda_providers() -> list[str]:
     return ["CUDAExecutionProvider", "CPUExecutionProvider"]
 
 
-def _segmenter_opener(path: Path, device: str) -> Callable[[int], Any]:
+def _segmenter_opener(path: Path, device: str, tta: str | None = None) -> Callable[[int], Any]:
     from .segmenter import Segmenter
 
     def open_(threads: int):
         if device == "cuda":
-            seg = Segmenter(path, threads=threads, providers=_cuda_providers())
+            seg = Segmenter(path, threads=threads, providers=_cuda_providers(), tta=tta)
             session = getattr(getattr(seg, "_backend", None), "session", None)
             if session is not None and "CUDAExecutionProvider" not in session.get_providers():
                 raise SimpleUNetError("onnxruntime could not start its CUDA provider (no GPU or driver?)")
             return seg
-        return Segmenter(path, threads=threads)
+        return Segmenter(path, threads=threads, tta=tta)
 
     return open_
+
+
+def tta_job(job: Job, tta: str, device: str = "cpu") -> Job:
+    """The same model file timed and scored with test-time augmentation: a row of its own, compared with the fp32
+    file's TTA row (its own weights key)."""
+    import dataclasses
+
+    return dataclasses.replace(job, open=_segmenter_opener(job.path, device, tta), tta=tta,
+                               backend=f"{job.backend} tta-{tta}", key=f"{job.key}+tta-{tta}")
 
 
 def _has_tflite() -> bool:
@@ -358,7 +369,8 @@ class Settings:
 
 def _base_row(job: Job, threads: int | None) -> dict[str, Any]:
     row: dict[str, Any] = {c: None for c in COLUMNS}
-    row.update(model=job.name, format=job.format, precision=job.precision, backend=job.backend, threads=threads,
+    row.update(model=job.name, format=job.format, precision=job.precision, backend=job.backend, tta=job.tta,
+               threads=threads,
                file_bytes=job.file_bytes, parameters=job.parameters, path=str(job.path), macs=job.macs,
                imgsz=list(job.imgsz) if job.imgsz else None)
     return row
@@ -537,6 +549,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plot", metavar="PATH", help="size-Dice and latency-Dice Pareto plot (PNG; needs matplotlib)")
     p.add_argument("--dice-floor", type=float, metavar="X",
                    help="exit 1 if any model's mDice (0-1) is below X or could not be scored (a CI gate)")
+    p.add_argument("--tta", choices=tuple(TTA), help="also time and score every model file with test-time "
+                   "augmentation (flip: the image and its 3 flips averaged, 4 runs per image)")
     p.add_argument("--no-eager", action="store_true", help="skip the PyTorch eager baseline")
     p.add_argument("--no-peak", action="store_true", help="skip the 1-second peak-MAC measurement")
     return p
@@ -584,6 +598,8 @@ def benchmark(args: argparse.Namespace, argv: Sequence[str], progress: Callable[
     peaks = None if args.no_peak else machine.peak_macs(info["isa"])
     for job in jobs:
         describe(job)
+    if args.tta:
+        jobs += [tta_job(j, args.tta, settings.device) for j in jobs if not (j.skip or j.error)]
     eager_note = "PyTorch eager baseline: not run (--no-eager)"
     if not args.no_eager:
         extra, eager_note = eager_jobs(jobs, settings.device)
@@ -599,7 +615,8 @@ def advice(rows: list[dict[str, Any]]) -> str:
     its fp32 file at Dice >= MIN_AGREEMENT), per model when several were timed."""
     out = []
     for name in dict.fromkeys(r["model"] for r in rows):
-        files = [r for r in rows if r["model"] == name and r["format"] != "pytorch" and r["p50_ms"] is not None]
+        files = [r for r in rows if r["model"] == name and r["format"] != "pytorch" and r["p50_ms"] is not None
+                 and not r.get("tta")]  # a TTA row is a way of running a file, not a file to pick
         good = [r for r in files if r["status"] == "ok"]
         if not good:
             continue

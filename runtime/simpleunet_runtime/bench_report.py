@@ -18,7 +18,7 @@ from .errors import SimpleUNetError
 PLOT_HINT = 'pip install "simpleunet-runtime[plot]"'
 
 #: Every output column, in order (JSON/CSV keep them all; the printed table shows ``TABLE``).
-COLUMNS = ("model", "format", "precision", "backend", "threads", "file_bytes", "parameters",
+COLUMNS = ("model", "format", "precision", "backend", "tta", "threads", "file_bytes", "parameters",
            "imgsz", "batch", "runs", "p50_ms", "p90_ms", "min_ms", "max_ms", "images_per_s", "peak_rss_mb",
            "model_rss_mb", "images", "mDice", "mIoU", "pooled_dice", "delta_dice", "agreement_vs_fp32", "macs",
            "gmacs_per_s",

@@ -21,6 +21,7 @@ from .backends import BACKENDS
 from .errors import EXIT_FAILURE, EXIT_USAGE, SimpleUNetError, console_script, say as _say
 from .image import IMAGE_SUFFIXES, TEMP_FILE, list_images, load_image, overlay, save_png, unwritable_parent
 from .metadata import check_mean, check_std
+from .segmenter import TTA
 from .video import VIDEO_SUFFIXES, is_stream, stream_name
 from .zoo import DEFAULT_MODEL
 
@@ -86,6 +87,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--mean", type=_checked(check_mean), help="override the normalization mean, e.g. 0.485,0.456,0.406")
     p.add_argument("--std", type=_checked(check_std), help="override the normalization std, e.g. 0.229,0.224,0.225")
     p.add_argument("--threshold", type=float, help="override the foreground probability threshold")
+    p.add_argument("--tta", choices=tuple(TTA), help="test-time augmentation: flip averages the image and its 3 "
+                   "flips (4x the inference time)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress counter")
     return p
 
@@ -198,7 +201,8 @@ class _Signals:
 def _open(args):
     from .segmenter import Segmenter
 
-    kw = dict(threads=args.threads, imgsz=args.imgsz, mean=args.mean, std=args.std, threshold=args.threshold)
+    kw = dict(threads=args.threads, imgsz=args.imgsz, mean=args.mean, std=args.std, threshold=args.threshold,
+              tta=args.tta)
     model = Path(args.model)
     if model.exists() or model.suffix.lower() in (".onnx", ".tflite"):
         if args.precision:  # default None, so an explicit --precision with a file is caught, not ignored

@@ -216,3 +216,16 @@ def test_renamed_suffix_is_sniffed(tmp_path, fixtures):
     assert Segmenter(tmp_path / "model.dat").backend == "onnxruntime"
     if HAS_TFLITE:
         assert Segmenter(tmp_path / "model.bin").backend == "tflite"
+
+
+def test_flip_tta_averages_the_flipped_runs_and_is_refused_when_unknown(fixtures, sample_images):
+    plain = Segmenter(fixtures / "tiny_fp32.onnx")
+    tta = Segmenter(fixtures / "tiny_fp32.onnx", tta="flip")
+    x = plain.preprocess(sample_images[:2])
+    runs = [plain.run(x), plain.run(x[..., ::-1])[..., ::-1], plain.run(x[..., ::-1, :])[..., ::-1, :],
+            plain.run(x[..., ::-1, ::-1])[..., ::-1, ::-1]]
+    np.testing.assert_allclose(tta.run(x), np.mean(runs, axis=0), atol=1e-6)
+    assert not np.allclose(tta.run(x), plain.run(x))  # the tiny model is not flip-symmetric
+    assert tta.predict(sample_images[0]).shape == sample_images[0].shape[:2] and "tta='flip'" in repr(tta)
+    with pytest.raises(SimpleUNetError, match="unknown tta 'rotate'"):
+        Segmenter(fixtures / "tiny_fp32.onnx", tta="rotate")
