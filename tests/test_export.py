@@ -504,7 +504,7 @@ def test_bundled_calibration_sample_is_real_train_images():
 
 def test_publish_bundles_every_zoo_checkpoint(tmp_path, tiny_ckpt):
     from simpleunet.export.publish import publish
-    from simpleunet_runtime import zoo
+    from simpleunet_runtime import bundled
 
     zoo_dir = tmp_path / "zoo"
     shutil.copytree(tiny_ckpt, zoo_dir / "simpleunet16-test")
@@ -521,7 +521,7 @@ def test_publish_bundles_every_zoo_checkpoint(tmp_path, tiny_ckpt):
         assert e["name"] == "simpleunet16-test" and e["dataset"] == "kvasir-seg" and e["parameters"] == 16_234
         assert e["metrics"]["test_mDice"] == 0.5
         assert e["metrics"]["export_checks"]["on"] == "16 held-out kvasir-seg images"  # not the test split
-        path = zoo.resolve(e["name"], e["precision"], e["format"], folder=dest)  # checks the sha256
+        path = bundled.resolve(e["name"], e["precision"], e["format"], folder=dest)  # checks the sha256
         assert read_onnx_metadata(path).name == "simpleunet16-test"
 
 

@@ -23,7 +23,7 @@ from simpleunet.train.loop import train
 from simpleunet.train.qat import ActivationRange, FakeQuantSimpleUNet
 from simpleunet.train.zoo import ZOO, readme_table, write_card
 from simpleunet_runtime.image import normalize
-from simpleunet_runtime.zoo import sha256
+from simpleunet_runtime.bundled import sha256
 
 
 @pytest.fixture(scope="module")

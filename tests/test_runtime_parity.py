@@ -16,7 +16,7 @@ from simpleunet.train.checkpoint import load_model
 from simpleunet.train.data import InMemorySegmentation, discover, select_split
 from simpleunet.train.losses import foreground_probability
 from simpleunet.train.zoo import ZOO
-from simpleunet_runtime import Segmenter, zoo
+from simpleunet_runtime import Segmenter, bundled
 from simpleunet_runtime.image import load_image, resize_image
 from simpleunet_runtime.metrics import dice  # on (N, H, W) stacks: pooled over every pixel
 from simpleunet_runtime.sample import sample_pairs
@@ -49,11 +49,11 @@ def _check_images(dataset: str, count: int = 16) -> list[np.ndarray]:
 
 def _bundled_int8() -> list[tuple[str, str]]:
     """Every bundled int8 file; an unreadable or malformed index.json fails collection (never a quiet skip)."""
-    return sorted({(e["name"], e["format"]) for e in zoo.index() if e.get("precision") == "int8"})
+    return sorted({(e["name"], e["format"]) for e in bundled.index() if e.get("precision") == "int8"})
 
 
 @pytest.mark.parametrize("name,fmt", _bundled_int8() or [pytest.param("none", "onnx", marks=pytest.mark.skip(
-    reason=zoo.EMPTY))])
+    reason=bundled.EMPTY))])
 def test_bundled_int8_agrees_with_its_pytorch_checkpoint(name, fmt):
     """PyTorch fp32 (train/zoo/<name>, same weights sha256) vs the bundled int8 file: mask Dice >= 0.98."""
     if fmt == "tflite" and not HAS_TFLITE:

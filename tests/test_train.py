@@ -362,7 +362,8 @@ def test_every_recipe_is_named_after_its_model_and_dataset():
     for name in recipe_names():
         cfg = load_recipe(name)
         qat = "" if not cfg.qat else "-qat" if cfg.qat_weights == "int8" else f"-qat-{cfg.qat_weights}"
-        assert name == f"{cfg.model.name}-{short[cfg.dataset]}{qat}", name  # -qat: the full-range grid of before
+        size = "" if cfg.imgsz == 256 else f"-{cfg.imgsz}"  # another input size is another model: its own name
+        assert name == f"{cfg.model.name}-{short[cfg.dataset]}{size}{qat}", name  # -qat: the full-range grid of before
 
 
 def test_the_epoch_line_says_when_the_run_ends():

@@ -27,7 +27,7 @@ from .machine import usable_cores
 from .metadata import METADATA_KEY
 from .onnx_file import Graph, Malformed, parse
 from .tflite_file import is_tflite, read_metadata, verify
-from .zoo import check_manifest
+from .bundled import check_manifest
 
 BACKENDS = ("onnxruntime", "tflite")
 _ALIASES = {"onnxruntime": "onnxruntime", "onnx": "onnxruntime", "ort": "onnxruntime",
@@ -100,7 +100,7 @@ class Backend:
 
 
 def read_model(path: Path) -> bytes:
-    """A model file's bytes, held to the ``manifest.json`` beside it if any (``zoo.check_manifest``). The backends
+    """A model file's bytes, held to the ``manifest.json`` beside it if any (``bundled.check_manifest``). The backends
     check and run these very bytes, so a file swapped after the checks is never run."""
     try:
         data = path.read_bytes()

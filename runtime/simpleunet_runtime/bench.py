@@ -1,6 +1,6 @@
 """``simpleunet-bench``: size, latency and Dice of exported models on the machine in front of you, side by side.
 
-With no ``--models`` it times the default model (``zoo.DEFAULT_MODEL``) in every format it ships, at 1 thread and
+With no ``--models`` it times the default model (``bundled.DEFAULT_MODEL``) in every format it ships, at 1 thread and
 at all cores, and ends with the file to use on this CPU (``advice``); ``--all`` times every bundled model.
 One row per model file x backend x thread count: latency (ms per image, batch ``--batch``, after warm-up; the
 ``Segmenter.run`` call on a preprocessed input, so layout transposes and int8 (de)quantization are included and
@@ -28,7 +28,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from . import machine, zoo
+from . import bundled, machine
 from .backends import TFLITE_HINT
 from .bench_report import COLUMNS, _need_matplotlib, _write, plot, report_markdown, to_csv, to_json
 from .errors import SimpleUNetError, console_script
@@ -218,20 +218,21 @@ def resolve_models(specs: Sequence[str] | None, device: str = "cpu") -> list[Job
     None = every bundled model. An unknown name is an error before anything runs."""
     jobs: list[Job] = []
     if not specs:
-        entries = zoo.index()
+        entries = bundled.index()
         if not entries:
-            raise SimpleUNetError(f"{zoo.empty_message()}; or pass --models PATH (an .onnx/.tflite file or a folder)")
+            raise SimpleUNetError(f"{bundled.empty_message()}; or pass --models PATH (an .onnx/.tflite file or a "
+                                  "folder)")
         specs = sorted({e["name"] for e in entries})
-    known = set(zoo.names())
+    known = set(bundled.names())
     for spec in specs:
         path = Path(spec)
         if spec in known:
-            for e in zoo.index():
+            for e in bundled.index():
                 if e["name"] != spec:
                     continue
-                job = file_job(zoo.models_dir() / e["file"], device)
+                job = file_job(bundled.models_dir() / e["file"], device)
                 try:  # the sha256 check; a corrupt bundled file becomes that row's error
-                    zoo.resolve(spec, precision=e.get("precision", "fp32"), format=e.get("format", "onnx"))
+                    bundled.resolve(spec, precision=e.get("precision", "fp32"), format=e.get("format", "onnx"))
                 except SimpleUNetError as exc:
                     job.error = f"error: {exc}"
                 jobs.append(job)
@@ -529,8 +530,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"),
                    help="cuda: onnxruntime's CUDA provider (and torch CUDA for the eager baseline)")
     p.add_argument("--models", nargs="+", metavar="NAME|PATH",
-                   help=f"bundled model names, .onnx/.tflite files or folders of them (default: {zoo.DEFAULT_MODEL} "
-                        "in every format it ships)")
+                   help="bundled model names, .onnx/.tflite files or folders of them (default: "
+                        f"{bundled.DEFAULT_MODEL} in every format it ships)")
     p.add_argument("--all", action="store_true", help="every bundled model in every format (the full grid)")
     p.add_argument("--data", metavar="DIR", help="images/ + masks/ (same stems) [+ splits/]; without masks/ Dice "
                    "is skipped (default: the bundled Kvasir-SEG sample; models trained on another dataset then "
@@ -591,7 +592,7 @@ def benchmark(args: argparse.Namespace, argv: Sequence[str], progress: Callable[
         raise SimpleUNetError(f"--dice-floor needs masks, and {args.data} has no masks/ folder")
     if args.all and args.models:
         raise SimpleUNetError("--all times every bundled model; drop it or --models")
-    default = None if args.all or zoo.DEFAULT_MODEL not in zoo.names() else [zoo.DEFAULT_MODEL]
+    default = None if args.all or bundled.DEFAULT_MODEL not in bundled.names() else [bundled.DEFAULT_MODEL]
     jobs = resolve_models(args.models or default, settings.device)
     data = load_data(args.data, args.split, args.limit)
     info = machine.machine_info()

@@ -23,7 +23,7 @@ from .image import IMAGE_SUFFIXES, TEMP_FILE, list_images, load_image, overlay, 
 from .metadata import check_mean, check_std
 from .segmenter import TTA
 from .video import VIDEO_SUFFIXES, is_stream, stream_name
-from .zoo import DEFAULT_MODEL
+from .bundled import DEFAULT_MODEL
 
 #: A temp file of another output name is removed once untouched this long (a run writing there now keeps its own).
 STALE_S = 3600

@@ -121,7 +121,7 @@ class Segmenter:
     @classmethod
     def pretrained(cls, name: str, precision: str = "int8", format: str = "onnx", **kwargs) -> "Segmenter":
         """A model bundled with the package, by name (see ``simpleunet-models``); its sha256 is checked."""
-        from .zoo import resolve
+        from .bundled import resolve
 
         return cls(resolve(name, precision=precision, format=format), **kwargs)
 

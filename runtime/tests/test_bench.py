@@ -372,7 +372,7 @@ def test_by_default_only_the_default_model_is_timed_and_all_times_every_one(monk
     for argv in ([], ["--all"], ["--models", "x.onnx"]):
         with pytest.raises(bench.SimpleUNetError, match="stop"):
             bench.benchmark(bench.build_parser().parse_args(argv), argv)
-    assert asked == [[bench.zoo.DEFAULT_MODEL], None, ["x.onnx"]]
+    assert asked == [[bench.bundled.DEFAULT_MODEL], None, ["x.onnx"]]
     with pytest.raises(bench.SimpleUNetError, match="--all times every bundled model"):
         bench.benchmark(bench.build_parser().parse_args(["--all", "--models", "x"]), [])
 

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 from conftest import FIXTURES, HAS_TFLITE, needs_tflite
 
-from simpleunet_runtime import Segmenter, SimpleUNetError, backends, zoo
+from simpleunet_runtime import Segmenter, SimpleUNetError, backends, bundled
 from simpleunet_runtime.errors import SimpleUNetWarning
 from simpleunet_runtime.onnx_file import _fields, read_graph
 from _protobuf import varint
@@ -345,14 +345,14 @@ def test_malformed_index_entries_are_one_line_errors(tmp_path, monkeypatch, caps
     monkeypatch.setenv("SIMPLEUNET_MODELS_DIR", str(tmp_path))
     with pytest.raises(SimpleUNetError, match="entry 2"):
         Segmenter.pretrained("x")
-    assert zoo.list_main([]) == 2
+    assert bundled.list_main([]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: bundled model index") and "entry 2" in err[0]
 
 
 def test_models_command_fails_when_the_models_dir_does_not_exist(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("SIMPLEUNET_MODELS_DIR", str(tmp_path / "nope"))
-    assert zoo.list_main([]) == 2
+    assert bundled.list_main([]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: SIMPLEUNET_MODELS_DIR=") and "does not exist" in err[0]
 

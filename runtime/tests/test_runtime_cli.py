@@ -217,7 +217,7 @@ def test_console_script_does_not_import_torch_tensorflow_or_onnx(tmp_path, fixtu
 def test_a_reader_that_stops_early_ends_the_script_quietly():
     """`simpleunet-models | head -1`: stdout closed by the reader -> exit 0, no traceback (console_script)."""
     code = ("import os, sys; r, w = os.pipe(); os.close(r); os.dup2(w, 1); "
-            "from simpleunet_runtime.zoo import list_main; sys.exit(list_main([]))")
+            "from simpleunet_runtime.bundled import list_main; sys.exit(list_main([]))")
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert (run.returncode, run.stderr) == (0, "")
 

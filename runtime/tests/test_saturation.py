@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from simpleunet_runtime import machine, saturation
 from simpleunet_runtime.errors import SimpleUNetError, SimpleUNetWarning
 from simpleunet_runtime.onnx_file import read_graph
-from simpleunet_runtime.zoo import index, models_dir
+from simpleunet_runtime.bundled import index, models_dir
 
 
 def vpmaddubsw(x: np.ndarray, w: np.ndarray) -> np.ndarray:

@@ -40,7 +40,7 @@ def model_file(model: str, precision: str, format: str) -> str:
     """A file path as given; anything else is looked up as a bundled name (sha256-checked), as the docs use it."""
     if Path(model).exists() or Path(model).suffix.lower() in (".onnx", ".tflite"):
         return model
-    from simpleunet_runtime.zoo import resolve  # the parent only: the child's import time stays measured
+    from simpleunet_runtime.bundled import resolve  # the parent only: the child's import time stays measured
 
     return str(resolve(model, precision=precision, format=format))
 

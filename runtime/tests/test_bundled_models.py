@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from conftest import FIXTURES, HAS_TFLITE
 
-from simpleunet_runtime import Segmenter, SimpleUNetError, zoo
+from simpleunet_runtime import Segmenter, SimpleUNetError, bundled
 from simpleunet_runtime.metrics import dice
 from simpleunet_runtime.sample import sample_pairs
 
@@ -58,48 +58,48 @@ def test_pretrained_by_name_checks_sha(tmp_path, fixtures, monkeypatch):
 def test_empty_or_broken_index(tmp_path, monkeypatch, capsys):
     for folder, state in ((tmp_path / "missing", "does not exist"), (tmp_path, "has no index.json")):
         monkeypatch.setenv("SIMPLEUNET_MODELS_DIR", str(folder))
-        assert zoo.index() == []
+        assert bundled.index() == []
         with pytest.raises(SimpleUNetError) as exc:
             Segmenter.pretrained("simpleunet16-kvasir")
         msg = str(exc.value)  # names the variable and its folder, and what fills it
         assert f"SIMPLEUNET_MODELS_DIR={folder} {state}" in msg and "simpleunet-publish --dest" in msg
         assert "simpleunet-export" not in msg
         missing = state == "does not exist"  # a mistyped variable is an error; an empty folder is just empty
-        assert zoo.list_main([]) == (2 if missing else 0)
+        assert bundled.list_main([]) == (2 if missing else 0)
         out = capsys.readouterr()
         assert f"SIMPLEUNET_MODELS_DIR={folder}" in (out.err if missing else out.out)
     (tmp_path / "index.json").write_text("{not json")
     with pytest.raises(SimpleUNetError, match="unreadable"):
-        zoo.index()
-    assert zoo.list_main([]) == 2
+        bundled.index()
+    assert bundled.list_main([]) == 2
     assert capsys.readouterr().err.startswith("error: bundled model index")
     (tmp_path / "index.json").write_text('[{"file": "x"}]')
     with pytest.raises(SimpleUNetError, match="malformed"):
-        zoo.index()
+        bundled.index()
 
 
 def test_list_main_prints_a_table(tmp_path, fixtures, monkeypatch, capsys):
     make_zoo(tmp_path, fixtures)
     monkeypatch.setenv("SIMPLEUNET_MODELS_DIR", str(tmp_path))
-    assert zoo.list_main([]) == 0
+    assert bundled.list_main([]) == 0
     out = capsys.readouterr().out.splitlines()
     assert out[0].split() == ["name", "format", "precision", "size", "params", "dataset", "test", "mDice"]
     assert len([line for line in out if line.startswith("tiny-kvasir")]) == 3 and "0.5000" in out[1]
     size = (fixtures / "tiny_fp32.onnx").stat().st_size  # decimal KB, as the docs quote sizes
     assert any(f" {size / 1000:.1f} KB " in line for line in out) and f"{size / 1024:.1f} KB" != f"{size / 1000:.1f} KB"
-    assert zoo.list_main(["--json"]) == 0
+    assert bundled.list_main(["--json"]) == 0
     assert len(json.loads(capsys.readouterr().out)) == 3
 
 
 def test_installed_index_is_consistent():
     """Every entry of the shipped index points at a file whose sha256 and size match (checked by loading)."""
-    entries = zoo.index()
+    entries = bundled.index()
     if not entries:
-        pytest.skip(zoo.EMPTY)
+        pytest.skip(bundled.EMPTY)
     for e in entries:
         if e.get("format") == "tflite" and not HAS_TFLITE:
             continue
-        path = zoo.resolve(e["name"], e.get("precision", "fp32"), e.get("format", "onnx"))
+        path = bundled.resolve(e["name"], e.get("precision", "fp32"), e.get("format", "onnx"))
         assert path.stat().st_size == e["bytes"]
         seg = Segmenter(path)
         assert seg.metadata.precision == e["precision"]

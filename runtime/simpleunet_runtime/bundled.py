@@ -3,7 +3,8 @@
 Each index entry: name, format (onnx|tflite), precision (fp32|int8), file, sha256, bytes, parameters, dataset,
 metrics. A bundled file is hashed every time it is loaded (they are KB-sized), so a corrupted install fails
 loudly instead of segmenting wrongly; an entry's file must lie inside the models folder. ``SIMPLEUNET_MODELS_DIR``
-points the zoo at another folder. ``check_manifest`` holds any model file to the exporter's ``manifest.json``.
+points the runtime at another folder of bundled models. ``check_manifest`` holds any model file to the exporter's
+``manifest.json``.
 """
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ def models_dir() -> Path:
 
 
 def empty_message() -> str:
-    """Why there are no models, naming SIMPLEUNET_MODELS_DIR and its folder when that is where the zoo looked."""
+    """Why there are no models, naming SIMPLEUNET_MODELS_DIR and its folder when that is where the runtime looked."""
     folder = models_dir()
     if not os.environ.get("SIMPLEUNET_MODELS_DIR"):
         return f"no bundled models in {folder}; reinstall simpleunet-runtime (in the toolkit: make zoo-publish)"
@@ -58,7 +59,7 @@ def index(folder: str | os.PathLike | None = None) -> list[dict]:
 
 
 def _check_entry(entry) -> str | None:
-    """What is wrong with one index entry, or None: the fields the zoo reads must have their types (a list of
+    """What is wrong with one index entry, or None: the fields the runtime reads must have their types (a list of
     models is printed, sorted and joined into paths), and ``file`` must name a file inside the models folder."""
     if not isinstance(entry, dict):
         return "not an object"
