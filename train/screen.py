@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from simpleunet_runtime.errors import SimpleUNetError
+from simpleunet_runtime.errors import SimpleUNetError, console_script
 
 from .zoo import FLAGS
 
@@ -92,6 +92,7 @@ def table(epochs: int | None = None) -> str:
     return "\n".join(lines)
 
 
+@console_script
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m simpleunet.train.screen", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="what", required=True)
@@ -103,22 +104,18 @@ def main(argv: list[str] | None = None) -> int:
     t = sub.add_parser("table")
     t.add_argument("--epochs", type=int)
     args = p.parse_args(argv)
-    try:
-        if args.what == "table":
-            print(table(args.epochs))
-            return 0
-        for name in args.names:
-            if args.what == "run":
-                rc = _train(name, args.epochs, args.threads)
-            else:
-                folder = run_dir(name, args.epochs)
-                exe = Path(sys.executable).with_name("simpleunet-eval")
-                rc = subprocess.call([str(exe), str(folder), "--split", "test", "--json", str(folder / "test.json")])
-            if rc:
-                return rc
-    except SimpleUNetError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    if args.what == "table":
+        print(table(args.epochs))
+        return 0
+    for name in args.names:
+        if args.what == "run":
+            rc = _train(name, args.epochs, args.threads)
+        else:
+            folder = run_dir(name, args.epochs)
+            exe = Path(sys.executable).with_name("simpleunet-eval")
+            rc = subprocess.call([str(exe), str(folder), "--split", "test", "--json", str(folder / "test.json")])
+        if rc:
+            return rc
     return 0
 
 
