@@ -19,7 +19,7 @@ from simpleunet_runtime.errors import SimpleUNetError
 from simpleunet_runtime.image import load_image, normalize, resize_image, resize_probabilities
 from simpleunet_runtime.metadata import ModelMetadata
 from simpleunet_runtime.segmenter import foreground_probability
-from simpleunet_runtime.zoo import sha256
+from simpleunet_runtime.bundled import sha256
 
 from simpleunet.train.checkpoint import WEIGHTS, is_run, load_model
 from simpleunet.train.config import ModelConfig

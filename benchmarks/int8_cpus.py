@@ -231,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
             sub = Path(tmp) / name
             sub.mkdir()
             if args.bundled:
-                from simpleunet_runtime.zoo import models_dir
+                from simpleunet_runtime.bundled import models_dir
 
                 files = {"fp32": models_dir() / f"{name}-fp32.onnx", "int8": models_dir() / f"{name}-int8.onnx"}
             else:

@@ -21,7 +21,7 @@ from simpleunet.train.checkpoint import (WEIGHTS, copy_run, is_run, load_model, 
 from simpleunet.train.config import ConfigError, ModelConfig, TrainConfig
 from simpleunet.train.model import build_model
 from simpleunet.train.zoo import ZOO
-from simpleunet_runtime.zoo import sha256
+from simpleunet_runtime.bundled import sha256
 
 UNET_PEER = ModelConfig(family="unet", width=32, num_classes=1, head="logits")
 DEFAULT_PREPROCESS = TrainConfig().preprocess()

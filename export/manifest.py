@@ -9,7 +9,7 @@ from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Any
 
-from simpleunet_runtime.zoo import sha256  # noqa: F401  (re-exported: manifest.sha256)
+from simpleunet_runtime.bundled import sha256  # noqa: F401  (re-exported: manifest.sha256)
 
 MANIFEST = "manifest.json"
 SCHEMA_VERSION = 1

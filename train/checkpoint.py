@@ -21,7 +21,7 @@ from safetensors.torch import load_file, save_file, safe_open
 from torch import nn
 
 from simpleunet_runtime.image import umask
-from simpleunet_runtime.zoo import sha256
+from simpleunet_runtime.bundled import sha256
 
 from .config import ConfigError, ModelConfig
 from .model import build_model

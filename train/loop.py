@@ -178,7 +178,7 @@ class WeightAverage:
 def load_teacher(cfg: TrainConfig, split_used: str) -> tuple[nn.Module, str]:
     """The teacher of a distillation run and its weights' sha256, refused unless it trained on the same images
     with the same carve-out and sees the same input."""
-    from simpleunet_runtime.zoo import sha256
+    from simpleunet_runtime.bundled import sha256
 
     from .checkpoint import WEIGHTS
 

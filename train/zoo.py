@@ -50,7 +50,7 @@ def evaluate_exports(exports: Path, meta: dict[str, Any], root: Path) -> dict[st
     """Score every .onnx/.tflite in ``exports`` on the test split at the model's input size (same protocol as
     simpleunet-eval: images and masks resized to imgsz once, threshold from the model's metadata)."""
     from simpleunet_runtime import Segmenter
-    from simpleunet_runtime.zoo import sha256
+    from simpleunet_runtime.bundled import sha256
 
     pre = meta["preprocess"]
     images, masks = load_arrays(select_split(discover(root), root, "test"), pre["imgsz"])
@@ -74,6 +74,34 @@ def int8_onnx_record(exports: Path) -> dict[str, Any]:
     rows = [r for r in man.get("files", []) if r.get("format") == "onnx" and r.get("precision") == "int8"]
     return {"weights": man.get("int8_weights") if rows else None, "files": len(rows), "scored_on": int8_kernels()[0],
             "avx2_int16_safe": bool(rows) and all(r.get("checks", {}).get("avx2_int16_safe") for r in rows)}
+
+
+def micro_record(exports: Path) -> dict[str, Any] | None:
+    """The TensorFlow Lite Micro figures of an export made with --formats tflm (manifest.json), or None."""
+    try:
+        man = json.loads((exports / "manifest.json").read_text())
+    except (OSError, ValueError):
+        return None
+    row = next((r for r in man.get("files", []) if r.get("target") == "tflite-micro"), None)
+    if row is None:
+        return None
+    m, checks = row["micro"], row.get("checks", {})
+    return {"model": m["model"], "arena_bytes": m["arena_bytes"], "flash_bytes": m["flash_bytes"],
+            "ops": len(m["ops"]),
+            "max_int8_steps_vs_litert_reference": checks.get("max_int8_steps_vs_litert_reference")}
+
+
+def micro_note(metrics: dict[str, Any]) -> str:
+    """The card's sentence on the TensorFlow Lite Micro export, when there is one."""
+    rec = metrics.get("micro")
+    if not rec:
+        return ""
+    same = ("equal to LiteRT's reference kernels" if rec.get("max_int8_steps_vs_litert_reference") == 0 else
+            f"within {rec.get('max_int8_steps_vs_litert_reference')} int8 steps of LiteRT's reference kernels")
+    return (f"\nTensorFlow Lite Micro (`simpleunet-export --formats tflm`): {rec['model']} needs a "
+            f"{rec['arena_bytes']:,}-byte arena ({rec['arena_bytes'] / 1024:.0f} KiB, measured in TFLite Micro) "
+            f"and {rec['flash_bytes']:,} "
+            f"bytes of flash, {rec['ops']} operators; its outputs on the check images are {same}.")
 
 
 def full_history(metrics: dict[str, Any]) -> tuple[list[dict[str, Any]], int]:
@@ -227,7 +255,7 @@ AdamW lr {train['lr']} (wd {train['weight_decay']}), per-step cosine to {train['
 augmentation `{train['augment']}` ({AUGMENT_TEXT.get(train['augment'], train['augment'])}), seed
 {train['seed']}. Best epoch {metrics['best']['epoch']} (val mDice {metrics['best']['val_mDice']:.4f}{view}); threshold
 {meta['preprocess']['threshold']}. Trained on: {trained_on}. Test scores computed on (the publishing machine):
-{metrics['hardware']}.{int8_note(metrics)}
+{metrics['hardware']}.{int8_note(metrics)}{micro_note(metrics)}
 
 ## Scores on the test split ({date.today().isoformat()})
 mDice / mIoU are per-image means; an image whose mask and prediction are both empty counts 1.
@@ -295,6 +323,8 @@ def publish(run: Path, name: str, exports: Path | None = None, data: str | None 
     if exports:
         metrics["exports"] = evaluate_exports(exports, meta, root)
         metrics["int8_onnx"] = int8_onnx_record(exports)
+        if micro_record(exports):
+            metrics["micro"] = micro_record(exports)
     folder = ZOO / name
     ZOO.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=ZOO))
