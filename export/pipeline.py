@@ -140,25 +140,29 @@ def zoo_dir() -> Path:
     return Path(train.__file__).resolve().parent / "zoo"
 
 
-def find_pretrained(family: str, width: int, blocks: int, zoo: Path | None = None) -> Path:
-    """The shipped checkpoint for a config (Kvasir-SEG first), or an error listing what ships."""
+def find_pretrained(family: str, width: int, blocks: int, zoo: Path | None = None,
+                    imgsz: int | None = None) -> Path:
+    """The shipped checkpoint for a config, or an error listing what ships: the one trained at ``imgsz`` when one
+    was (e.g. the 112-px micro model), else the 256-px one; Kvasir-SEG first."""
     from simpleunet.train.checkpoint import read_run, run_folders
 
     zoo = zoo or zoo_dir()
     found, have = [], []
     for folder in run_folders(zoo):
         try:
-            m = read_run(folder)["model"]
+            run = read_run(folder)
         except SimpleUNetError:
             continue
+        m = run["model"]
         have.append(folder.name)
         if (m.get("family"), m.get("width"), m.get("blocks", 1)) == (family, width, blocks):
-            found.append(folder)
+            found.append((run["preprocess"]["imgsz"] != (imgsz or 256), "kvasir" not in folder.name, folder.name,
+                          folder))
     if not found:
         ships = f"shipped: {', '.join(have)}" if have else "none are shipped yet"
         raise ExportError(f"no pretrained weights for {family} width {width} blocks {blocks} in {zoo} ({ships}); "
                           "pass --checkpoint RUN_DIR (a folder written by simpleunet-train)")
-    return sorted(found, key=lambda p: ("kvasir" not in p.name, p.name))[0]
+    return min(found)[-1]
 
 
 def _staging(out: Path) -> Path:
@@ -487,12 +491,12 @@ def _micro(run: _Run, mean, std) -> None:
                   f"{parity} ({steps['default']} step(s) from its default kernels)"))
 
 
-def _load(checkpoint, family, width, blocks):
+def _load(checkpoint, family, width, blocks, imgsz=None):
     """(model, meta, checkpoint folder): the given checkpoint, or the shipped one for the config."""
     from simpleunet.train.checkpoint import load_model
 
     if checkpoint is None:
-        checkpoint = find_pretrained(family or "simpleunet", width or 16, blocks or 1)
+        checkpoint = find_pretrained(family or "simpleunet", width or 16, blocks or 1, imgsz=imgsz)
     checkpoint = Path(checkpoint)
     if not checkpoint.is_dir():
         raise ExportError(f"checkpoint folder {checkpoint} does not exist (pass a run folder written by "
@@ -562,7 +566,7 @@ def export_model(checkpoint: str | os.PathLike | None = None, *, family: str | N
         raise ExportError(f"unknown family {family!r}; choose one of {', '.join(FAMILIES)}")
 
     t = time.perf_counter()
-    model, meta, checkpoint = _load(checkpoint, family, width, blocks)
+    model, meta, checkpoint = _load(checkpoint, family, width, blocks, imgsz)
     cfg, pre = model.config, meta["preprocess"]
     imgsz = check_imgsz(imgsz or int(pre["imgsz"]))
     mean, std, threshold = tuple(pre["mean"]), tuple(pre["std"]), float(pre.get("threshold", 0.5))

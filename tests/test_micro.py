@@ -68,3 +68,11 @@ def test_tflm_needs_int8_and_the_package(capsys, monkeypatch, tmp_path):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "pip install tflite-micro" in err
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_the_shipped_weights_follow_the_asked_input_size():
+    from simpleunet.export.pipeline import find_pretrained
+
+    assert find_pretrained("simpleunet", 8, 1).name == "simpleunet8-kvasir"
+    assert find_pretrained("simpleunet", 8, 1, imgsz=112).name == "simpleunet8-kvasir-112"  # the micro model
+    assert find_pretrained("simpleunet", 16, 1, imgsz=112).name == "simpleunet16-kvasir"  # none at 112: the 256 one
