@@ -28,7 +28,7 @@ ARENA_STEP, ARENA_LIMIT = 1024, 64 << 20
 ALIGN = 16
 
 
-def _tflm():
+def require_tflm():
     try:
         from tflite_micro.python.tflite_micro import runtime
     except ImportError:
@@ -48,7 +48,7 @@ def _fits(runtime, data: bytes, arena: int) -> bool:
 
 def smallest_arena(data: bytes) -> int:
     """The smallest arena (bytes, a multiple of ARENA_STEP) in which TFLite Micro allocates the model."""
-    runtime = _tflm()
+    runtime = require_tflm()
     lo, hi = ARENA_STEP, ARENA_STEP
     while not _fits(runtime, data, hi):
         if hi >= ARENA_LIMIT:
@@ -68,7 +68,7 @@ def smallest_arena(data: bytes) -> int:
 
 def allocation_report(data: bytes, arena: int) -> str:
     """TFLite Micro's own account of the arena (RecordingMicroAllocator)."""
-    runtime = _tflm()
+    runtime = require_tflm()
     with native_output(2) as err, native_output(1) as out:
         runtime.Interpreter.from_bytes(data, arena_size=arena).print_allocations()
     return b"".join(out + err).decode("utf-8", "replace").strip()
@@ -87,7 +87,7 @@ def operators(data: bytes) -> list[str]:
 def run(data: bytes, arena: int, x: np.ndarray) -> tuple[np.ndarray, dict[str, Any]]:
     """int8 outputs of TFLite Micro for NCHW float inputs ``x`` (quantized with the file's input scale), one image
     at a time, and the (scale, zero point) of input and output."""
-    runtime = _tflm()
+    runtime = require_tflm()
     with native_output(1):
         interp = runtime.Interpreter.from_bytes(data, arena_size=arena)
     i, o = interp.get_input_details(0), interp.get_output_details(0)

@@ -551,9 +551,9 @@ def export_model(checkpoint: str | os.PathLike | None = None, *, family: str | N
     if "tflm" in formats:
         if not int8:
             raise ExportError("--formats tflm writes a full-integer int8 file for TensorFlow Lite Micro: add --int8")
-        from .micro import _tflm
+        from .micro import require_tflm
 
-        _tflm()  # before minutes of work: the arena is measured in TFLite Micro itself
+        require_tflm()  # before minutes of work: the arena is measured in TFLite Micro itself
     if opset not in OPSETS:
         raise ExportError(f"--opset must be between {OPSETS.start} and {OPSETS.stop - 1}, got {opset}")
     if imgsz is not None:

@@ -36,7 +36,7 @@ def test_writes_the_int8_file_its_c_array_and_the_measured_arena(exported):
     data = (exported / "tiny-int8.tflite").read_bytes()
     assert record["flash_bytes"] == len(data) and record["model"] == "tiny-int8.tflite"
     arena = record["arena_bytes"]
-    runtime = micro._tflm()
+    runtime = micro.require_tflm()
     assert micro._fits(runtime, data, arena) and not micro._fits(runtime, data, arena - micro.ARENA_STEP)
     assert "CONV_2D" in record["ops"] and any("Arena allocation total" in line for line in record["allocation_report"])
     header = (exported / "tiny_int8.h").read_text()
