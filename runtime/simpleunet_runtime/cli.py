@@ -359,6 +359,8 @@ def _stream(seg, source: str, args: argparse.Namespace, signals: _Signals) -> di
         if window is not None:
             window.destroyAllWindows()
     tally()
+    if not report["frames"] and not report["interrupted"]:
+        raise SimpleUNetError(f"{source}: no frame could be decoded (an empty or unsupported video)")
     return report
 
 

@@ -99,7 +99,11 @@ def test_ctrl_c_leaves_a_playable_video_of_the_frames_done(tmp_path):
 def test_bad_sources_are_one_line_errors(tmp_path, capsys):
     pytest.importorskip("cv2")
     (tmp_path / "broken.mp4").write_bytes(b"not a video")
-    for source in (str(tmp_path / "missing.mp4"), str(tmp_path / "broken.mp4")):
+    from simpleunet_runtime.video import VideoOut
+
+    VideoOut(tmp_path / "empty.mkv", FPS, SIZE).close()  # no frame: nothing kept
+    (tmp_path / "empty.mkv").write_bytes(b"\x1a\x45\xdf\xa3")  # a Matroska header and nothing else
+    for source in (str(tmp_path / "missing.mp4"), str(tmp_path / "broken.mp4"), str(tmp_path / "empty.mkv")):
         assert infer_main([source, "--out", str(tmp_path / "out"), "-q"]) == 2
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and err.startswith("error: ")
