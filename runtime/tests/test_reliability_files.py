@@ -205,7 +205,7 @@ def hostile_tflite(how: str) -> bytes:
     sg = r.tables(model, 2)[0]
     ops, tensors, buffers = r.tables(sg, 3), r.tables(sg, 0), r.tables(model, 4)
     codes = [max(r.scalar(c, 0, "<b"), r.scalar(c, 3, "<i")) for c in r.tables(model, 1)]
-    mul, concat = ([op for op in ops if codes[r.scalar(op, 0, "<I")] == code] for code in (18, 2))
+    concat = [op for op in ops if codes[r.scalar(op, 0, "<I")] == 2]
     constants = [i for i, t in enumerate(tensors) if r.field(buffers[r.scalar(t, 2, "<I")], 0) is not None]
 
     def put(table: int, field: int, i: int, value: int) -> None:
@@ -213,7 +213,7 @@ def hostile_tflite(how: str) -> bytes:
         struct.pack_into("<i", data, start + 4 * i, value)
 
     if how == "writes a constant":  # into the file's read-only bytes
-        put(mul[0], 2, 0, constants[-1])
+        put(ops[0], 2, 0, constants[-1])
     elif how == "reads a later tensor":  # XNNPACK then concatenates mismatched shapes
         put(concat[0], 1, 0, r.ints(ops[-1], 1)[0])
     elif how == "reads its own output":
