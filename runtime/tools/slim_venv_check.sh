@@ -57,8 +57,8 @@ for args in ONNX TFL; do
 done
 
 echo "slim venv: installed size $(du -sh "$VENV" | cut -f1) in all; largest packages:"
-du -s "$VENV"/lib/python3*/site-packages/* 2>/dev/null | sort -rn | head -8 | \
-    awk '{ n = split($2, p, "/"); printf "  %7.1f MB  %s\n", $1 / 1024, p[n] }'
+du -s "$VENV"/lib/python3*/site-packages/* 2>/dev/null | sort -rn | \
+    awk 'NR <= 8 { n = split($2, p, "/"); printf "  %7.1f MB  %s\n", $1 / 1024, p[n] }'  # no head: SIGPIPE + pipefail
 
 # The video extra on top (opencv-python-headless, newest): the stream tests, which skipped above, now run.
 t=$(now)
@@ -69,6 +69,6 @@ echo
     -c /dev/null "$ROOT/runtime/tests/test_video.py" "$ROOT/runtime/tests/test_runtime_cli.py")
 echo "slim venv: with the video extra, stream tests in $(since "$t")"
 echo "slim venv: installed size with the video extra $(du -sh "$VENV" | cut -f1); largest packages:"
-du -s "$VENV"/lib/python3*/site-packages/* 2>/dev/null | sort -rn | head -8 | \
-    awk '{ n = split($2, p, "/"); printf "  %7.1f MB  %s\n", $1 / 1024, p[n] }'
+du -s "$VENV"/lib/python3*/site-packages/* 2>/dev/null | sort -rn | \
+    awk 'NR <= 8 { n = split($2, p, "/"); printf "  %7.1f MB  %s\n", $1 / 1024, p[n] }'  # no head: SIGPIPE + pipefail
 echo "slim venv: OK"
