@@ -141,15 +141,20 @@ def _fail_at(monkeypatch, name: str, call: int, exc: BaseException) -> None:
     monkeypatch.setattr(cli, name, hooked)
 
 
+def _failing_batch(images, fixtures, out, capsys):
+    """Run the 3-image batch with overlays, expecting exit 1 (a failure while running); (captured output, the
+    second image, the one the hooked call fails on)."""
+    assert infer_main([str(images), "--model", str(fixtures / "tiny_int8.onnx"), "--out", str(out), "--overlay",
+                       "-q"]) == 1
+    return capsys.readouterr(), sorted(images.iterdir())[1]
+
+
 def test_a_full_disk_keeps_neither_file_of_an_image_it_reports_failed(images, fixtures, tmp_path, monkeypatch,
                                                                        capsys):
     """The mask of an image whose overlay could not be written was kept, though the image was reported failed."""
     _fail_at(monkeypatch, "save_png", 4, OSError(errno.ENOSPC, "No space left on device"))  # image 2's 2nd file
     out = tmp_path / "out"
-    assert infer_main([str(images), "--model", str(fixtures / "tiny_int8.onnx"), "--out", str(out), "--overlay",
-                       "-q"]) == 1
-    captured = capsys.readouterr()
-    second = sorted(images.iterdir())[1]
+    captured, second = _failing_batch(images, fixtures, out, capsys)
     assert captured.err == f"error: {second}: cannot write output: No space left on device\n"
     assert "segmented 2/3 images" in captured.out and "1 failed" in captured.out
     masks, overlays, temps = _outputs(out)
@@ -196,10 +201,7 @@ def test_out_of_memory_in_one_image_is_its_error_and_the_batch_goes_on(images, f
     """A MemoryError used to end the batch with a traceback; the images after it were never written."""
     _fail_at(monkeypatch, name, call, MemoryError())
     out = tmp_path / "out"
-    assert infer_main([str(images), "--model", str(fixtures / "tiny_int8.onnx"), "--out", str(out), "--overlay",
-                       "-q"]) == 1
-    captured = capsys.readouterr()
-    second = sorted(images.iterdir())[1]
+    captured, second = _failing_batch(images, fixtures, out, capsys)
     assert captured.err == f"error: {second}: not enough memory to segment this image; downscale it or free memory\n"
     assert "segmented 2/3 images" in captured.out
     masks, overlays, _ = _outputs(out)
