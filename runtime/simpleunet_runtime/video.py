@@ -30,7 +30,8 @@ FALLBACK_FPS = 30.0
 def is_stream(source: str) -> bool:
     """Whether a ``simpleunet-infer`` input is a video, a camera index or a stream URL rather than an image."""
     s = str(source)
-    return s.isdigit() or s.lower().startswith(STREAM_SCHEMES) or Path(s).suffix.lower() in VIDEO_SUFFIXES
+    camera = s.isdigit() and not Path(s).exists()  # an image file that happens to be named "0" stays an image
+    return camera or s.lower().startswith(STREAM_SCHEMES) or Path(s).suffix.lower() in VIDEO_SUFFIXES
 
 
 def opencv() -> Any:
