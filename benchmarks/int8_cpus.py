@@ -149,8 +149,10 @@ def _files_for_recipes(name: str, recipes: list[str], tmp: Path, checkpoint: Pat
     xcal = normalize(calibration_set(root, pre["imgsz"], 32).images, pre["mean"], pre["std"])
     for recipe in recipes:
         weights, _, rest = recipe.partition("/")
+        weights, _, option = weights.partition(":")  # int7:bc = with bias correction
         floats = tuple(int(i) for i in rest.split("+")) if rest else ()
-        q, _ = quantize_onnx(plain, xcal, "qoperator", weights=weights, float_convs=floats)
+        q, _ = quantize_onnx(plain, xcal, "qoperator", weights=weights, float_convs=floats,
+                             bias_correction=option == "bc")
         files[recipe] = tmp / f"{name}-{recipe.replace('/', '-')}.onnx"
         onnx.save(q, str(files[recipe]))
     return files
@@ -210,7 +212,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("models", nargs="*", help="zoo names (default: every zoo model); NAME=RUN_DIR quantizes another "
                    "checkpoint of that model (e.g. a fine-tune) and scores it on NAME's test split")
     p.add_argument("--recipes", default="int7", help="weight recipes of export.quantize.WEIGHTS, "
-                   "comma-separated; add /0 to keep that conv (by index) in float (default: int7)")
+                   "comma-separated; add :bc for bias correction, /0 to keep that conv (by index) in float "
+                   "(default: int7)")
     p.add_argument("--bundled", action="store_true", help="measure the runtime's bundled files instead")
     p.add_argument("--no-emulation", action="store_true", help="this CPU only")
     p.add_argument("--json", type=Path, help="also write the rows here")
@@ -218,7 +221,14 @@ def main(argv: list[str] | None = None) -> int:
     from simpleunet.train.checkpoint import run_folders
     from simpleunet.train.zoo import ZOO
 
-    names = args.models or [d.name for d in run_folders(ZOO)]
+    if args.models:
+        names = args.models
+    elif args.bundled:
+        from simpleunet_runtime.bundled import names as bundled_names
+
+        names = bundled_names()
+    else:
+        names = [d.name for d in run_folders(ZOO)]
     checkpoints = {n.partition("=")[0]: Path(n.partition("=")[2]) for n in names if "=" in n}
     names = [n.partition("=")[0] for n in names]
     emulate = not args.no_emulation and shutil.which("qemu-x86_64") is not None

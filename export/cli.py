@@ -13,7 +13,7 @@ from simpleunet_runtime.errors import console_script
 
 from simpleunet.train.config import FAMILIES
 
-from .pipeline import DEFAULT_FORMATS, INT8_ONNX, INT8_WEIGHTS
+from .pipeline import BIAS_CORRECTION, DEFAULT_FORMATS, INT8_ONNX, INT8_WEIGHTS
 
 EXAMPLES = """examples:
   simpleunet-export --width 16 --int8                      # shipped weights, bundled calibration images
@@ -91,6 +91,10 @@ def parser() -> argparse.ArgumentParser:
                    help="int8 ONNX weight grid, both exact on every CPU (x86 AVX2 without VNNI included): int7 "
                         "(default: onnxruntime's reduce_range, weights in [-64, 64]) or pair-safe (per-channel "
                         "scales such that no two same-sign weights of a channel pass 128 together)")
+    p.add_argument("--bias-correction", choices=BIAS_CORRECTION, default="auto",
+                   help="int8 ONNX bias correction (default auto: quantize with and without it and keep the file "
+                        "whose masks agree better with fp32 on up to 200 training images: of --calib-data, or of the "
+                        "model's dataset when found here)")
     p.add_argument("--min-agreement", type=_fraction, default=0.98,
                    help="fail if an int8 file's mask Dice vs fp32 is below this (default 0.98)")
     p.add_argument("--max-delta", type=_tolerance, default=1e-4,
@@ -111,6 +115,7 @@ def main(argv: list[str] | None = None) -> int:
                  int8=args.int8, formats=parse_formats(args.formats), calib_data=args.calib_data,
                  calib_size=args.calib_size, val_data=args.val_data, val_size=args.val_size, out=args.out,
                  opset=args.opset, int8_onnx=args.int8_onnx, int8_weights=args.int8_weights,
+                 bias_correction=args.bias_correction,
                  min_agreement=args.min_agreement,
                  max_delta=args.max_delta, ort_rewrites=args.ort_rewrites, name=args.name)
     return 0

@@ -41,6 +41,12 @@ DEFAULT_FORMATS = ("onnx", "tflite")
 INT8_ONNX = ("qoperator", "qdq", "both")
 #: int8 ONNX weight grids the exporter writes (``quantize.WEIGHTS``): both are int16-safe on AVX2 without VNNI.
 INT8_WEIGHTS = ("int7", "pair-safe")
+#: int8 ONNX bias correction (``quantize.correct_bias``): auto quantizes with and without it and keeps the file
+#: whose masks agree better with fp32 on ``SELECT_IMAGES`` training images (of the calibration folder, or of the
+#: model's own dataset when it calibrates on the bundled sample; bias correction helps some models and hurts
+#: others: export/README.md); the check images never take part in the choice.
+BIAS_CORRECTION = ("auto", "on", "off")
+SELECT_IMAGES = 200
 OPSETS = range(13, 21)  # per-channel DequantizeLinear needs 13; the legacy exporter stops at 20
 
 
@@ -289,6 +295,7 @@ class _Run:
     entries: list[dict[str, Any]] = field(default_factory=list)
     staged: dict[str, Path] = field(default_factory=dict)
     fp32_plain: Path | None = None  # the plain fp32 graph the converters read
+    select: ImageSet | None = None  # training images that choose between int8 candidates (never the check images)
 
     def done(self, step: Step) -> None:
         self.report.append(step)
@@ -387,37 +394,59 @@ def _likely_cause(verdict, saturates: bool) -> str:
             "quantization-aware fine-tuning (simpleunet-train --init RUN --qat), or the TFLite int8 file")
 
 
-def _onnx_int8(run: _Run, fp32: Path, kinds: list[str], mean, std, rewrites: bool, weights: str) -> None:
+def _onnx_int8(run: _Run, fp32: Path, kinds: list[str], mean, std, rewrites: bool, weights: str,
+               bias_correction: str = "auto") -> None:
     import onnx
 
     from simpleunet_runtime.saturation import check_onnx
 
     from .metadata import set_onnx_metadata
     from .quantize import int8_weight_bytes, quantize_onnx
-    from .verify import onnx_probabilities
+    from .verify import dice_vs_truth, foreground, onnx_probabilities
 
     xcal = normalize(run.calib.images, mean, std)
+    options = {"auto": (False, True), "on": (True,), "off": (False,)}[bias_correction]
+    if len(options) > 1:
+        xsel = normalize(run.select.images, mean, std)
+        want = foreground(onnx_probabilities(fp32, xsel), run.threshold)
     for i, kind in enumerate(kinds):
         t = time.perf_counter()
         label = f"ONNX int8 {kind}"
-        applied: dict[str, int] = {}
-        proto, sizes = quantize_onnx(fp32, xcal, kind, rewrites=rewrites, applied=applied, weights=weights)
         suffix = "" if i == 0 else f"-{kind}"
         path = run.staging / f"{run.name}-int8{suffix}.onnx"
+        tried: dict[bool, tuple] = {}
+        for corrected in options:
+            applied: dict[str, int] = {}
+            proto, sizes = quantize_onnx(fp32, xcal, kind, rewrites=rewrites, applied=applied, weights=weights,
+                                         bias_correction=corrected)
+            score = None
+            if len(options) > 1:
+                onnx.save(proto, str(path))
+                score = dice_vs_truth(foreground(onnx_probabilities(path, xsel), run.threshold), want)
+            tried[corrected] = (score, proto, sizes, applied)
+        corrected = max(options, key=lambda c: (tried[c][0] or 0.0, not c))  # a tie keeps the plain file
+        _, proto, sizes, applied = tried[corrected]
+        choice = {"used": corrected, "chosen_by": bias_correction}
+        if len(options) > 1:
+            choice.update(train_images=len(xsel), mdice_vs_fp32={"off": tried[False][0], "on": tried[True][0]})
         verdict = check_onnx(proto.SerializeToString())  # from the graph alone: the same on every machine
         if not verdict.safe:
             run.fail(label, time.perf_counter() - t, f"{path.name}: {verdict.summary()}: it would lose masks on "
                      f"x86 CPUs without VNNI; export with --int8-weights int7 (the default) or pair-safe")
         meta = run.metadata("int8", "NCHW", f"onnx-{kind}")
-        meta = meta.replace(extra={**meta.extra, "int8_weights": weights, "avx2_int16_safe": verdict.safe})
+        meta = meta.replace(extra={**meta.extra, "int8_weights": weights, "avx2_int16_safe": verdict.safe,
+                                   "bias_correction": corrected})
         onnx.save(set_onnx_metadata(proto, meta), str(path))
         sizes["+ simpleunet metadata"] = path.stat().st_size
         checks = run.checks(label, "int8", onnx_probabilities(path, run.xval), t, path, verdict)
         checks.update(avx2_int16_safe=verdict.safe, largest_weight_pair=verdict.peak, checked_on=run.cpu)
-        run.keep(f"onnx-int8{suffix}", label, path, t, checks, _rewrites_note(applied).lstrip("; "),
+        note = _rewrites_note(applied).lstrip("; ")
+        if corrected:
+            note = "bias-corrected" + (f"; {note}" if note else "")
+        run.keep(f"onnx-int8{suffix}", label, path, t, checks, note,
                  format="onnx", precision="int8", layout="NCHW", quant_format=kind, int8_weights=weights,
-                 parameters=run.base.parameters, int8_weight_bytes=int8_weight_bytes(proto), size_steps=sizes,
-                 rewrites=applied)
+                 bias_correction=choice, parameters=run.base.parameters, int8_weight_bytes=int8_weight_bytes(proto),
+                 size_steps=sizes, rewrites=applied)
 
 
 def _tflite(run: _Run, fp32: Path, int8: bool, mean, std) -> None:
@@ -515,7 +544,8 @@ def export_model(checkpoint: str | os.PathLike | None = None, *, family: str | N
                  width: int | None = None, blocks: int | None = None, imgsz: int | None = None, int8: bool = False,
                  formats: str | Iterable[str] = DEFAULT_FORMATS, calib_data: str | os.PathLike | None = None,
                  calib_size: int | None = 32, out: str | os.PathLike | None = None, opset: int = 17,
-                 int8_onnx: str = "qoperator", int8_weights: str = "int7", min_agreement: float = 0.98,
+                 int8_onnx: str = "qoperator", int8_weights: str = "int7", bias_correction: str = "auto",
+                 min_agreement: float = 0.98,
                  max_delta: float = 1e-4,
                  val_data: str | os.PathLike | None = None, val_size: int | None = None, name: str | None = None,
                  fold_aff: bool = True, ort_rewrites: bool = True, require_own_data: bool = False,
@@ -545,6 +575,8 @@ def export_model(checkpoint: str | os.PathLike | None = None, *, family: str | N
     formats = parse_formats(formats)
     if int8_onnx not in INT8_ONNX:
         raise ExportError(f"unknown int8 ONNX format {int8_onnx!r}; choose one of {', '.join(INT8_ONNX)}")
+    if bias_correction not in BIAS_CORRECTION:
+        raise ExportError(f"unknown --bias-correction {bias_correction!r}; choose one of {', '.join(BIAS_CORRECTION)}")
     if int8_weights not in INT8_WEIGHTS:
         raise ExportError(f"unknown --int8-weights {int8_weights!r}; choose one of {', '.join(INT8_WEIGHTS)} (each "
                           "keeps the int8 ONNX exact on x86 CPUs without VNNI; see export/README.md)")
@@ -598,6 +630,10 @@ def export_model(checkpoint: str | os.PathLike | None = None, *, family: str | N
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         calib = calibration_set(calib_data, imgsz, calib_size) if int8 else None
+        select = None
+        if int8 and bias_correction == "auto" and "onnx" in formats:
+            folder = calib_data if calib_data is not None else own_dataset(dataset) if dataset else None
+            select = calibration_set(folder, imgsz, max(SELECT_IMAGES, calib_size or 0))
     notes += [str(w.message) for w in caught]
     val = verification_set(val_data, imgsz, val_size)
     if not val.held_out:
@@ -625,13 +661,13 @@ def export_model(checkpoint: str | os.PathLike | None = None, *, family: str | N
                          architecture=cfg.to_dict())
     cpu, saturates = int8_kernels()
     run = _Run(name, out, _staging(out), model, base, val, calib, xval, reference, threshold, max_delta,
-               min_agreement, say, report, cpu=cpu, saturates=saturates)
+               min_agreement, say, report, cpu=cpu, saturates=saturates, select=select)
     written = "nothing was written to"
     try:
         fp32 = _onnx_fp32(run, imgsz, opset, fold_aff, keep="onnx" in formats, rewrites=ort_rewrites)
         if int8 and "onnx" in formats:
             _onnx_int8(run, fp32, ["qoperator", "qdq"] if int8_onnx == "both" else [int8_onnx], mean, std,
-                       ort_rewrites, int8_weights)
+                       ort_rewrites, int8_weights, bias_correction)
         if "tflite" in formats:
             _tflite(run, fp32, int8, mean, std)
         if "tflm" in formats:

@@ -115,15 +115,85 @@ def _pair_safe_overrides(proto: onnx.ModelProto) -> dict:
     return out
 
 
+def grid_weights(weight: np.ndarray, weights: str) -> np.ndarray:
+    """``weight`` (a conv's, output channels first) as the quantizer will store it, dequantized: per-channel
+    symmetric on the grid of ``WEIGHTS[weights]``."""
+    _, reduce_range, pair_safe = WEIGHTS[weights]
+    w = weight.reshape(weight.shape[0], -1).astype(np.float64)
+    if pair_safe:
+        scale, limit = pair_safe_scales(weight), 127
+    else:
+        limit = 64 if reduce_range else 127
+        scale = np.abs(w).max(1) / limit
+    scale = np.where(scale > 0, scale, 1.0)[:, None]
+    return (np.clip(np.round(w / scale), -limit, limit) * scale).reshape(weight.shape).astype(np.float32)
+
+
+def correct_bias(prepared: onnx.ModelProto, calib: np.ndarray, weights: str) -> dict[str, float]:
+    """Empirical bias correction (Nagel et al., "Data-Free Quantization", ICCV 2019, sec. 4.2): rounding the weights
+    to the int8 grid shifts each conv's mean output a little, and a thin model's masks move with it. Conv by conv,
+    in graph order, the shift is measured on the calibration images (the float graph with grid weights and the
+    corrections so far vs the float graph) and subtracted from the conv's bias. Only the biases of ``prepared``
+    change: the quantizer rounds the original weights the same way. Returns {conv output: largest |correction|}."""
+    import onnxruntime as ort
+
+    graph = prepared.graph
+    inits = {t.name: t for t in graph.initializer}
+    convs = [n for n in graph.node if n.op_type == "Conv" and len(n.input) > 2 and n.input[1] in inits
+             and n.input[2] in inits]
+    if not convs:
+        return {}
+    name = graph.input[0].name
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+
+    def session(grid: bool) -> ort.InferenceSession:
+        """The graph with every conv output as an output and, if ``grid``, grid weights and biases fed as inputs."""
+        model = onnx.ModelProto()
+        model.CopyFrom(prepared)
+        model.graph.output.extend(onnx.helper.make_tensor_value_info(n.output[0], onnx.TensorProto.FLOAT, None)
+                                  for n in convs)
+        if grid:
+            edited = {t.name: t for t in model.graph.initializer}
+            for n in convs:
+                w = numpy_helper.to_array(edited[n.input[1]])
+                edited[n.input[1]].CopyFrom(numpy_helper.from_array(grid_weights(w, weights), n.input[1]))
+            biases = {n.input[2] for n in convs}
+            keep = [t for t in model.graph.initializer if t.name not in biases]
+            del model.graph.initializer[:]
+            model.graph.initializer.extend(keep)
+            model.graph.input.extend(onnx.helper.make_tensor_value_info(b, onnx.TensorProto.FLOAT, None)
+                                     for b in biases)
+        return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+
+    def mean(sess, k: int | None, feed: dict) -> list[np.ndarray]:
+        names = [n.output[0] for n in convs] if k is None else [convs[k].output[0]]
+        outs = [sess.run(names, {name: calib[i:i + 1].astype(np.float32), **feed}) for i in range(len(calib))]
+        return [np.mean([o[j].mean((0, 2, 3)) for o in outs], 0) for j in range(len(names))]
+
+    target = mean(session(False), None, {})
+    sess = session(True)
+    bias = {n.input[2]: numpy_helper.to_array(inits[n.input[2]]).astype(np.float32) for n in convs}
+    for k, n in enumerate(convs):
+        (got,) = mean(sess, k, bias)
+        bias[n.input[2]] = (bias[n.input[2]] - (got - target[k])).astype(np.float32)
+    largest = {}
+    for n in convs:
+        largest[n.output[0]] = float(np.abs(bias[n.input[2]] - numpy_helper.to_array(inits[n.input[2]])).max())
+        inits[n.input[2]].CopyFrom(numpy_helper.from_array(bias[n.input[2]], n.input[2]))
+    return largest
+
+
 def quantize_onnx(fp32_path: Path, calib: np.ndarray, fmt: str = "qoperator", rewrites: bool = True,
                   applied: dict | None = None, calibration: str = "minmax", weights: str = "int7",
-                  float_convs: tuple[int, ...] = ()) -> tuple[onnx.ModelProto, dict]:
+                  float_convs: tuple[int, ...] = (), bias_correction: bool = False) -> tuple[onnx.ModelProto, dict]:
     """Quantize the file ``fp32_path`` (the plain fp32 graph, before ``rewrites.FP32``); ``calib`` is normalized
     NCHW float32 calibration data. ``rewrites``: apply ``rewrites.INT8`` to a QOperator graph (faster in
     onnxruntime, see rewrites.py); ``applied``, if given, receives {rewrite: places changed}. Returns the checked,
     stripped model (the caller adds metadata and saves) and {step: bytes after it}. ``calibration``: a key of
     ``CALIBRATIONS``; ``weights``: a key of ``WEIGHTS``; ``float_convs``: indices of Conv nodes to leave in float
-    (``benchmarks/int8_cpus.py`` measures e.g. the first conv that way)."""
+    (``benchmarks/int8_cpus.py`` measures e.g. the first conv that way); ``bias_correction``: ``correct_bias``
+    on the calibration images first."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -144,6 +214,8 @@ def quantize_onnx(fp32_path: Path, calib: np.ndarray, fmt: str = "qoperator", re
             quant_pre_process(str(fp32_path), str(pre), skip_symbolic_shape=True)
             prepared = onnx.load(str(pre))
             _unshare(prepared.graph)  # after quant_pre_process, whose optimizer shares identical constants again
+            if bias_correction:
+                correct_bias(prepared, calib, weights)
             onnx.save(prepared, str(pre))
             overrides = {"TensorQuantOverrides": _pair_safe_overrides(prepared)} if pair_safe else {}
             convs = [n.name for n in prepared.graph.node if n.op_type == "Conv"]

@@ -721,3 +721,68 @@ def test_int8_weights_flag_offers_only_safe_grids(capsys, tiny_ckpt):
     assert exc.value.code == 2 and "invalid choice: 'int8'" in capsys.readouterr().err
     with pytest.raises(SimpleUNetError, match="unknown --int8-weights 'int8'"):
         export_model(tiny_ckpt, int8_weights="int8", log=None)
+
+
+def test_bias_correction_restores_every_conv_mean(tmp_path):
+    """After ``correct_bias``, the float graph with the int7 grid weights has each conv's mean output on the
+    calibration images back at the float graph's (conv by conv, so each sees its inputs' corrections); the
+    weights are untouched, only biases move."""
+    import onnxruntime as ort
+    from onnx import helper, numpy_helper
+
+    from simpleunet.export.quantize import correct_bias, grid_weights
+
+    model, meta = load_model(FIXTURE)
+    proto, _ = export_onnx(model, 64, 1)
+    x = normalize(calibration_set(None, 64, 16).images, meta["preprocess"]["mean"],
+                  meta["preprocess"]["std"]).astype(np.float32)
+    convs = [n for n in proto.graph.node if n.op_type == "Conv"]
+
+    def means(p, grid: bool) -> list[np.ndarray]:
+        q = onnx.ModelProto()
+        q.CopyFrom(p)
+        inits = {t.name: t for t in q.graph.initializer}
+        if grid:
+            for n in convs:
+                w = numpy_helper.to_array(inits[n.input[1]])
+                inits[n.input[1]].CopyFrom(numpy_helper.from_array(grid_weights(w, "int7"), n.input[1]))
+        q.graph.output.extend(helper.make_tensor_value_info(n.output[0], onnx.TensorProto.FLOAT, None)
+                              for n in convs)
+        sess = ort.InferenceSession(q.SerializeToString(), providers=["CPUExecutionProvider"])
+        outs = [sess.run([n.output[0] for n in convs], {"image": x[i:i + 1]}) for i in range(len(x))]
+        return [np.mean([o[k].mean((0, 2, 3)) for o in outs], 0) for k in range(len(convs))]
+
+    want = means(proto, grid=False)
+    before = [abs(g - w).max() for g, w in zip(means(proto, grid=True), want)]
+    corrected = onnx.ModelProto()
+    corrected.CopyFrom(proto)
+    largest = correct_bias(corrected, x, "int7")
+    after = [abs(g - w).max() for g, w in zip(means(corrected, grid=True), want)]
+    assert max(after) < 1e-4 < max(before)
+    assert set(largest) == {n.output[0] for n in convs} and max(largest.values()) > 1e-4
+    old = {t.name: numpy_helper.to_array(t) for t in proto.graph.initializer}
+    for t in corrected.graph.initializer:
+        if t.name in {n.input[1] for n in convs}:
+            assert np.array_equal(numpy_helper.to_array(t), old[t.name])
+
+
+def test_export_keeps_the_int8_file_that_agrees_better_on_training_images(exported):
+    """``--bias-correction auto`` (the default) scores both candidates on training images, never the check images,
+    keeps the better, and says which in the manifest and in the file's metadata."""
+    entry = {r["file"]: r for r in exported["manifest"]["files"]}[exported["files"]["onnx-int8"].name]
+    choice = entry["bias_correction"]
+    scores = choice["mdice_vs_fp32"]
+    assert choice["chosen_by"] == "auto" and choice["train_images"] >= 32
+    assert choice["used"] is (scores["on"] > scores["off"])
+    assert read_onnx_metadata(exported["files"]["onnx-int8"]).extra["bias_correction"] is choice["used"]
+
+
+@pytest.mark.parametrize("flag", ["on", "off"])
+def test_bias_correction_flag_forces_the_choice(tmp_path, tiny_ckpt, flag):
+    out = tmp_path / "out"
+    assert cli.main(["--checkpoint", str(tiny_ckpt), "--int8", "--formats", "onnx", "--bias-correction", flag,
+                     "--out", str(out), "--val-size", "2"]) == 0
+    path = out / "simpleunet16-int8.onnx"
+    assert read_onnx_metadata(path).extra["bias_correction"] is (flag == "on")
+    entry = {r["file"]: r for r in json.loads((out / "manifest.json").read_text())["files"]}[path.name]
+    assert entry["bias_correction"] == {"used": flag == "on", "chosen_by": flag}
