@@ -502,8 +502,8 @@ def test_bundled_calibration_sample_is_real_train_images():
         assert stems <= train and not stems & test
 
 
-def test_publish_bundles_every_zoo_checkpoint(tmp_path, tiny_ckpt):
-    from simpleunet.export.publish import publish
+def test_bundle_exports_every_zoo_checkpoint(tmp_path, tiny_ckpt):
+    from simpleunet.train.zoo import bundle
     from simpleunet_runtime import bundled
 
     zoo_dir = tmp_path / "zoo"
@@ -512,7 +512,7 @@ def test_publish_bundles_every_zoo_checkpoint(tmp_path, tiny_ckpt):
     dest = tmp_path / "models"
     dest.mkdir()
     (dest / "stale-model.onnx").write_bytes(b"old")
-    entries = publish(zoo_dir, dest, formats=("onnx",), log=None)
+    entries = bundle(zoo_dir, dest, formats=("onnx",), log=None)
     assert {(e["precision"], e["format"]) for e in entries} == {("fp32", "onnx"), ("int8", "onnx")}
     assert json.loads((dest / "index.json").read_text()) == entries
     assert not (dest / "stale-model.onnx").exists()
@@ -551,13 +551,13 @@ def test_publish_refuses_a_model_whose_dataset_is_missing_and_export_records_the
     """Publishing never calibrates a BUSI model on the bundled Kvasir-SEG sample; a plain export still may, and
     says so in its manifest and in each file's metadata."""
     import simpleunet.export.pipeline as pipeline
-    from simpleunet.export.publish import publish
+    from simpleunet.train.zoo import bundle
 
     monkeypatch.setattr(pipeline, "own_dataset", lambda name: None)
     busi = _as_busi(tiny_ckpt, tmp_path / "zoo" / "simpleunet16-busi")
     dest = tmp_path / "models"
     with pytest.raises(SimpleUNetError, match="'busi' was not found.*set SIMPLEUNET_DATA") as info:
-        publish(tmp_path / "zoo", dest, formats=("onnx",), log=None)
+        bundle(tmp_path / "zoo", dest, formats=("onnx",), log=None)
     assert "\n" not in str(info.value) and not (dest / "index.json").exists()
     out = tmp_path / "out"
     export_model(busi, formats="onnx", int8=True, val_size=2, out=out, log=None)

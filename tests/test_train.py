@@ -251,7 +251,7 @@ def test_publish_refuses_a_test_split_the_run_trained_on(tiny_data, split_data, 
     assert train_main(_base(tiny_data, out, "--epochs", "1")) == 0
     monkeypatch.setattr(zoo, "ZOO", tmp_path / "zoo")
     with pytest.raises(SimpleUNetError, match="4 test image.s. in .* are in the run's training pool"):
-        zoo.publish(out, "x", data=str(split_data))
+        zoo.publish_run(out, "x", data=str(split_data))
     assert not (tmp_path / "zoo" / "x").exists()
 
 

@@ -1,4 +1,9 @@
-"""The trained-checkpoint zoo (``train/zoo/<name>/``): publish a finished run with its scores, curve and model card.
+"""The zoo (``train/zoo/<name>/``: published runs) and both publishing steps, run -> zoo -> bundled files.
+
+``publish_run``: a finished run into the zoo, with its scores, curve and model card. ``bundle``
+(``simpleunet-publish``): every zoo model exported (simpleunet.export) into the runtime's bundled files
+(``runtime/simpleunet_runtime/models/``) and their ``index.json``; files and index are replaced only when every
+model exported and passed its checks.
 
 ``python -m simpleunet.train.zoo RUN_DIR --name simpleunet16-kvasir [--exports DIR]`` copies the run's best
 checkpoint, evaluates it on the dataset's test split (never used for selection or threshold tuning), evaluates the
@@ -10,17 +15,18 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import sys
 import tempfile
 from collections import Counter
 from datetime import date
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterable
 
 import numpy as np
 
-from simpleunet_runtime.errors import SimpleUNetError
+from simpleunet_runtime.errors import SimpleUNetError, console_script
 from simpleunet_runtime.image import umask
 
 from .checkpoint import METRICS, copy_run, load_model, read_run, write_json
@@ -31,6 +37,9 @@ from .loop import evaluate, hardware, pick_device, score
 from .model import count_parameters
 
 ZOO = Path(__file__).parent / "zoo"
+#: The runtime's bundled files (a source checkout's; ``bundle`` writes there).
+BUNDLED = Path(__file__).resolve().parents[1] / "runtime" / "simpleunet_runtime" / "models"
+SUFFIXES = (".onnx", ".tflite")
 #: The paper's headline results per dataset of the zoo: mDice, mIoU, what they were measured on (model card),
 #: and the same in a few words (README table).
 PAPER = {"kvasir-seg": (0.8646, 0.7648, "SimpleESKNet-32 N=2 + AFF, its own protocol", "SimpleESKNet-32 N=2"),
@@ -305,7 +314,7 @@ def readme_table(zoo: Path = ZOO) -> str:
     return "\n".join(rows)
 
 
-def publish(run: Path, name: str, exports: Path | None = None, data: str | None = None) -> Path:
+def publish_run(run: Path, name: str, exports: Path | None = None, data: str | None = None) -> Path:
     """Score ``run`` and install it as ``train/zoo/<name>``. Everything is written into a staging folder first and
     swapped in at the end, so a failed publish leaves the old entry as it was."""
     model, meta = load_model(run)
@@ -348,6 +357,110 @@ def publish(run: Path, name: str, exports: Path | None = None, data: str | None 
     return folder
 
 
+#: Zoo models the runtime does not bundle, and why (each stays in train/zoo for PyTorch and for export).
+NOT_BUNDLED = {
+    "simpleunet8-kvasir": "its int8 ONNX on the int7 grid, exact on every CPU, agrees with fp32 at mask Dice 0.979 < "
+                          "0.98 on the check images (2026-12-03; int7 QAT reached 0.976, pair-safe 0.975); the "
+                          "full-range file it shipped with lost masks on x86 CPUs without VNNI",
+    "simpleunet8-kvasir-112": "a microcontroller model (TensorFlow Lite Micro, 112 px): it ships as the C array in "
+                              "runtime/examples/micro; its int8 ONNX agrees with fp32 at 0.979 < 0.98",
+}
+
+
+def zoo_checkpoints(zoo: Path) -> list[Path]:
+    if not zoo.is_dir():
+        raise SimpleUNetError(f"zoo folder {zoo} does not exist")
+    from .checkpoint import run_folders
+
+    found = run_folders(zoo)
+    if not found:
+        raise SimpleUNetError(f"no trained models (run folders written by simpleunet-train) in {zoo}")
+    return found
+
+
+def _bundled_metrics(folder: Path, file_sha256: str, checks: dict[str, Any],
+                     checked_on: dict[str, Any]) -> dict[str, Any]:
+    """The file's own test-split scores if the zoo scored these exact bytes, else PyTorch's; then the export
+    checks, apart and saying which images they ran on (a few sample images are not the test split). The export
+    is deterministic, so a re-export of the scored checkpoint matches by sha256."""
+    out: dict[str, Any] = {}
+    path = folder / "metrics.json"
+    if path.is_file():
+        scored = json.loads(path.read_text())
+        own = next((s for s in (scored.get("exports") or {}).values() if s.get("sha256") == file_sha256), None)
+        test = own or scored.get("test") or {}
+        for key in ("mDice", "mIoU", "pooled_dice"):
+            if isinstance(test.get(key), (int, float)):
+                out[f"test_{key}"] = test[key]
+        if out:
+            out["scored"] = "this file" if own else "PyTorch fp32"
+        if own and (scored.get("int8_onnx") or {}).get("scored_on"):  # an int8 score names its kernels
+            out["scored_on"] = scored["int8_onnx"]["scored_on"]
+    held_out = "held-out " if checked_on.get("held_out") else ""
+    out["export_checks"] = {"on": f"{checked_on.get('images')} {held_out}{checked_on.get('dataset') or ''} images",
+                            **{k: v for k, v in checks.items() if v is not None}}
+    return out
+
+
+def bundle(zoo: Path = ZOO, dest: Path = BUNDLED, formats: Iterable[str] = ("onnx", "tflite"),
+           log: Callable[[str], None] | None = print) -> list[dict]:
+    """Export every zoo checkpoint and install the files + index.json into ``dest``; returns the index."""
+    from simpleunet.export.manifest import read as read_manifest
+    from simpleunet.export.pipeline import export_model
+
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    entries: list[dict] = []
+    staging = Path(tempfile.mkdtemp(prefix=".publish-", dir=dest))
+    try:
+        for folder in zoo_checkpoints(Path(zoo)):
+            name = folder.name
+            if name in NOT_BUNDLED:
+                if log:
+                    log(f"{name}: not bundled: {NOT_BUNDLED[name]}")
+                continue
+            result = export_model(folder, int8=True, formats=tuple(formats), out=staging / name, name=name, log=log,
+                                  require_own_data=True)  # never calibrate a BUSI model on the Kvasir sample
+            manifest = read_manifest(result.manifest)
+            for row in manifest["files"]:
+                if row.get("quant_format") not in (None, "qoperator") and row["precision"] == "int8":
+                    continue  # one int8 ONNX per model: the default layout
+                entries.append({"name": name, "format": row["format"], "precision": row["precision"],
+                                "file": row["file"], "sha256": row["sha256"], "bytes": row["bytes"],
+                                "parameters": manifest["parameters"],
+                                "dataset": (manifest.get("checkpoint") or {}).get("dataset") or "",
+                                "metrics": _bundled_metrics(folder, row["sha256"], row["checks"],
+                                                            manifest["verification"])})
+        for e in entries:
+            os.replace(staging / e["name"] / e["file"], dest / e["file"])
+        index = dest / "index.json"
+        tmp = dest / ".index.json.tmp"
+        tmp.write_text(json.dumps(entries, indent=2) + "\n", encoding="utf-8")
+        os.replace(tmp, index)
+        keep = {e["file"] for e in entries}
+        for old in dest.iterdir():
+            if old.suffix in SUFFIXES and old.name not in keep:
+                old.unlink()
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    if log:
+        log(f"\nPublished {len(entries)} files for {len({e['name'] for e in entries})} model(s) into {dest}")
+    return entries
+
+
+@console_script
+def bundle_main(argv: list[str] | None = None) -> int:
+    """``simpleunet-publish``: every zoo model -> the runtime's bundled files and their index."""
+    p = argparse.ArgumentParser("simpleunet-publish", description="Export every zoo model and bundle its fp32 + "
+                                "int8 ONNX and TFLite files, with index.json, in the runtime's models folder.")
+    p.add_argument("--zoo", type=Path, default=ZOO, help=f"zoo folder (default {ZOO})")
+    p.add_argument("--dest", type=Path, default=BUNDLED, help=f"runtime models folder (default {BUNDLED})")
+    args = p.parse_args(argv)
+    bundle(args.zoo, args.dest)
+    return 0
+
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser("python -m simpleunet.train.zoo", description=__doc__.splitlines()[0])
     p.add_argument("run", type=Path, nargs="?", help="finished training run folder")
@@ -362,7 +475,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.run is None or args.name is None:
         p.error("give a run folder and --name (or --table)")
     try:
-        folder = publish(args.run, args.name, args.exports, args.data)
+        folder = publish_run(args.run, args.name, args.exports, args.data)
     except SimpleUNetError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
