@@ -183,6 +183,7 @@ def measure(name: str, files: dict[str, Path], emulate: bool, tmp: Path) -> list
             rows.append({"model": name, "file": key, "cpu": cpu, "isa": info["isa"], "bytes": path.stat().st_size,
                          "agree_mean": float(agree.mean()), "agree_min": float(agree.min()),
                          "agree_min_visible": float(agree[visible].min()) if visible.any() else None,
+                         "agree_mean_visible": float(agree[visible].mean()) if visible.any() else None,
                          "visible": int(visible.sum()),
                          "below_0.9": int((agree < 0.9).sum()), "mdice": float(md), "delta": float(md - gt_fp32),
                          "safe": check_onnx(path).safe, "p50_ms": None if emu else info["p50_ms"], "n": len(x)})
@@ -190,12 +191,13 @@ def measure(name: str, files: dict[str, Path], emulate: bool, tmp: Path) -> list
 
 
 def table(rows: list[dict]) -> str:
-    head = "| model | file | CPU (CPUID) | bytes | int8 vs fp32 mask Dice mean / min (< 0.9) / min where fp32 " \
+    head = "| model | file | CPU (CPUID) | bytes | int8 vs fp32 mask Dice mean / min (< 0.9) / mean, min where fp32 " \
            f"mask ≥ {VISIBLE:.1%} | mDice | Δ vs fp32 | int16-safe | p50 ms |"
     out = [head, "|" + "---|" * 9]
     for r in rows:
-        agree = f"{r['agree_mean']:.4f} / {r['agree_min']:.3f} ({r['below_0.9']}) / " \
-                f"{'—' if r['agree_min_visible'] is None else format(r['agree_min_visible'], '.3f')} " \
+        visible = "—" if r.get("agree_min_visible") is None else \
+            f"{r['agree_mean_visible']:.4f}, {r['agree_min_visible']:.3f}"
+        agree = f"{r['agree_mean']:.4f} / {r['agree_min']:.3f} ({r['below_0.9']}) / {visible} " \
                 f"({r['visible']} of {r['n']})" if "agree_mean" in r else "—"
         out.append(f"| {r['model']} | {r['file']} | {r['cpu']} ({r['isa']}) | {r['bytes']:,} | {agree} | "
                    f"{r['mdice']:.4f} | {r.get('delta', 0):+.4f} | {r.get('safe', '—')} | "
