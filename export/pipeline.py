@@ -555,11 +555,13 @@ def export_model(checkpoint: str | os.PathLike | None = None, *, family: str | N
 
     ``checkpoint``: a run folder written by simpleunet-train; default: the shipped weights for
     (family, width, blocks) (defaults simpleunet, 16, 1). ``imgsz``: default the checkpoint's. ``out``: default
-    ``exports/<name>``. ``int8_onnx``: qoperator (default), qdq or both. ``val_data``: images/ + masks/ for the
-    checks (default: the runtime's bundled Kvasir-SEG val sample). ``ort_rewrites``: apply the exact graph
-    rewrites that make the ONNX files faster in onnxruntime (``rewrites.py``; TFLite is converted from the plain
-    graph either way). ``require_own_data`` (publishing): a model whose dataset folder is not found here is an
-    error, not calibrated and checked on the bundled Kvasir-SEG sample. Raises ``SimpleUNetError`` (one line) on
+    ``exports/<name>``. ``int8_onnx``: qoperator (default), qdq or both. ``bias_correction``: auto (default: with
+    and without, the file closer to fp32 on training images kept; ``BIAS_CORRECTION``), on or off.
+    ``val_data``: images/ + masks/ for the checks (default: the runtime's bundled Kvasir-SEG val sample).
+    ``ort_rewrites``: apply the exact graph rewrites that make the ONNX files faster in onnxruntime
+    (``rewrites.py``; TFLite is converted from the plain graph either way). ``require_own_data`` (publishing): a
+    model whose dataset folder is not found here is an error, not calibrated and checked on the bundled Kvasir-SEG
+    sample. Raises ``SimpleUNetError`` (one line) on
     bad input or a failed check; ``out`` is then left as it was. Files a previous export in ``out`` listed in its
     manifest and this one does not write are deleted (``_stale``).
     """
@@ -630,11 +632,13 @@ def export_model(checkpoint: str | os.PathLike | None = None, *, family: str | N
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         calib = calibration_set(calib_data, imgsz, calib_size) if int8 else None
-        select = None
-        if int8 and bias_correction == "auto" and "onnx" in formats:
-            folder = calib_data if calib_data is not None else own_dataset(dataset) if dataset else None
-            select = calibration_set(folder, imgsz, max(SELECT_IMAGES, calib_size or 0))
     notes += [str(w.message) for w in caught]
+    select = None
+    if int8 and bias_correction == "auto" and "onnx" in formats:
+        folder = calib_data if calib_data is not None else own_dataset(dataset) if dataset else None
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # a small folder was already named by the calibration's warning
+            select = calibration_set(folder, imgsz, max(SELECT_IMAGES, calib_size or 0))
     val = verification_set(val_data, imgsz, val_size)
     if not val.held_out:
         notes.append(f"check images {val.source} include training images: the checks are not on held-out images")

@@ -129,18 +129,20 @@ def grid_weights(weight: np.ndarray, weights: str) -> np.ndarray:
     return (np.clip(np.round(w / scale), -limit, limit) * scale).reshape(weight.shape).astype(np.float32)
 
 
-def correct_bias(prepared: onnx.ModelProto, calib: np.ndarray, weights: str) -> dict[str, float]:
+def correct_bias(prepared: onnx.ModelProto, calib: np.ndarray, weights: str,
+                 float_convs: tuple[str, ...] = ()) -> dict[str, float]:
     """Empirical bias correction (Nagel et al., "Data-Free Quantization", ICCV 2019, sec. 4.2): rounding the weights
     to the int8 grid shifts each conv's mean output a little, and a thin model's masks move with it. Conv by conv,
     in graph order, the shift is measured on the calibration images (the float graph with grid weights and the
     corrections so far vs the float graph) and subtracted from the conv's bias. Only the biases of ``prepared``
-    change: the quantizer rounds the original weights the same way. Returns {conv output: largest |correction|}."""
+    change: the quantizer rounds the original weights the same way. Convs named in ``float_convs`` stay float:
+    neither rounded nor corrected. Returns {conv output: largest |correction|}."""
     import onnxruntime as ort
 
     graph = prepared.graph
     inits = {t.name: t for t in graph.initializer}
     convs = [n for n in graph.node if n.op_type == "Conv" and len(n.input) > 2 and n.input[1] in inits
-             and n.input[2] in inits]
+             and n.input[2] in inits and n.name not in float_convs]
     if not convs:
         return {}
     name = graph.input[0].name
@@ -214,12 +216,12 @@ def quantize_onnx(fp32_path: Path, calib: np.ndarray, fmt: str = "qoperator", re
             quant_pre_process(str(fp32_path), str(pre), skip_symbolic_shape=True)
             prepared = onnx.load(str(pre))
             _unshare(prepared.graph)  # after quant_pre_process, whose optimizer shares identical constants again
-            if bias_correction:
-                correct_bias(prepared, calib, weights)
-            onnx.save(prepared, str(pre))
-            overrides = {"TensorQuantOverrides": _pair_safe_overrides(prepared)} if pair_safe else {}
             convs = [n.name for n in prepared.graph.node if n.op_type == "Conv"]
             exclude = [convs[i] for i in float_convs]
+            if bias_correction:
+                correct_bias(prepared, calib, weights, tuple(exclude))
+            onnx.save(prepared, str(pre))
+            overrides = {"TensorQuantOverrides": _pair_safe_overrides(prepared)} if pair_safe else {}
             quantize_static(str(pre), str(raw), _Reader(calib.astype(np.float32), INPUT_NAME),
                             quant_format=QuantFormat.QDQ if fmt == "qdq" else QuantFormat.QOperator,
                             op_types_to_quantize=ops, per_channel=True, reduce_range=reduce_range,
