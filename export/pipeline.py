@@ -1,20 +1,15 @@
 """``export_model``: checkpoint -> fp32 ONNX -> int8 ONNX -> TFLite fp32 + int8, every file checked.
 
-Everything is built in a staging folder beside ``out`` and moved into ``out`` only after every check passed, so
-a failed export never replaces good files with partial ones. One status line per step (Ultralytics style),
-then a table, "Export complete", where the files are and the next command.
+Everything is built in a staging folder beside ``out`` and moved into ``out`` only after every check passed
+(``outfolder``), so a failed export never replaces good files with partial ones. One status line per step
+(Ultralytics style), then a table, "Export complete", where the files are and the next command.
 """
 from __future__ import annotations
 
-import contextlib
 import math
 import os
-import re
 import shutil
-import signal
 import sys
-import tempfile
-import threading
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -32,6 +27,7 @@ from simpleunet_runtime.sample import SAMPLE_DATASET
 from simpleunet.train.config import FAMILIES
 
 from . import manifest as manifest_mod
+from . import outfolder
 from .errors import ExportError
 from .images import ImageSet, calibration_set, own_dataset, verification_set
 
@@ -169,104 +165,6 @@ def find_pretrained(family: str, width: int, blocks: int, zoo: Path | None = Non
         raise ExportError(f"no pretrained weights for {family} width {width} blocks {blocks} in {zoo} ({ships}); "
                           "pass --checkpoint RUN_DIR (a folder written by simpleunet-train)")
     return min(found)[-1]
-
-
-def _staging(out: Path) -> Path:
-    """A fresh folder beside ``out`` (same filesystem, so the final moves are atomic renames). Its name carries
-    this process's id, so that a later export into ``out`` removes the folders of killed ones (``_remove_dead``)."""
-    if out.exists() and not out.is_dir():
-        raise ExportError(f"--out {out} exists and is not a folder")
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        _remove_dead(out)
-        return Path(tempfile.mkdtemp(prefix=f".{out.name}.staging-{os.getpid()}-", dir=out.parent))
-    except OSError as exc:
-        raise ExportError(f"cannot write to --out {out}: {exc.strerror or exc}") from None
-
-
-def _remove_dead(out: Path) -> None:
-    """Remove the staging folders that exports into ``out`` killed by kill -9 or a power cut left: those whose
-    process is gone (an export running now keeps its own). POSIX only: on Windows os.kill(pid, 0) is a Ctrl-C."""
-    if os.name != "posix":
-        return
-    pattern = re.compile(rf"\.{re.escape(out.name)}\.staging-(\d+)-[a-z0-9_]{{8}}")
-    for folder in out.parent.iterdir():
-        match = pattern.fullmatch(folder.name)
-        if match and folder.is_dir() and not _running(int(match[1])):
-            shutil.rmtree(folder, ignore_errors=True)
-
-
-def _running(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:  # PermissionError: another user's process
-        pass
-    return True
-
-
-def _stale(out: Path, keep: set[str]) -> list[Path]:
-    """Files the previous manifest in ``out`` lists, unchanged (same sha256: the toolkit wrote them), that this run
-    does not write: left beside the new manifest, ``simpleunet-bench --models out`` would pick them up."""
-    try:
-        rows = manifest_mod.read(out / manifest_mod.MANIFEST)["files"]
-        names = {r["file"]: r["sha256"] for r in rows if isinstance(r, dict)}
-    except (OSError, ValueError, KeyError, TypeError):
-        return []
-    return [out / n for n, sha in names.items() if isinstance(n, str) and n and Path(n).name == n
-            and n not in keep and (out / n).is_file() and manifest_mod.sha256(out / n) == sha]
-
-
-@contextlib.contextmanager
-def _hold_interrupt(message: str):
-    """Ctrl-C inside the block waits for its end, then raises ``KeyboardInterrupt(message)``: the moves into
-    ``out`` are never left half done, and the CLI can say that the export was written."""
-    if threading.current_thread() is not threading.main_thread() or \
-            signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
-        yield
-        return
-    held: list[int] = []
-    signal.signal(signal.SIGINT, lambda signum, _frame: held.append(signum))
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-    if held:
-        raise KeyboardInterrupt(message)
-
-
-def _unlist(out: Path, names: set[str], scratch: Path) -> None:
-    """Rewrite the manifest in ``out`` without the rows of ``names``, the files about to be replaced: a kill -9
-    between the moves then leaves them unlisted, never beside a manifest listing other bytes (the runtime refuses
-    those). The other rows stay, so the rerun still finds the previous export's stale files."""
-    path = out / manifest_mod.MANIFEST
-    try:
-        doc = manifest_mod.read(path)
-        rows = doc["files"]
-        keep = [r for r in rows if not (isinstance(r, dict) and r.get("file") in names)]
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        return  # no previous manifest, or not one of ours: nothing to check the new files against
-    if len(keep) < len(rows):
-        os.replace(manifest_mod.write(scratch / f".unlisted-{manifest_mod.MANIFEST}", {**doc, "files": keep}), path)
-
-
-def _commit(staged: dict[str, Path], manifest: Path, out: Path) -> dict[str, Path]:
-    """Move the staged files, then the manifest, into ``out``; then delete the stale files of a previous export."""
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        stale = _stale(out, {p.name for p in staged.values()} | {manifest.name})
-        _unlist(out, {p.name for p in staged.values()}, manifest.parent)
-        final = {}
-        for key, path in staged.items():
-            final[key] = out / path.name
-            os.replace(path, final[key])
-        os.replace(manifest, out / manifest.name)
-        for path in stale:
-            path.unlink(missing_ok=True)
-        return final
-    except OSError as exc:
-        raise ExportError(f"cannot write to --out {out}: {exc.strerror or exc}") from None
 
 
 # ---- the export --------------------------------------------------------------------------------------------------
@@ -563,7 +461,7 @@ def export_model(checkpoint: str | os.PathLike | None = None, *, family: str | N
     model whose dataset folder is not found here is an error, not calibrated and checked on the bundled Kvasir-SEG
     sample. Raises ``SimpleUNetError`` (one line) on
     bad input or a failed check; ``out`` is then left as it was. Files a previous export in ``out`` listed in its
-    manifest and this one does not write are deleted (``_stale``).
+    manifest and this one does not write are deleted (``outfolder``).
     """
     from simpleunet.train.checkpoint import WEIGHTS
     from simpleunet.train.flops import count_macs
@@ -664,7 +562,7 @@ def export_model(checkpoint: str | os.PathLike | None = None, *, family: str | N
                          extra={"head": cfg.head, "opset": opset, "macs": count_macs(model, (imgsz, imgsz))},
                          architecture=cfg.to_dict())
     cpu, saturates = int8_kernels()
-    run = _Run(name, out, _staging(out), model, base, val, calib, xval, reference, threshold, max_delta,
+    run = _Run(name, out, outfolder.staging(out), model, base, val, calib, xval, reference, threshold, max_delta,
                min_agreement, say, report, cpu=cpu, saturates=saturates, select=select)
     written = "nothing was written to"
     try:
@@ -693,8 +591,8 @@ def export_model(checkpoint: str | os.PathLike | None = None, *, family: str | N
             onnxruntime_rewrites=ort_rewrites)
         staged_manifest = manifest_mod.write(run.staging / manifest_mod.MANIFEST, man)
         written = "the new files may be partly moved into"
-        with _hold_interrupt(f"the export was already written to {out}"):  # from here to the end
-            files = _commit(run.staged, staged_manifest, out)
+        with outfolder.hold_interrupt(f"the export was already written to {out}"):  # from here to the end
+            files = outfolder.commit(run.staged, staged_manifest, out)
             manifest = out / manifest_mod.MANIFEST
             run.done(Step("Manifest", True, time.perf_counter() - t, manifest, manifest.stat().st_size))
             shutil.rmtree(run.staging, ignore_errors=True)

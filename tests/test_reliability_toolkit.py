@@ -137,7 +137,7 @@ def _assert_consistent(out: Path) -> None:
 
 @pytest.mark.parametrize("module, name, when", [
     ("onnx", "save", "str(a[1]).endswith('-fp32.onnx')"),  # while staging the ONNX file
-    ("simpleunet.export.pipeline", "_commit", "True"),
+    ("simpleunet.export.outfolder", "commit", "True"),
     ("os", "replace", "Path(a[0]).name == 'manifest.json'"),  # the ONNX file moved in, the new manifest not yet
 ], ids=["writing-the-onnx-file", "before-the-moves", "between-the-moves"])
 def test_kill_9_during_export_leaves_whole_files_and_the_rerun_cleans_up(previous_export, tmp_path, module, name,
@@ -162,7 +162,7 @@ def test_kill_9_during_export_leaves_whole_files_and_the_rerun_cleans_up(previou
 
 
 def test_only_the_staging_folders_of_dead_exports_into_the_same_out_are_removed(tmp_path):
-    from simpleunet.export.pipeline import _staging
+    from simpleunet.export.outfolder import staging as _staging
 
     pid = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
                          text=True).stdout.strip()  # a process that has ended
