@@ -75,4 +75,5 @@ def test_the_shipped_weights_follow_the_asked_input_size():
 
     assert find_pretrained("simpleunet", 8, 1).name == "simpleunet8-kvasir"
     assert find_pretrained("simpleunet", 8, 1, imgsz=112).name == "simpleunet8-kvasir-112"  # the micro model
+    assert find_pretrained("simpleunet", 8, 1, imgsz=128).name == "simpleunet8-kvasir-128"  # the command
     assert find_pretrained("simpleunet", 16, 1, imgsz=112).name == "simpleunet16-kvasir"  # none at 112: the 256 one
