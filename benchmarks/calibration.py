@@ -24,9 +24,9 @@ from simpleunet.export.verify import onnx_probabilities
 from simpleunet.train.checkpoint import load_model, run_folders
 from simpleunet.train.data import discover, load_arrays, select_split, training_samples
 from simpleunet.train.zoo import ZOO
+from simpleunet_runtime.errors import console_script
 from simpleunet_runtime.image import normalize
 from simpleunet_runtime.metrics import dice
-from simpleunet_runtime.errors import SimpleUNetError
 from simpleunet_runtime.sample import SAMPLE_DATASET
 
 
@@ -74,22 +74,19 @@ def compare(name: str) -> None:
             print(f"  {calibration:18s} " + "; ".join(parts), flush=True)
 
 
-def main() -> int:
+@console_script
+def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("names", nargs="*", help="zoo models (default: all)")
-    args = p.parse_args()
+    args = p.parse_args(argv)
     shipped = [f.name for f in run_folders(ZOO)]
     unknown = sorted(set(args.names) - set(shipped))
     if unknown:
         print(f"error: no zoo model {unknown[0]!r}; choose from {', '.join(shipped)}", file=sys.stderr)
         return 2
     names = args.names or shipped
-    try:
-        for name in names:
-            compare(name)
-    except SimpleUNetError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    for name in names:
+        compare(name)
     return 0
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from simpleunet_runtime import bench, bench_report, machine
-from simpleunet_runtime.errors import SimpleUNetError
+from simpleunet_runtime.errors import SimpleUNetError, console_script
 
 from simpleunet.train.checkpoint import read_run
 from simpleunet.train.data import dataset_root
@@ -410,15 +410,12 @@ def run(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
             "tuning_summary": summarize_tuning(tuning_raw) if tuning_raw else [], "plot": plot_name}
 
 
+@console_script
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
-    try:
-        result = run(args, argv)
-        write_results(args.out, result)
-    except SimpleUNetError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    result = run(args, argv)
+    write_results(args.out, result)
     log(f"wrote {args.out / 'RESULTS.md'} in {result['elapsed_s']:.0f} s")
     return 0
 

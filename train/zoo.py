@@ -475,6 +475,7 @@ def bundle_main(argv: list[str] | None = None) -> int:
 
 
 
+@console_script
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser("python -m simpleunet.train.zoo", description=__doc__.splitlines()[0])
     p.add_argument("run", type=Path, nargs="?", help="finished training run folder")
@@ -488,11 +489,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.run is None or args.name is None:
         p.error("give a run folder and --name (or --table)")
-    try:
-        folder = publish_run(args.run, args.name, args.exports, args.data)
-    except SimpleUNetError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    folder = publish_run(args.run, args.name, args.exports, args.data)
     print((folder / "MODEL_CARD.md").read_text())
     return 0
 
