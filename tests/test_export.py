@@ -586,13 +586,13 @@ def test_reexport_removes_only_the_stale_files_it_wrote(tmp_path, tiny_ckpt):
 def test_ctrl_c_while_committing_waits_and_says_the_export_was_written():
     import signal
 
-    from simpleunet.export.pipeline import _hold_interrupt
+    from simpleunet.export.outfolder import hold_interrupt
 
     moved = []
     inherited = signal.signal(signal.SIGINT, signal.default_int_handler)  # a background job starts with it ignored
     try:
         with pytest.raises(KeyboardInterrupt, match="already written"):
-            with _hold_interrupt("the export was already written to out"):
+            with hold_interrupt("the export was already written to out"):
                 os.kill(os.getpid(), signal.SIGINT)
                 moved.append("all files")  # still running after the signal
         assert moved == ["all files"] and signal.getsignal(signal.SIGINT) is signal.default_int_handler

@@ -162,15 +162,15 @@ def test_kill_9_during_export_leaves_whole_files_and_the_rerun_cleans_up(previou
 
 
 def test_only_the_staging_folders_of_dead_exports_into_the_same_out_are_removed(tmp_path):
-    from simpleunet.export.outfolder import staging as _staging
+    from simpleunet.export.outfolder import staging
 
     pid = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
                          text=True).stdout.strip()  # a process that has ended
     dead, other = tmp_path / f".su.staging-{pid}-abcd1234", tmp_path / f".su2.staging-{pid}-abcd1234"
     dead.mkdir()
     other.mkdir()
-    live = _staging(tmp_path / "su")  # this process's: running
-    assert _staging(tmp_path / "su") != live and live.is_dir() and other.is_dir() and not dead.exists()
+    live = staging(tmp_path / "su")  # this process's: running
+    assert staging(tmp_path / "su") != live and live.is_dir() and other.is_dir() and not dead.exists()
 
 
 # ---- no network -----------------------------------------------------------------------------------------------
