@@ -6,10 +6,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from simpleunet.export.images import calibration_set
-from simpleunet.train.data import DataError, discover, load_arrays, select_split, augment, carve_validation
+from simpleunet.train.data import (DataError, InMemorySegmentation, augment, carve_validation, discover, load_arrays,
+                                   select_split)
 
 
 def _real_pairs(kvasir: Path, n: int = 3):
@@ -106,7 +108,6 @@ def test_bad_inputs_name_the_file(kvasir, tmp_path):
 
 @pytest.mark.parametrize("strength", ["strong", "heavy"])
 def test_augment_keeps_masks_binary_and_aligned(strength):
-    import torch
     x = torch.zeros(8, 3, 32, 32)
     x[:, :, 8:16, 8:16] = 1.0
     y = x[:, :1].clone()
@@ -114,6 +115,21 @@ def test_augment_keeps_masks_binary_and_aligned(strength):
     assert set(ya.unique().tolist()) <= {0.0, 1.0}
     # the bright square and the mask moved together
     assert ((xa.mean(1, keepdim=True) > 0.5) == (ya > 0.5)).float().mean() > 0.95
+
+
+@pytest.mark.parametrize("strength", ["light", "strong", "heavy"])
+def test_batches_resident_on_a_device_are_the_batches_a_cpu_run_draws(strength):
+    # On a GPU the arrays live on the device and are cut and augmented there; the random draws stay on the CPU
+    # generator in the same order, so a run moved to a GPU sees the same images (here both on the CPU).
+    rng = np.random.default_rng(0)
+    images, masks = rng.integers(0, 256, (10, 32, 32, 3), dtype=np.uint8), rng.random((10, 32, 32)) > 0.6
+    host = InMemorySegmentation(images, masks, [0.5] * 3, [0.25] * 3)
+    resident = InMemorySegmentation(images, masks, [0.5] * 3, [0.25] * 3, resident=True)
+    a = list(host.batches(4, epoch=2, seed=3, augment_with=strength))
+    b = list(resident.batches(4, epoch=2, seed=3, augment_with=strength))
+    assert len(a) == len(b) == 2
+    for (xa, ya), (xb, yb) in zip(a, b):
+        assert torch.equal(xa, xb) and torch.equal(ya, yb)
 
 
 def test_carved_validation_is_disjoint_and_seeded():

@@ -30,7 +30,7 @@ def busi_like(busi, tmp_path_factory) -> Path:
     return root
 
 
-@pytest.mark.parametrize("fmt", ["webp", "png"])
+@pytest.mark.parametrize("fmt", ["webp", "png", "source"])
 def test_training_on_the_pack_sees_the_originals_arrays(busi_like, tmp_path, fmt):
     out = tmp_path / "packed"
     manifest = packing.pack(busi_like, out, imgsz=64, fmt=fmt)
@@ -38,7 +38,7 @@ def test_training_on_the_pack_sees_the_originals_arrays(busi_like, tmp_path, fmt
     packed, packed_used = training_samples(discover(out), out)
     assert used == packed_used == "train.txt" and manifest["images"] == 6
     assert [s.id for s in packed] == [s.id for s in source]  # split order kept: the carve-out picks the same images
-    assert all(s.image.suffix == f".{fmt}" for s in packed)
+    assert all(p.image.suffix == (s.image.suffix if fmt == "source" else f".{fmt}") for p, s in zip(packed, source))
     for a, b in zip(load_arrays(source, 64, cache=False), load_arrays(packed, 64, cache=False)):
         assert np.array_equal(a, b)
     assert json.loads((out / packing.MANIFEST).read_text())["bytes"] == manifest["bytes"] > 0

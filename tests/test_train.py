@@ -40,6 +40,26 @@ def test_resume_after_crash_matches_uninterrupted(tiny_data, tmp_path):
         assert torch.equal(a[k], b[k]), k
 
 
+def test_a_time_budget_pauses_on_a_saved_epoch_and_resume_finishes_the_same_run(tiny_data, tmp_path, capsys):
+    # One GPU allotment is a few minutes: --max-minutes ends the chunk on a saved epoch (exit 0, "paused"), and
+    # --resume goes on to the weights an uninterrupted run reaches.
+    cfg = TrainConfig(**TINY)
+    train(cfg, tiny_data, tmp_path / "full", progress=False)
+    flags = ["--data", str(tiny_data), "--dataset", "tiny", "--out", str(tmp_path / "chunks"), "--width", "4",
+             "--imgsz", "32", "--epochs", "3", "--batch-size", "4", "--val-fraction", "0.25", "--threads", "1",
+             "--no-progress"]
+    assert train_main(flags + ["--max-minutes", "0.0001"]) == 0
+    out = capsys.readouterr().out
+    assert "time budget of 0.0001 min reached after epoch 1/3" in out
+    assert "paused: 1 of 3 epochs done" in out and "--resume" in out.splitlines()[-1]
+    assert [h["epoch"] for h in json.loads((tmp_path / "chunks" / "metrics.json").read_text())["history"]] == [1]
+    assert train_main(flags + ["--resume", "--max-minutes", "60"]) == 0
+    assert "done: best val mDice" in capsys.readouterr().out
+    a = load_file(str(tmp_path / "full" / "last.safetensors"))
+    b = load_file(str(tmp_path / "chunks" / "last.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_torchrun_two_processes_gloo(tiny_data, tmp_path):
     exe = Path(sys.executable).with_name("simpleunet-train")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -82,6 +102,7 @@ def test_cli_train_eval_and_errors(tiny_data, tmp_path, capsys):
     (["--val-fraction", "0"], "val_fraction must be in (0, 1)"),
     (["--device", "gpu"], "unknown --device 'gpu'"),
     (["--recipe", "RECIPE"], "is not readable JSON"),
+    (["--max-minutes", "0"], "--max-minutes must be a positive number of minutes"),
 ])
 def test_bad_training_settings_are_one_line_errors(flags, msg, tiny_data, tmp_path, capsys):
     recipe = tmp_path / "broken.json"
@@ -374,3 +395,25 @@ def test_the_epoch_line_says_when_the_run_ends():
     assert eta(rows, 200) == "  eta 5h23m"  # 194 epochs at the last five's 100 s (the slow first one has left)
     assert eta(rows[:1], 2) == "  eta 7m" and eta(rows, 6) == ""
     assert eta([{"epoch": 1, "seconds": 0.1}], 3) == "  eta <1m"
+
+
+def test_the_gpu_chunk_script_trains_a_chunk_and_hands_back_the_run(tiny_data, tmp_path):
+    # train/gpu_chunk.sh is the one command a lent GPU machine runs (here on the CPU): toolkit from the checkout,
+    # a time budget, the state files and the log in $OUT; run again, it resumes the same run folder.
+    recipe = tmp_path / "tiny-chunk.json"
+    recipe.write_text(json.dumps({"dataset": tiny_data.name, "imgsz": 32, "epochs": 2, "batch_size": 4,
+                                  "val_fraction": 0.25, "threads": 1, "model": {"width": 4}}))
+    script = Path(__file__).resolve().parents[1] / "train" / "gpu_chunk.sh"
+    env = {**os.environ, "DEVICE": "cpu", "SIMPLEUNET_DATA": str(tiny_data.parent),
+           "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    for minutes, said in (("0.0001", "paused: 1 of 2 epochs done"), ("5", "done: best val mDice")):
+        out = tmp_path / f"out-{minutes}"
+        out.mkdir()
+        run = subprocess.run(["bash", str(script), str(recipe), minutes], cwd=tmp_path, env={**env, "OUT": str(out)},
+                             capture_output=True, text=True, timeout=300)
+        assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+        assert said in (out / "train.log").read_text()
+        assert sorted(p.name for p in out.iterdir()) == ["config.json", "last.safetensors", "metrics.json",
+                                                         "model.safetensors", "train.log"]
+    history = json.loads((tmp_path / "runs" / "tiny-chunk" / "metrics.json").read_text())["history"]
+    assert [h["epoch"] for h in history] == [1, 2]

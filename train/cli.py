@@ -124,6 +124,11 @@ def train_main(argv: list[str] | None = None) -> int:
     p.add_argument("--qat-weights", choices=("int7", "pair-safe", "int8"), help="the int8 weight grid --qat trains "
                    "through (default int7, the exporter's default; int8 is the full-range grid of files before "
                    "2026-12-03, which is not exact on x86 CPUs without VNNI)")
+    p.add_argument("--max-minutes", type=float, metavar="M", help="stop after the last epoch that ends within M "
+                   "minutes of wall-clock time (saved; --resume goes on): one chunk of a run on a GPU lent for a "
+                   "few minutes")
+    p.add_argument("--fast", action="store_true", help="on CUDA: cuDNN autotuning and TF32 instead of deterministic "
+                   "kernels (faster; a resumed run is then not bit-identical to an uninterrupted one)")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
 
@@ -156,8 +161,12 @@ def train_main(argv: list[str] | None = None) -> int:
             cfg = resumed_config(saved, cfg, args.data, args.threads, args.out)
         root = dataset_root(cfg.dataset, cfg.data_root)
         result = train(cfg, root, Path(args.out), resume=args.resume, device=args.device, layout=args.layout,
-                       progress=not args.no_progress)
+                       progress=not args.no_progress, max_minutes=args.max_minutes, fast=args.fast)
         b = result["best"]
+        if result.get("paused"):
+            print(f"paused: {result['history'][-1]['epoch']} of {cfg.epochs} epochs done, best val mDice "
+                  f"{b['val_mDice']:.4f} at epoch {b['epoch']}. Next: simpleunet-train --out {args.out} --resume")
+            return 0
         nxt = (f"simpleunet-eval {args.out} --data <a folder of images it never saw>"
                if result.get("split_used") == ALL_IMAGES else f"simpleunet-eval {args.out} --split test")
         print(f"done: best val mDice {b['val_mDice']:.4f} at epoch {b['epoch']} (threshold {b['threshold']}); "

@@ -198,6 +198,19 @@ def cache_dir() -> Path:
     return Path(os.environ.get("SIMPLEUNET_CACHE", Path.home() / ".cache" / "simpleunet"))
 
 
+def decode_pair(s: Sample) -> tuple[np.ndarray, np.ndarray]:
+    """A sample's image (H, W, 3) uint8 and its masks merged into one (H, W) bool, at the image's own size."""
+    img = load_image(s.image)
+    mask = np.zeros(img.shape[:2], bool)
+    for m in s.masks:
+        part = load_mask(m)
+        if part.shape != mask.shape:
+            raise DataError(f"mask {m} is {part.shape[1]}x{part.shape[0]} but image {s.image} is "
+                            f"{img.shape[1]}x{img.shape[0]}")
+        mask |= part
+    return img, mask
+
+
 def load_arrays(samples: list[Sample], imgsz: int, cache: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """Decode + resize every pair once: (N, S, S, 3) uint8 images and (N, S, S) bool masks, cached on disk."""
     def stamp(p: Path) -> tuple[str, int, int]:  # an edited or replaced file gets a new cache entry
@@ -213,14 +226,7 @@ def load_arrays(samples: list[Sample], imgsz: int, cache: bool = True) -> tuple[
     images = np.empty((len(samples), imgsz, imgsz, 3), np.uint8)
     masks = np.empty((len(samples), imgsz, imgsz), bool)
     for i, s in enumerate(samples):
-        img = load_image(s.image)
-        mask = np.zeros(img.shape[:2], bool)
-        for m in s.masks:
-            part = load_mask(m)
-            if part.shape != mask.shape:
-                raise DataError(f"mask {m} is {part.shape[1]}x{part.shape[0]} but image {s.image} is "
-                                f"{img.shape[1]}x{img.shape[0]}")
-            mask |= part
+        img, mask = decode_pair(s)
         images[i], masks[i] = resize_image(img, imgsz), resize_mask(mask, imgsz)
     if cache:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -245,7 +251,7 @@ AFFINE = {"strong": dict(angle=math.pi / 4, zoom=(0.75, 1.25), shift=0.2, jitter
 
 def _blur(images: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
     """A separable Gaussian blur, one sigma per image (7-tap kernel)."""
-    taps = torch.arange(-3, 4, dtype=images.dtype)
+    taps = torch.arange(-3, 4, dtype=images.dtype, device=images.device)
     kernel = torch.exp(-taps[None] ** 2 / (2 * sigma[:, None] ** 2))
     kernel = kernel / kernel.sum(1, keepdim=True)  # (N, 7)
     n, c, h, w = images.shape
@@ -260,10 +266,13 @@ def augment(images: torch.Tensor, masks: torch.Tensor, gen: torch.Generator, str
             ) -> tuple[torch.Tensor, torch.Tensor]:
     """Random flips and 90-degree turns; with ``strong`` also a random affine (rotation +-45 deg, zoom 0.75-1.25,
     shift +-10 %) and light photometric jitter; ``heavy`` widens them (zoom 0.6-1.6, shift +-15 %, jitter +-30 %)
-    and adds gamma and a Gaussian blur on 30 % of images (AFFINE). images: float NCHW in [0, 1]; masks: float N1HW."""
+    and adds gamma and a Gaussian blur on 30 % of images (AFFINE). images: float NCHW in [0, 1]; masks: float N1HW.
+    The random numbers come from ``gen`` (a CPU generator) in the same order on any device, so a batch on a GPU is
+    the batch a CPU run would draw."""
     n = images.shape[0]
-    r = lambda *shape: torch.rand(*shape, generator=gen)  # noqa: E731
-    flip_h, flip_v, turns = r(n) < 0.5, r(n) < 0.5, (r(n) * 4).long()
+    r = lambda *shape: torch.rand(*shape, generator=gen).to(images.device)  # noqa: E731
+    flip_h, flip_v, turns = (torch.rand(n, generator=gen) < 0.5, torch.rand(n, generator=gen) < 0.5,
+                             (torch.rand(n, generator=gen) * 4).long())  # read per image: kept on the CPU
     out_i, out_m = [], []
     for k in range(n):
         im, m = images[k], masks[k]
@@ -306,20 +315,30 @@ def augment(images: torch.Tensor, masks: torch.Tensor, gen: torch.Generator, str
 
 class InMemorySegmentation:
     """Images/masks decoded once; ``batches(epoch)`` yields normalized (x, y) tensors, shuffled and augmented
-    deterministically from (seed, epoch) so a resumed run replays exactly the same batches."""
+    deterministically from (seed, epoch) so a resumed run replays exactly the same batches. With a ``device``
+    (a GPU) the uint8 arrays are copied there once and batches are cut, augmented and normalized there: no
+    per-step host-to-device copy, no CPU augmentation (Kvasir-SEG's 880 images at 256 px: 173 MB)."""
 
-    def __init__(self, images: np.ndarray, masks: np.ndarray, mean, std):
+    def __init__(self, images: np.ndarray, masks: np.ndarray, mean, std, device: torch.device | str | None = None,
+                 resident: bool | None = None):
         self.images, self.masks = images, masks
-        self.mean = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
-        self.std = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
+        self.device = torch.device(device or "cpu")
+        self.mean = torch.tensor(mean, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
+        self.std = torch.tensor(std, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
+        self._resident = None
+        if self.device.type != "cpu" if resident is None else resident:
+            self._resident = (torch.from_numpy(images).to(self.device), torch.from_numpy(masks).to(self.device))
 
     def __len__(self) -> int:
         return len(self.images)
 
     def to_tensors(self, idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        x = torch.from_numpy(self.images[idx]).permute(0, 3, 1, 2).float().div_(255)
-        y = torch.from_numpy(self.masks[idx]).unsqueeze(1).float()
-        return x, y
+        if self._resident is not None:
+            at = torch.from_numpy(np.ascontiguousarray(idx)).to(self.device)
+            images, masks = self._resident[0][at], self._resident[1][at]
+        else:
+            images, masks = torch.from_numpy(self.images[idx]), torch.from_numpy(self.masks[idx])
+        return images.permute(0, 3, 1, 2).float().div_(255), masks.unsqueeze(1).float()
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
         return (x - self.mean) / self.std

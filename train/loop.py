@@ -107,15 +107,16 @@ class Distributed:
         return cls(int(os.environ.get("RANK", 0)), world, int(os.environ.get("LOCAL_RANK", 0)))
 
 
-def load_training_data(cfg: TrainConfig, root: Path, layout: str = "auto"):
-    """(train, val, split_used): the train split (else every image) minus a seeded validation carve-out."""
+def load_training_data(cfg: TrainConfig, root: Path, layout: str = "auto", device: torch.device | None = None):
+    """(train, val, split_used): the train split (else every image) minus a seeded validation carve-out; on a GPU
+    ``device`` both stay resident there (``InMemorySegmentation``)."""
     samples, split_used = training_samples(discover(root, layout), root)
     images, masks = load_arrays(samples, cfg.imgsz)
     tr, va = carve_validation(len(samples), cfg.val_fraction, cfg.seed)
     if len(tr) == 0:
         raise DataError(f"{len(samples)} training image(s) in {root}: too few to carve out a validation set")
-    return (InMemorySegmentation(images[tr], masks[tr], cfg.mean, cfg.std),
-            InMemorySegmentation(images[va], masks[va], cfg.mean, cfg.std), split_used)
+    return (InMemorySegmentation(images[tr], masks[tr], cfg.mean, cfg.std, device),
+            InMemorySegmentation(images[va], masks[va], cfg.mean, cfg.std, device), split_used)
 
 
 def finished(cfg: TrainConfig, state: dict[str, Any]) -> str | None:
@@ -199,10 +200,17 @@ def load_teacher(cfg: TrainConfig, split_used: str) -> tuple[nn.Module, str]:
 
 
 def train(cfg: TrainConfig, root: Path, out: Path, *, resume: bool = False, device: str = "auto",
-          layout: str = "auto", progress: bool = True, stop_after_batches: int | None = None) -> dict[str, Any]:
+          layout: str = "auto", progress: bool = True, stop_after_batches: int | None = None,
+          max_minutes: float | None = None, fast: bool = False) -> dict[str, Any]:
     """Train ``cfg`` on ``root``; writes ``out/{config.json, model.safetensors (best), metrics.json,
     last.safetensors}`` every epoch. ``stop_after_batches`` simulates a crash (for tests). With ``cfg.qat`` the
-    run trains and validates the int8 view of the model (train/qat.py) and saves its fp32 weights."""
+    run trains and validates the int8 view of the model (train/qat.py) and saves its fp32 weights.
+    ``max_minutes``: stop (``paused`` in the result) after the last epoch that ends inside this wall-clock budget,
+    counted from this call, so a GPU allotment ends on a saved epoch; ``--resume`` goes on. ``fast``: on CUDA,
+    cuDNN autotuning and TF32 instead of deterministic kernels (faster; a resumed run is then not bit-identical)."""
+    started = time.perf_counter()
+    if max_minutes is not None and not max_minutes > 0:  # also rejects nan
+        raise ConfigError(f"--max-minutes must be a positive number of minutes, got {max_minutes}")
     ddp = Distributed.from_env()
     if cfg.qat and ddp.world > 1:
         raise ConfigError("quantization-aware fine-tuning runs in one process; start it without torchrun")
@@ -210,6 +218,10 @@ def train(cfg: TrainConfig, root: Path, out: Path, *, resume: bool = False, devi
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     seed_everything(cfg.seed)
+    if fast and dev.type == "cuda":
+        torch.use_deterministic_algorithms(False)
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     out = Path(out)
     if resume and not (out / LAST).is_file():
         raise CheckpointError(f"nothing to resume: {out / LAST} does not exist (start without --resume)")
@@ -226,7 +238,7 @@ def train(cfg: TrainConfig, root: Path, out: Path, *, resume: bool = False, devi
     if cfg.init and not resume:  # before the data: a wrong --init is reported at once
         start_from, sha = init_weights(cfg.init, cfg.model)
         cfg = dataclasses.replace(cfg, init_sha256=sha)
-    train_set, val_set, split_used = load_training_data(cfg, root, layout)
+    train_set, val_set, split_used = load_training_data(cfg, root, layout, dev)
     if cfg.split_used not in (None, split_used):
         raise ConfigError(f"the training images changed since this run started: it trained on {cfg.split_used!r}, "
                           f"{root} now gives {split_used!r}; start a new --out run")
@@ -265,7 +277,9 @@ def train(cfg: TrainConfig, root: Path, out: Path, *, resume: bool = False, devi
     history: list[dict[str, Any]] = []
     start_epoch, best = 0, {"val_mDice": -1.0, "epoch": -1, "threshold": 0.5}
     use_amp = cfg.amp and dev.type == "cuda" and not cfg.qat  # fake-quant rounding wants fp32
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    # bf16 where the GPU has it (Ampere and later: fp32's range, so no loss scaling), else fp16 with a GradScaler
+    amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
     average = WeightAverage(model, cfg.ema) if cfg.ema else None
     if resume:
         state = load_training_state(out, model, optimizer, scaler, average=average)
@@ -274,7 +288,8 @@ def train(cfg: TrainConfig, root: Path, out: Path, *, resume: bool = False, devi
     if ddp.world > 1:
         net = nn.parallel.DistributedDataParallel(model, device_ids=[dev.index] if dev.type == "cuda" else None)
     total_steps = cfg.epochs * steps_per_epoch
-    trained_on = hardware(dev) + (f" x{ddp.world} processes" if ddp.world > 1 else "")
+    trained_on = hardware(dev) + (f" x{ddp.world} processes" if ddp.world > 1 else "") \
+        + (f", {'bf16' if amp_dtype == torch.bfloat16 else 'fp16'} autocast" if use_amp else "")
 
     def lr_at(step: int) -> float:  # cosine annealing per step, eta_min at the end
         progress = min(step, total_steps) / total_steps
@@ -328,7 +343,14 @@ def train(cfg: TrainConfig, root: Path, out: Path, *, resume: bool = False, devi
             print(f"early stop: no improvement for {cfg.patience} epochs")
         return stop
 
-    batches_done = 0
+    def out_of_time() -> bool:
+        """The next epoch (as long as the slowest of the last three) would end past ``max_minutes``."""
+        if max_minutes is None:
+            return False
+        recent = max(row["seconds"] for row in history[-3:])
+        return time.perf_counter() - started + 1.1 * recent > 60 * max_minutes
+
+    batches_done, paused = 0, False
     calibrate()  # once here: each epoch's validation re-measures the ranges the next epoch trains with
     for epoch in range(start_epoch, cfg.epochs):
         net.train()
@@ -343,7 +365,7 @@ def train(cfg: TrainConfig, root: Path, out: Path, *, resume: bool = False, devi
                 group["lr"] = lr_at(epoch * steps_per_epoch + i)
             x = x.to(dev, non_blocking=True, memory_format=MEMORY_FORMAT)
             y = y.to(dev, non_blocking=True)
-            with torch.autocast(dev.type, enabled=use_amp):
+            with torch.autocast(dev.type, dtype=amp_dtype, enabled=use_amp):
                 logits = net(x)
                 loss = segmentation_loss(logits, y, cfg.loss)
                 if teacher is not None and cfg.distill_weight:
@@ -370,15 +392,22 @@ def train(cfg: TrainConfig, root: Path, out: Path, *, resume: bool = False, devi
             if stop_after_batches is not None and batches_done >= stop_after_batches:
                 raise KeyboardInterrupt("simulated crash")
         stop = ddp.main and _end_of_epoch(epoch, losses, t0)
+        pause = ddp.main and not stop and epoch + 1 < cfg.epochs and out_of_time()
         if ddp.world > 1:  # every rank must agree on early stop, or the others wait forever
-            flag = [stop]
+            flag = [stop, pause]
             dist.broadcast_object_list(flag, src=0)
-            stop = flag[0]
+            stop, pause = flag
         if stop:
+            break
+        if pause:
+            paused = True
+            if ddp.main:
+                print(f"time budget of {max_minutes:g} min reached after epoch {epoch + 1}/{cfg.epochs}: saved; "
+                      "continue with --resume")
             break
     if ddp.world > 1:
         dist.barrier()
-    return {"best": best, "history": history, "split_used": split_used}
+    return {"best": best, "history": history, "split_used": split_used, "paused": paused}
 
 
 def eta(history: list[dict[str, Any]], epochs: int) -> str:

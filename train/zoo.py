@@ -213,7 +213,7 @@ def training_hardware(history: list[dict[str, Any]], amp: bool) -> str:
         text = next(iter(counts), "not recorded")
     else:
         text = "; ".join(f"{where} ({n} epoch{'s' * (n != 1)})" for where, n in counts.items())
-    if amp and any("CUDA" in where for where in counts):
+    if amp and any("CUDA" in where and "autocast" not in where for where in counts):  # runs before the record
         text += ", CUDA epochs in fp16 mixed precision"
     return text
 
