@@ -5,8 +5,9 @@ uint8 x int8 products in saturating int16, VNNI and ARM do not. Every figure is 
 (Kvasir-SEG val_120, BUSI test), 1 thread, through the same small child process natively and, where
 ``qemu-x86_64`` is installed (Debian: ``apt-get install qemu-user``), under ``qemu-x86_64 -cpu Haswell``, whose
 CPUID reports AVX2 without AVX-512/VNNI, so onnxruntime picks its real AVX2 kernels (the ISA the child sees is
-printed). For each file: mean / min per-image Dice of its masks vs the fp32 ONNX file's, mDice vs ground truth, the
-machine-independent verdict, bytes and (native only) latency.
+printed). For each file: mean / min per-image Dice of its masks vs the fp32 ONNX file's (over all images, and over
+the images where either mask is visible, ``VISIBLE``), pooled Dice, mDice vs ground truth, whether it meets the int8
+issue's acceptance (``ACCEPT_*``), the machine-independent verdict, bytes and (native only) latency.
 
 Usage:
   python -m simpleunet.benchmarks.int8_cpus --recipes int7,pair-safe,int8 simpleunet16-kvasir   # candidates
@@ -28,9 +29,14 @@ import numpy as np
 
 CHILD = "--child"
 EMULATED_CPU = "Haswell"
-#: Per-image Dice is ill-conditioned on near-empty masks (fp32 5 px vs int8 16 px scores 0.48): the table also
-#: gives the minimum over images whose fp32 mask covers at least this fraction of the image (200 px at 256²).
+#: Per-image Dice is ill-conditioned on near-empty masks: fp32 7 px vs int8 0 px scores 0.0, fp32 5 px vs int8
+#: 31 px 0.28, although the two differ in 0.05 % of the image. The acceptance figures (mean, min) are therefore
+#: taken over the images where the fp32 or the int8 mask covers at least this fraction of the image (197 px at
+#: 256²); on the others (neither file sees an object of that size) the table gives their number and the largest
+#: pixel difference, and the raw all-image mean / min stay in the table too.
 VISIBLE = 0.003
+#: The int8 issue's acceptance: mean and min mask Dice vs fp32 (over visible masks), |ΔmDice|.
+ACCEPT_MEAN, ACCEPT_MIN, ACCEPT_DELTA = 0.98, 0.5, 0.005
 
 
 def _child(path: str, xin: str, out: str) -> None:
@@ -94,6 +100,11 @@ def run_file(path: Path, x: np.ndarray, emulate: bool, tmp: Path) -> tuple[np.nd
     info = json.loads(done.stdout.strip().splitlines()[-1])
     info["isa"] = cpuid(emulate)
     return np.load(out), info
+
+
+def _coverage(masks: np.ndarray) -> np.ndarray:
+    """Fraction of each (H, W) mask that is foreground."""
+    return masks.reshape(len(masks), -1).mean(1)
 
 
 def per_image_dice(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -179,29 +190,39 @@ def measure(name: str, files: dict[str, Path], emulate: bool, tmp: Path) -> list
             mask = prob[:, 0] > t
             agree = per_image_dice(mask, fmask)
             md = per_image_dice(mask, masks).mean()
-            visible = fmask.reshape(len(fmask), -1).mean(1) >= VISIBLE
-            rows.append({"model": name, "file": key, "cpu": cpu, "isa": info["isa"], "bytes": path.stat().st_size,
-                         "agree_mean": float(agree.mean()), "agree_min": float(agree.min()),
-                         "agree_min_visible": float(agree[visible].min()) if visible.any() else None,
-                         "agree_mean_visible": float(agree[visible].mean()) if visible.any() else None,
-                         "visible": int(visible.sum()),
-                         "below_0.9": int((agree < 0.9).sum()), "mdice": float(md), "delta": float(md - gt_fp32),
-                         "safe": check_onnx(path).safe, "p50_ms": None if emu else info["p50_ms"], "n": len(x)})
+            visible = np.maximum(_coverage(fmask), _coverage(mask)) >= VISIBLE
+            differ = (mask ^ fmask).reshape(len(mask), -1).sum(1)
+            row = {"model": name, "file": key, "cpu": cpu, "isa": info["isa"], "bytes": path.stat().st_size,
+                   "agree_mean": float(agree.mean()), "agree_min": float(agree.min()),
+                   "agree_min_visible": float(agree[visible].min()) if visible.any() else None,
+                   "agree_mean_visible": float(agree[visible].mean()) if visible.any() else None,
+                   "visible": int(visible.sum()), "specks_px_max": int(differ[~visible].max(initial=0)),
+                   "pooled": float(2 * (mask & fmask).sum() / max(int(mask.sum() + fmask.sum()), 1)),
+                   "below_0.9": int((agree < 0.9).sum()), "mdice": float(md), "delta": float(md - gt_fp32),
+                   "safe": check_onnx(path).safe, "p50_ms": None if emu else info["p50_ms"], "n": len(x)}
+            row["meets"] = bool(visible.any() and row["agree_mean_visible"] >= ACCEPT_MEAN
+                                and row["agree_min_visible"] >= ACCEPT_MIN and abs(row["delta"]) <= ACCEPT_DELTA)
+            rows.append(row)
     return rows
 
 
 def table(rows: list[dict]) -> str:
-    head = "| model | file | CPU (CPUID) | bytes | int8 vs fp32 mask Dice mean / min (< 0.9) / mean, min where fp32 " \
-           f"mask ≥ {VISIBLE:.1%} | mDice | Δ vs fp32 | int16-safe | p50 ms |"
-    out = [head, "|" + "---|" * 9]
+    head = ("| model | file | CPU (CPUID) | bytes | mask Dice vs fp32, all images: mean / min (< 0.9) | where either "
+            f"mask ≥ {VISIBLE:.1%}: mean / min (images) | others: most pixels differing | pooled | mDice | "
+            "Δ vs fp32 | meets | int16-safe | p50 ms |")
+    out = [head, "|" + "---|" * 13]
     for r in rows:
-        visible = "—" if r.get("agree_min_visible") is None else \
-            f"{r['agree_mean_visible']:.4f}, {r['agree_min_visible']:.3f}"
-        agree = f"{r['agree_mean']:.4f} / {r['agree_min']:.3f} ({r['below_0.9']}) / {visible} " \
-                f"({r['visible']} of {r['n']})" if "agree_mean" in r else "—"
-        out.append(f"| {r['model']} | {r['file']} | {r['cpu']} ({r['isa']}) | {r['bytes']:,} | {agree} | "
-                   f"{r['mdice']:.4f} | {r.get('delta', 0):+.4f} | {r.get('safe', '—')} | "
-                   f"{'—' if r['p50_ms'] is None else format(r['p50_ms'], '.2f')} |")
+        ms = "—" if r["p50_ms"] is None else format(r["p50_ms"], ".2f")
+        if "agree_mean" not in r:
+            out.append(f"| {r['model']} | {r['file']} | {r['cpu']} ({r['isa']}) | {r['bytes']:,} | — | — | — | — | "
+                       f"{r['mdice']:.4f} | — | — | — | {ms} |")
+            continue
+        visible = "—" if r["agree_min_visible"] is None else \
+            f"{r['agree_mean_visible']:.4f} / {r['agree_min_visible']:.3f} ({r['visible']} of {r['n']})"
+        out.append(f"| {r['model']} | {r['file']} | {r['cpu']} ({r['isa']}) | {r['bytes']:,} | "
+                   f"{r['agree_mean']:.4f} / {r['agree_min']:.3f} ({r['below_0.9']}) | {visible} | "
+                   f"{r['specks_px_max']} px | {r['pooled']:.4f} | {r['mdice']:.4f} | {r['delta']:+.4f} | "
+                   f"{'yes' if r['meets'] else 'no'} | {r['safe']} | {ms} |")
     return "\n".join(out)
 
 
