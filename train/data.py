@@ -322,12 +322,15 @@ class InMemorySegmentation:
     def __init__(self, images: np.ndarray, masks: np.ndarray, mean, std, device: torch.device | str | None = None,
                  resident: bool | None = None):
         self.images, self.masks = images, masks
-        self.device = torch.device(device or "cpu")
+        device = torch.device(device or "cpu")
+        if resident is None:
+            resident = device.type != "cpu"
+        self.device = device if resident else torch.device("cpu")  # where batches are made (the caller moves them)
         self.mean = torch.tensor(mean, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
         self.std = torch.tensor(std, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
         self._resident = None
-        if self.device.type != "cpu" if resident is None else resident:
-            self._resident = (torch.from_numpy(images).to(self.device), torch.from_numpy(masks).to(self.device))
+        if resident:
+            self._resident = (torch.from_numpy(images).to(device), torch.from_numpy(masks).to(device))
 
     def __len__(self) -> int:
         return len(self.images)

@@ -7,6 +7,8 @@
 # which come back to copy into runs/NAME here.
 #
 #   bash train/gpu_chunk.sh RECIPE [MINUTES]     (MINUTES default 8; DEVICE=cuda by default)
+#   SPEED_CHECK=1 bash train/gpu_chunk.sh ...    first times the loop before/after the GPU speed pass into
+#                                                $OUT/speed.md (benchmarks/train_speed.py, about half a minute)
 set -euo pipefail
 recipe=${1:?usage: bash train/gpu_chunk.sh RECIPE [MINUTES]}
 minutes=${2:-8}
@@ -26,6 +28,10 @@ export PYTHONPATH="$site:$repo/runtime${PYTHONPATH:+:$PYTHONPATH}"
 resume=()
 if [ -f "$run/last.safetensors" ]; then resume=(--resume); fi
 command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true
+if [ -n "${SPEED_CHECK:-}" ]; then
+    python3 -m simpleunet.benchmarks.train_speed --device "${DEVICE:-cuda}" --steps 10 --batch 8,32 \
+        --models "SimpleUNet-16 N=1,SimpleESKNet-32 N=2" 2>&1 | tee "$out/speed.md" || true
+fi
 mkdir -p "$run"
 set +e
 python3 -c 'import sys; from simpleunet.train.cli import train_main; sys.exit(train_main())' \
