@@ -359,8 +359,17 @@ def run(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
                      "(and torch's spinning OpenMP threads suffer most): read multi-thread rows as 'under load', "
                      "not as this CPU's scaling.")
     log("exporting")
+    from simpleunet.export.errors import ExportError
+
+    exported = []
     for s in subjects:
-        export_subject(s, work, log=log)
+        try:
+            exported.append(export_subject(s, work, log=log))
+        except ExportError as exc:  # one model failing a check (e.g. a microcontroller model's int8 ONNX) is a row
+            log(f"  {s.name}: not benchmarked: {exc}")  # of the report, not the end of the suite
+            notes.append(f"{s.name} is not benchmarked: its export failed a check "
+                         f"({str(exc).split('; likely cause')[0]}).")
+    subjects = exported
     groups: dict[str, list[Subject]] = {}
     for s in subjects:
         groups.setdefault(s.dataset if s.dataset in DATASETS else "kvasir-seg", []).append(s)

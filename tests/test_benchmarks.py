@@ -147,12 +147,16 @@ def test_suite_writes_results(tmp_path, monkeypatch):
     (data / "splits" / "val_120.txt").write_text("\n".join(p.stem for p, _ in sample_pairs()[:4]))
 
     def fake_export(subject, work, **kw):
+        if subject.name == "micro-test":  # a model whose export fails a check is reported, the suite goes on
+            from simpleunet.export.errors import ExportError
+            raise ExportError("micro-test-int8.onnx: int8 mask agrees with fp32 at Dice 0.97 < 0.98; likely cause: x")
         out = work / "exports" / subject.name
         out.mkdir(parents=True, exist_ok=True)
         subject.files = [_export_like(subject.checkpoint, out, subject.name)]
         return subject
 
-    monkeypatch.setattr(suite, "zoo_subjects", lambda names: [Subject("su16-test", ckpt, "kvasir-seg")])
+    monkeypatch.setattr(suite, "zoo_subjects", lambda names: [Subject("su16-test", ckpt, "kvasir-seg"),
+                                                              Subject("micro-test", ckpt, "kvasir-seg")])
     monkeypatch.setattr(suite, "export_subject", fake_export)
     out = tmp_path / "out"
     argv = ["--out", str(out), "--work", str(tmp_path / "work"), "--no-unet", "--threads", "1", "--runs", "3",
@@ -163,7 +167,8 @@ def test_suite_writes_results(tmp_path, monkeypatch):
     for part in ("# Benchmark results", "python -m simpleunet.benchmarks.run --out", "Peak per core",
                  "## Ratios measured in this run", "su16-test onnx fp32 (A) vs PyTorch eager fp32 (B)",
                  "## Kvasir-SEG val_120", "## Making the fastest SimpleUNet-16 path faster", "Where the time goes",
-                 "No BUSI model in the zoo yet"):
+                 "No BUSI model in the zoo yet", "micro-test is not benchmarked: its export failed a check "
+                 "(micro-test-int8.onnx: int8 mask agrees with fp32 at Dice 0.97 < 0.98)."):
         assert part in md, part
     result = json.loads((out / "results.json").read_text())
     rows = result["datasets"]["kvasir-seg"]["rows"]
