@@ -4,7 +4,7 @@ VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
 
-.PHONY: install export test lint test-runtime-slim bench benchmarks zoo-train zoo-publish arm64 arm64-wheels clean
+.PHONY: install export test lint test-runtime-slim bench benchmarks zoo-train zoo-publish park unpark arm64 arm64-wheels clean
 
 install: $(VENV)/.installed
 
@@ -70,6 +70,14 @@ zoo-publish: install
 	$(BIN)/python -m simpleunet.train.zoo $(RUN) --name $(NAME) --exports exports/runs/$(NAME)
 	$(BIN)/simpleunet-publish
 	$(BIN)/python tests/make_runtime_fixtures.py --zoo train/zoo/$(NAME)
+
+# runs/ belongs to one machine; a session may end mid-run and the next start on a new machine. `make park` copies
+# every run (an unfinished one with its training state) into train/parked/ to commit; `make unpark` puts them back.
+park: install
+	$(BIN)/python -m simpleunet.train.park park
+
+unpark: install
+	$(BIN)/python -m simpleunet.train.park unpark
 
 # Emulated Raspberry Pi OS (Debian bookworm arm64, qemu-user) check of the slim runtime: pip install from PyPI,
 # tests, simpleunet-infer/bench, masks vs x86. Needs root; see benchmarks/arm64/README.md. arm64-wheels only checks

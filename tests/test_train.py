@@ -60,6 +60,27 @@ def test_a_time_budget_pauses_on_a_saved_epoch_and_resume_finishes_the_same_run(
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+
+def test_a_parked_run_resumes_on_a_new_machine_to_the_same_weights(tiny_data, tmp_path):
+    # runs/ does not outlive a machine; train/parked/ in git does: park, lose runs/, unpark, resume.
+    from simpleunet.train.park import park, unpark
+
+    cfg = TrainConfig(**TINY)
+    train(cfg, tiny_data, tmp_path / "full", progress=False)
+    runs, parked = tmp_path / "runs", tmp_path / "parked"
+    train(TrainConfig(**{**TINY, "epochs": 3}), tiny_data, runs / "screen" / "a", progress=False, max_minutes=1e-6)
+    train(cfg, tiny_data, runs / "done", progress=False)
+    assert park(runs, parked, log=lambda _: None) == [parked / "done", parked / "screen" / "a"]
+    assert (parked / "screen" / "a" / "last.safetensors").is_file()
+    assert not (parked / "done" / "last.safetensors").exists()  # finished: its row, not its training state
+    shutil.rmtree(runs)
+    assert unpark(parked, runs, log=lambda _: None) == [runs / "done", runs / "screen" / "a"]
+    train(cfg, tiny_data, runs / "screen" / "a", resume=True, progress=False)
+    a = load_file(str(tmp_path / "full" / "last.safetensors"))
+    b = load_file(str(runs / "screen" / "a" / "last.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert unpark(parked, runs, log=lambda _: None) == []  # never over a run that trained further
+
 def test_torchrun_two_processes_gloo(tiny_data, tmp_path):
     exe = Path(sys.executable).with_name("simpleunet-train")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
