@@ -60,7 +60,6 @@ def test_a_time_budget_pauses_on_a_saved_epoch_and_resume_finishes_the_same_run(
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-
 def test_a_parked_run_resumes_on_a_new_machine_to_the_same_weights(tiny_data, tmp_path):
     # runs/ does not outlive a machine; train/parked/ in git does: park, lose runs/, unpark, resume.
     from simpleunet.train.park import park, unpark
@@ -80,6 +79,7 @@ def test_a_parked_run_resumes_on_a_new_machine_to_the_same_weights(tiny_data, tm
     b = load_file(str(runs / "screen" / "a" / "last.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert unpark(parked, runs, log=lambda _: None) == []  # never over a run that trained further
+
 
 def test_torchrun_two_processes_gloo(tiny_data, tmp_path):
     exe = Path(sys.executable).with_name("simpleunet-train")
