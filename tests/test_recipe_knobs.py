@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -103,3 +104,23 @@ def test_the_screening_table_reads_runs(tiny_data, tmp_path, monkeypatch):
     row = text.splitlines()[2]
     assert row.startswith("| structure | PraNet") and "| 2 (2) |" in row and "| 0.5000 |" in row
     assert "--loss structure" in row
+
+
+def test_compare_scores_runs_image_by_image_on_their_shared_carve_out(tiny_data, tmp_path, monkeypatch):
+    monkeypatch.setattr(screen, "RUNS", tmp_path)
+    train(TrainConfig(**TINY), tiny_data, tmp_path / "a-e2", progress=False)
+    train(TrainConfig(**{**TINY, "loss": "structure"}), tiny_data, tmp_path / "b-e2", progress=False)
+    dices, _ = screen.carve_out_dice(tmp_path / "a-e2", tiny_data)
+    assert len(dices) == 4  # 25 % of 16 images
+    best = json.loads((tmp_path / "a-e2" / "metrics.json").read_text())["best"]["val_mDice"]
+    assert dices.mean() == pytest.approx(best)  # what training ranked the run by, image by image
+    text = screen.compare(["b-e2", str(tmp_path / "a-e2")], "a-e2", tiny_data)
+    assert f"| {tmp_path / 'a-e2'} | {best:.4f} | +0.0000 [+0.0000, +0.0000] | 0 / 0 |" in text  # itself
+    assert "| b-e2 |" in text
+    gap = screen.paired_gap(np.array([1.0, 0.5, 0.5]), np.array([0.5, 0.5, 1.0]))
+    assert gap["gap"] == 0 and gap["wins"] == gap["losses"] == 1 and gap["low"] < 0 < gap["high"]
+    train(TrainConfig(**{**TINY, "seed": 1}), tiny_data, tmp_path / "c-e2", progress=False)
+    with pytest.raises(screen.SimpleUNetError, match="different carve-outs"):
+        screen.compare(["c-e2"], "a-e2", tiny_data)
+    with pytest.raises(screen.SimpleUNetError, match="no run at nosuch"):
+        screen.compare(["nosuch"], "a-e2", tiny_data)
