@@ -39,6 +39,8 @@ CANDIDATES: dict[str, tuple[str, dict[str, Any]]] = {
     "distill32": ("distillation from the zoo's SimpleUNet-32 (same images, same carve-out)",
                   {"teacher": "train/zoo/simpleunet32-kvasir"}),
     "structure+ema": ("structure loss + EMA 0.999", {"loss": "structure", "ema": 0.999}),
+    "heavy+distill32": ("heavier augmentation and distillation from the zoo's SimpleUNet-32",
+                        {"augment": "heavy", "teacher": "train/zoo/simpleunet32-kvasir"}),
 }
 RUNS = Path("runs/screen")
 
