@@ -39,6 +39,8 @@ CANDIDATES: dict[str, tuple[str, dict[str, Any]]] = {
     "distill32": ("distillation from the zoo's SimpleUNet-32 (same images, same carve-out)",
                   {"teacher": "train/zoo/simpleunet32-kvasir"}),
     "structure+ema": ("structure loss + EMA 0.999", {"loss": "structure", "ema": 0.999}),
+    "restart": ("a second cosine cycle (peak lr 5e-4) from the zoo's 200-epoch SimpleUNet-16",
+                {"init": "train/zoo/simpleunet16-kvasir", "lr": 0.0005}),
     "heavy+distill32": ("heavier augmentation and distillation from the zoo's SimpleUNet-32",
                         {"augment": "heavy", "teacher": "train/zoo/simpleunet32-kvasir"}),
 }
@@ -110,17 +112,54 @@ def _folder(name: str) -> Path:
                           "give a run folder or a screen run's name such as heavy-e200")
 
 
-def carve_out_dice(folder: Path, root: Path | None = None, _cache: dict | None = None) -> tuple[np.ndarray, tuple]:
-    """Per-image Dice (threshold 0.5, as ``val_mDice``) of a run's best weights on its own carve-out, and the key
-    that names that carve-out (dataset, split, seed, fraction, size): two runs compare only on the same key."""
+def _gamma(g: float):
+    return lambda im: np.round(255 * (im / 255.0) ** g).astype(np.uint8)
+
+
+def _warm(im: np.ndarray) -> np.ndarray:
+    return np.clip(im * np.array([1.25, 1.0, 0.8]), 0, 255).round().astype(np.uint8)
+
+
+def _blur(im: np.ndarray) -> np.ndarray:
+    import cv2
+
+    return np.stack([cv2.GaussianBlur(x, (0, 0), 2.0) for x in im])
+
+
+def _jpeg(im: np.ndarray) -> np.ndarray:
+    import cv2
+
+    return np.stack([cv2.imdecode(cv2.imencode(".jpg", x, [cv2.IMWRITE_JPEG_QUALITY, 20])[1], cv2.IMREAD_UNCHANGED)
+                     for x in im])  # channel order does not matter to a round trip
+
+
+def _noise(im: np.ndarray) -> np.ndarray:
+    return np.clip(im + np.random.default_rng(0).normal(0, 12, im.shape), 0, 255).round().astype(np.uint8)
+
+
+#: Fixed changes of the carve-out's images (masks unchanged) that stand in for another centre's camera, since no
+#: other centre's images are in the repository: exposure (gamma 1.6 / 0.6), a warm colour cast (R x1.25, B x0.8),
+#: defocus (Gaussian blur, sigma 2 px), heavy compression (JPEG quality 20) and sensor noise (sigma 12 grey levels).
+#: The first three lie just beyond ``--augment heavy``'s training ranges; compression and noise are in no recipe.
+SHIFTS = {"none": lambda im: im, "dark": _gamma(1.6), "bright": _gamma(0.6), "warm": _warm, "blur": _blur,
+          "jpeg": _jpeg, "noise": _noise}
+
+
+def carve_out_dice(folder: Path, root: Path | None = None, shift: str = "none", _cache: dict | None = None
+                   ) -> tuple[np.ndarray, tuple]:
+    """Per-image Dice (threshold 0.5, as ``val_mDice``) of a run's best weights on its own carve-out, its images
+    changed by ``SHIFTS[shift]``, and the key that names that carve-out (dataset, split, seed, fraction, size): two
+    runs compare only on the same key."""
     import torch
 
     from .checkpoint import load_model
     from .config import TrainConfig
-    from .data import dataset_root
+    from .data import InMemorySegmentation, dataset_root
     from .loop import load_training_data, predict_probabilities
     from simpleunet_runtime.metrics import dice
 
+    if shift not in SHIFTS:
+        raise SimpleUNetError(f"unknown shift {shift!r}; choose from {', '.join(SHIFTS)}")
     model, meta = load_model(folder)
     cfg = TrainConfig.from_dict(meta["train"])
     root = Path(root) if root else dataset_root(cfg.dataset, cfg.data_root)
@@ -128,7 +167,10 @@ def carve_out_dice(folder: Path, root: Path | None = None, _cache: dict | None =
     cache = {} if _cache is None else _cache
     if key not in cache:
         cache[key] = load_training_data(cfg, root)[1]
-    val = cache[key]
+    if (key, shift) not in cache:
+        val = cache[key]
+        cache[key, shift] = InMemorySegmentation(SHIFTS[shift](val.images), val.masks, cfg.mean, cfg.std)
+    val = cache[key, shift]
     prob = predict_probabilities(model, val, torch.device("cpu"))
     return np.array([dice(p > 0.5, m) for p, m in zip(prob, val.masks)]), key
 
@@ -142,22 +184,23 @@ def paired_gap(a: np.ndarray, b: np.ndarray, rounds: int = 10_000, seed: int = 0
             "wins": int((d > 0).sum()), "losses": int((d < 0).sum())}
 
 
-def compare(names: list[str], against: str, root: Path | None = None) -> str:
-    """A table of each run against ``against`` on their shared carve-out (see the module's docstring)."""
+def compare(names: list[str], against: str, root: Path | None = None, shifts: tuple[str, ...] = ("none",)) -> str:
+    """A table of each run against ``against`` on their shared carve-out, as it is and under each of ``shifts``
+    (see the module's docstring)."""
     cache: dict = {}
-    ref, ref_key = carve_out_dice(_folder(against), root, cache)
-    lines = [f"carve-out: {len(ref)} images; reference {against}: mDice {ref.mean():.4f}", "",
-             "| run | carve-out mDice | gap vs reference [95 % paired bootstrap] | images better / worse |",
-             "|---|---|---|---|"]
-    for name in names:
-        dices, key = carve_out_dice(_folder(name), root, cache)
-        if key != ref_key:
-            raise SimpleUNetError(f"{name} and {against} hold out different carve-outs (dataset, images, size, seed "
-                                  "or fraction differ): a paired comparison needs the same images")
-        g = paired_gap(dices, ref)
-        lines.append(f"| {name} | {dices.mean():.4f} | {g['gap']:+.4f} [{g['low']:+.4f}, {g['high']:+.4f}] "
-                     f"| {g['wins']} / {g['losses']} |")
-    return "\n".join(lines)
+    lines = ["| run | carve-out images | mDice | reference mDice | gap [95 % paired bootstrap] "
+             "| images better / worse |", "|---|---|---|---|---|---|"]
+    for shift in shifts:
+        ref, ref_key = carve_out_dice(_folder(against), root, shift, cache)
+        for name in names:
+            dices, key = carve_out_dice(_folder(name), root, shift, cache)
+            if key != ref_key:
+                raise SimpleUNetError(f"{name} and {against} hold out different carve-outs (dataset, images, size, "
+                                      "seed or fraction differ): a paired comparison needs the same images")
+            g = paired_gap(dices, ref)
+            lines.append(f"| {name} | {len(ref)}, {shift} | {dices.mean():.4f} | {ref.mean():.4f} | {g['gap']:+.4f} "
+                         f"[{g['low']:+.4f}, {g['high']:+.4f}] | {g['wins']} / {g['losses']} |")
+    return f"reference: {against}\n\n" + "\n".join(lines)
 
 
 @console_script
@@ -175,12 +218,15 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("names", nargs="+", help="run folders, or screen runs by name (heavy-e200)")
     c.add_argument("--against", required=True, help="the reference run (e.g. train/zoo/simpleunet16-kvasir)")
     c.add_argument("--data", type=Path, help="dataset folder (default: the runs' own, as in training)")
+    c.add_argument("--shift", nargs="+", default=["none"], choices=[*SHIFTS, "all"],
+                   help="also score the carve-out's images changed as by another camera (SHIFTS; all: every one)")
     args = p.parse_args(argv)
     if args.what == "table":
         print(table(args.epochs))
         return 0
     if args.what == "compare":
-        print(compare(args.names, args.against, args.data))
+        shifts = tuple(SHIFTS) if "all" in args.shift else tuple(args.shift)
+        print(compare(args.names, args.against, args.data, shifts))
         return 0
     for name in args.names:
         if args.what == "run":
