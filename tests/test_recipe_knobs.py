@@ -114,9 +114,13 @@ def test_compare_scores_runs_image_by_image_on_their_shared_carve_out(tiny_data,
     assert len(dices) == 4  # 25 % of 16 images
     best = json.loads((tmp_path / "a-e2" / "metrics.json").read_text())["best"]["val_mDice"]
     assert dices.mean() == pytest.approx(best)  # what training ranked the run by, image by image
-    text = screen.compare(["b-e2", str(tmp_path / "a-e2")], "a-e2", tiny_data)
-    assert f"| {tmp_path / 'a-e2'} | {best:.4f} | +0.0000 [+0.0000, +0.0000] | 0 / 0 |" in text  # itself
-    assert "| b-e2 |" in text
+    text = screen.compare(["b-e2", str(tmp_path / "a-e2")], "a-e2", tiny_data, shifts=("none", "noise"))
+    itself = f"| {tmp_path / 'a-e2'} | 4, none | {best:.4f} | {best:.4f} | +0.0000 [+0.0000, +0.0000] | 0 / 0 |"
+    assert itself in text and "| b-e2 | 4, none |" in text and "| b-e2 | 4, noise |" in text
+    noisy, _ = screen.carve_out_dice(tmp_path / "a-e2", tiny_data, "noise")
+    assert f"| {tmp_path / 'a-e2'} | 4, noise | {noisy.mean():.4f} | {noisy.mean():.4f} |" in text
+    with pytest.raises(screen.SimpleUNetError, match="unknown shift 'fog'"):
+        screen.carve_out_dice(tmp_path / "a-e2", tiny_data, "fog")
     gap = screen.paired_gap(np.array([1.0, 0.5, 0.5]), np.array([0.5, 0.5, 1.0]))
     assert gap["gap"] == 0 and gap["wins"] == gap["losses"] == 1 and gap["low"] < 0 < gap["high"]
     train(TrainConfig(**{**TINY, "seed": 1}), tiny_data, tmp_path / "c-e2", progress=False)
@@ -124,3 +128,14 @@ def test_compare_scores_runs_image_by_image_on_their_shared_carve_out(tiny_data,
         screen.compare(["c-e2"], "a-e2", tiny_data)
     with pytest.raises(screen.SimpleUNetError, match="no run at nosuch"):
         screen.compare(["nosuch"], "a-e2", tiny_data)
+
+
+def test_every_camera_shift_changes_the_images_and_keeps_their_form(kvasir):
+    import cv2
+
+    image = cv2.cvtColor(cv2.imread(str(sorted((kvasir / "images").iterdir())[0])), cv2.COLOR_BGR2RGB)
+    images = np.stack([cv2.resize(image, (64, 64))] * 2)
+    for name, shift in screen.SHIFTS.items():
+        out = shift(images)
+        assert out.dtype == np.uint8 and out.shape == images.shape, name
+        assert (name == "none") == np.array_equal(out, images), name
