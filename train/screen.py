@@ -129,8 +129,11 @@ def _blur(im: np.ndarray) -> np.ndarray:
 def _jpeg(im: np.ndarray) -> np.ndarray:
     import cv2
 
-    return np.stack([cv2.imdecode(cv2.imencode(".jpg", x, [cv2.IMWRITE_JPEG_QUALITY, 20])[1], cv2.IMREAD_UNCHANGED)
-                     for x in im])  # channel order does not matter to a round trip
+    def round_trip(rgb: np.ndarray) -> np.ndarray:  # OpenCV's JPEG codec takes BGR (its chroma planes follow)
+        jpg = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 20])[1]
+        return cv2.cvtColor(cv2.imdecode(jpg, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+
+    return np.stack([round_trip(x) for x in im])
 
 
 def _noise(im: np.ndarray) -> np.ndarray:
