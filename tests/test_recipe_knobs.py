@@ -94,6 +94,10 @@ def test_every_screening_candidate_is_a_valid_training_command(monkeypatch, tmp_
     assert parsed == list(screen.CANDIDATES)
     with pytest.raises(cli.SimpleUNetError, match="unknown candidate"):
         screen.command("nosuch", 5)
+    busi = screen.command("heavy+distill32", 5, base="simpleunet16-busi")  # another base: its own teacher and folder
+    assert busi[busi.index("--teacher") + 1] == "train/zoo/simpleunet32-busi"
+    assert busi[busi.index("--out") + 1] == str(screen.RUNS / "simpleunet16-busi" / "heavy+distill32-e5")
+    assert train_main(busi[1:]) == 2
 
 
 def test_the_screening_table_reads_runs(tiny_data, tmp_path, monkeypatch):

@@ -37,47 +37,51 @@ CANDIDATES: dict[str, tuple[str, dict[str, Any]]] = {
     "ema": ("EMA of the weights, decay 0.999", {"ema": 0.999}),
     "heavy": ("heavier augmentation: zoom 0.6-1.6, shift ±15 %, colour ±30 %, gamma, blur", {"augment": "heavy"}),
     "distill32": ("distillation from the zoo's SimpleUNet-32 (same images, same carve-out)",
-                  {"teacher": "train/zoo/simpleunet32-kvasir"}),
+                  {"teacher": "train/zoo/simpleunet32-{dataset}"}),
     "structure+ema": ("structure loss + EMA 0.999", {"loss": "structure", "ema": 0.999}),
-    "restart": ("a second cosine cycle (peak lr 5e-4) from the zoo's 200-epoch SimpleUNet-16",
-                {"init": "train/zoo/simpleunet16-kvasir", "lr": 0.0005}),
+    "restart": ("a second cosine cycle (peak lr 5e-4) from the zoo's 200-epoch model of the base recipe",
+                {"init": "train/zoo/{base}", "lr": 0.0005}),
     "heavy+distill32": ("heavier augmentation and distillation from the zoo's SimpleUNet-32",
-                        {"augment": "heavy", "teacher": "train/zoo/simpleunet32-kvasir"}),
+                        {"augment": "heavy", "teacher": "train/zoo/simpleunet32-{dataset}"}),
 }
 RUNS = Path("runs/screen")
 
 
-def run_dir(name: str, epochs: int) -> Path:
-    return RUNS / f"{name}-e{epochs}"
+def run_dir(name: str, epochs: int, base: str = BASE) -> Path:
+    """runs/screen/<candidate>-e<epochs> for the base recipe, runs/screen/<recipe>/<candidate>-e<epochs> for another."""
+    return (RUNS if base == BASE else RUNS / base) / f"{name}-e{epochs}"
 
 
-def command(name: str, epochs: int, threads: int | None = None) -> list[str]:
-    """The simpleunet-train command of one candidate (resumed when its folder already holds a run)."""
+def command(name: str, epochs: int, threads: int | None = None, base: str = BASE) -> list[str]:
+    """The simpleunet-train command of one candidate over ``base`` (a recipe of train/recipes; a teacher or starting
+    point named in a candidate is the zoo's model of that recipe's dataset: ``{dataset}`` is what follows the
+    model's name, ``simpleunet16-busi`` -> ``busi``)."""
     if name not in CANDIDATES:
         raise SimpleUNetError(f"unknown candidate {name!r}; choose from {', '.join(CANDIDATES)}")
-    flags = ["--recipe", BASE, "--epochs", str(epochs)]
+    flags = ["--recipe", base, "--epochs", str(epochs)]
+    dataset = base.split("-", 1)[-1]
     for key, value in CANDIDATES[name][1].items():
-        flags += [FLAGS[key], str(value)]
-    flags += ["--out", str(run_dir(name, epochs))]
+        flags += [FLAGS[key], str(value).format(base=base, dataset=dataset)]
+    flags += ["--out", str(run_dir(name, epochs, base))]
     if threads:
         flags += ["--threads", str(threads)]
     return ["simpleunet-train", *flags]
 
 
-def _train(name: str, epochs: int, threads: int | None) -> int:
-    cmd = command(name, epochs, threads) + ["--no-progress"]
-    if (run_dir(name, epochs) / "last.safetensors").is_file():
+def _train(name: str, epochs: int, threads: int | None, base: str = BASE) -> int:
+    cmd = command(name, epochs, threads, base) + ["--no-progress"]
+    if (run_dir(name, epochs, base) / "last.safetensors").is_file():
         cmd.append("--resume")
     exe = Path(sys.executable).with_name("simpleunet-train")
     print("+", " ".join(cmd), flush=True)
     return subprocess.call([str(exe) if exe.is_file() else cmd[0], *cmd[1:]])
 
 
-def rows(epochs: int | None = None) -> list[dict[str, Any]]:
-    """One row per candidate run found under runs/screen: its carve-out scores, epochs done, minutes."""
+def rows(epochs: int | None = None, base: str = BASE) -> list[dict[str, Any]]:
+    """One row per candidate run of ``base`` found under runs/screen: its carve-out scores, epochs done, minutes."""
     out = []
     for name, (what, _) in CANDIDATES.items():
-        for folder in sorted(RUNS.glob(f"{name}-e*")):
+        for folder in sorted(run_dir(name, 0, base).parent.glob(f"{name}-e*")):
             e = int(folder.name.rsplit("-e", 1)[1])
             metrics = folder / "metrics.json"
             if (epochs and e != epochs) or not metrics.is_file():
@@ -88,15 +92,15 @@ def rows(epochs: int | None = None) -> list[dict[str, Any]]:
                         "carve_out": m["best"]["val_mDice"], "best_epoch": m["best"]["epoch"],
                         "minutes": sum(h["seconds"] for h in m["history"]) / 60,
                         "test": json.loads(confirm.read_text())["mDice"] if confirm.is_file() else None,
-                        "command": " ".join(command(name, e))})
+                        "command": " ".join(command(name, e, base=base))})
     return out
 
 
-def table(epochs: int | None = None) -> str:
+def table(epochs: int | None = None, base: str = BASE) -> str:
     lines = ["| candidate | change | epochs (done) | carve-out mDice (best epoch) | val_120 mDice | minutes "
              "| command |",
              "|---|---|---|---|---|---|---|"]
-    for r in sorted(rows(epochs), key=lambda r: (r["epochs"], -r["carve_out"])):
+    for r in sorted(rows(epochs, base), key=lambda r: (r["epochs"], -r["carve_out"])):
         test = f"{r['test']:.4f}" if r["test"] is not None else "—"
         lines.append(f"| {r['candidate']} | {r['change']} | {r['epochs']} ({r['done']}) | {r['carve_out']:.4f} "
                      f"({r['best_epoch']}) | {test} | {r['minutes']:.0f} | `{r['command']}` |")
@@ -217,6 +221,8 @@ def main(argv: list[str] | None = None) -> int:
         s.add_argument("--threads", type=int)
     t = sub.add_parser("table")
     t.add_argument("--epochs", type=int)
+    for s in (sub.choices["run"], sub.choices["confirm"], t):
+        s.add_argument("--base", default=BASE, help=f"the recipe the candidates change (default {BASE})")
     c = sub.add_parser("compare", help="runs against a reference, image by image on their shared carve-out")
     c.add_argument("names", nargs="+", help="run folders, or screen runs by name (heavy-e200)")
     c.add_argument("--against", required=True, help="the reference run (e.g. train/zoo/simpleunet16-kvasir)")
@@ -225,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="also score the carve-out's images changed as by another camera (SHIFTS; all: every one)")
     args = p.parse_args(argv)
     if args.what == "table":
-        print(table(args.epochs))
+        print(table(args.epochs, args.base))
         return 0
     if args.what == "compare":
         shifts = tuple(SHIFTS) if "all" in args.shift else tuple(args.shift)
@@ -233,9 +239,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     for name in args.names:
         if args.what == "run":
-            rc = _train(name, args.epochs, args.threads)
+            rc = _train(name, args.epochs, args.threads, args.base)
         else:
-            folder = run_dir(name, args.epochs)
+            folder = run_dir(name, args.epochs, args.base)
             exe = Path(sys.executable).with_name("simpleunet-eval")
             rc = subprocess.call([str(exe), str(folder), "--split", "test", "--json", str(folder / "test.json")])
         if rc:
