@@ -105,6 +105,9 @@ def train_main(argv: list[str] | None = None) -> int:
     p.add_argument("--rate", type=float, help="skip selection rate R in (0, 1]")
     p.add_argument("--classes", type=int, dest="num_classes")
     p.add_argument("--head", choices=HEADS)
+    p.add_argument("--kernel-size", type=int, help="k of every k x k conv (SimpleUNet; default 3)")
+    p.add_argument("--dilation", type=int, help="dilation d of every k x k conv (SimpleUNet; default 1): the same "
+                   "parameters over a wider receptive field")
     p.add_argument("--no-aff", action="store_true")
     for name, typ in (("epochs", int), ("batch-size", int), ("lr", float), ("weight-decay", float),
                       ("eta-min", float), ("imgsz", int), ("seed", int), ("patience", int), ("threads", int),
@@ -140,7 +143,8 @@ def train_main(argv: list[str] | None = None) -> int:
         if args.resume and (Path(args.out) / "last.safetensors").is_file():
             saved = TrainConfig.from_dict(read_training_state(Path(args.out))["train"])
         cfg = load_recipe(args.recipe) if args.recipe else saved or TrainConfig()
-        model_over = {k: getattr(args, k) for k in ("family", "width", "blocks", "rate", "num_classes", "head")
+        model_over = {k: getattr(args, k) for k in ("family", "width", "blocks", "rate", "num_classes", "head",
+                                                     "kernel_size", "dilation")
                       if getattr(args, k) is not None}
         if args.no_aff:
             model_over["aff"] = False

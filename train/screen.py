@@ -39,6 +39,8 @@ CANDIDATES: dict[str, tuple[str, dict[str, Any]]] = {
     "distill32": ("distillation from the zoo's SimpleUNet-32 (same images, same carve-out)",
                   {"teacher": "train/zoo/simpleunet32-{dataset}"}),
     "structure+ema": ("structure loss + EMA 0.999", {"loss": "structure", "ema": 0.999}),
+    "dilate2": ("3x3 convolutions dilated by 2 (the paper's d): the same parameters, a receptive field of 284 px "
+                "instead of 158", {"model.dilation": 2}),
     "restart": ("a second cosine cycle (peak lr 5e-4) from the zoo's 200-epoch model of the base recipe",
                 {"init": "train/zoo/{base}", "lr": 0.0005}),
     "heavy+distill32": ("heavier augmentation and distillation from the zoo's SimpleUNet-32",

@@ -159,7 +159,8 @@ FLAGS = {"dataset": "--dataset", "epochs": "--epochs", "batch_size": "--batch-si
          "weight_decay": "--weight-decay", "eta_min": "--eta-min", "imgsz": "--imgsz", "seed": "--seed",
          "patience": "--patience", "val_fraction": "--val-fraction", "augment": "--augment",
          "model.family": "--family", "model.width": "--width", "model.blocks": "--blocks", "model.rate": "--rate",
-         "model.num_classes": "--classes", "model.head": "--head", "init": "--init", "loss": "--loss",
+         "model.num_classes": "--classes", "model.head": "--head", "model.kernel_size": "--kernel-size",
+         "model.dilation": "--dilation", "init": "--init", "loss": "--loss",
          "ema": "--ema", "teacher": "--teacher", "distill_weight": "--distill-weight"}
 #: Settings that say where and how fast a run ran, not what it learned, and the record of which images it trained
 #: on (``split_used``, filled in by training): left out of the command.
