@@ -94,6 +94,11 @@ def test_every_screening_candidate_is_a_valid_training_command(monkeypatch, tmp_
     assert parsed == list(screen.CANDIDATES)
     with pytest.raises(cli.SimpleUNetError, match="unknown candidate"):
         screen.command("nosuch", 5)
+    # the zoo recipe moved to dilation 2 after its screens: their commands keep d = 1, dilate2's own setting wins
+    assert " ".join(screen.command("baseline", 5)).count("--dilation 1") == 1
+    dilate2 = screen.command("dilate2", 5)
+    assert dilate2.count("--dilation") == 1 and dilate2[dilate2.index("--dilation") + 1] == "2"
+    assert "--dilation" not in screen.command("baseline", 5, base="simpleunet16-busi")
     busi = screen.command("heavy+distill32", 5, base="simpleunet16-busi")  # another base: its own teacher and folder
     assert busi[busi.index("--teacher") + 1] == "train/zoo/simpleunet32-busi"
     assert busi[busi.index("--out") + 1] == str(screen.RUNS / "simpleunet16-busi" / "heavy+distill32-e5")

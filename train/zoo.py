@@ -255,10 +255,12 @@ def write_card(folder: Path, name: str, meta: dict[str, Any], metrics: dict[str,
         if recipe in recipe_names():
             about.append(f"trained by `simpleunet-train --recipe {recipe} --out {train['init']}`")
         start = f"A {what} of `{train['init']}` ({'; '.join(about)}); the curve shows both. "
+    k = m.get("kernel_size", 3)
+    conv = f"{k}x{k} convolutions with dilation {m.get('dilation', 1)}"
     card = f"""# {name}
 
 {m['family']} width {m['width']}, {m['blocks']} block(s), R = {m['rate']}, AFF {'on' if m['aff'] else 'off'},
-{m['num_classes']} output channel(s), head `{m['head']}` — {metrics['parameters']:,} parameters.
+{conv}, {m['num_classes']} output channel(s), head `{m['head']}` — {metrics['parameters']:,} parameters.
 
 **Not a medical device. Research use only; not for diagnostic use.**
 
