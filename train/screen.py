@@ -45,6 +45,8 @@ CANDIDATES: dict[str, tuple[str, dict[str, Any]]] = {
                 {"init": "train/zoo/{base}", "lr": 0.0005}),
     "heavy+distill32": ("heavier augmentation and distillation from the zoo's SimpleUNet-32",
                         {"augment": "heavy", "teacher": "train/zoo/simpleunet32-{dataset}"}),
+    "dilate2+heavy": ("dilation 2 and heavier augmentation (the robust one of the undilated screens)",
+                      {"model.dilation": 2, "augment": "heavy"}),
 }
 RUNS = Path("runs/screen")
 #: A base recipe as it stood when its candidates were screened, where it has changed since: the zoo's
