@@ -20,7 +20,7 @@ from pathlib import Path
 from .backends import BACKENDS
 from .errors import EXIT_FAILURE, EXIT_USAGE, SimpleUNetError, console_script, say as _say
 from .image import IMAGE_SUFFIXES, TEMP_FILE, list_images, load_image, overlay, save_png, unwritable_parent
-from .metadata import check_mean, check_std
+from .metadata import check_mean, check_min_region, check_std
 from .segmenter import TTA
 from .video import VIDEO_SUFFIXES, is_stream, stream_name
 from .bundled import DEFAULT_MODEL
@@ -29,22 +29,22 @@ from .bundled import DEFAULT_MODEL
 STALE_S = 3600
 
 
-def _floats(text: str) -> tuple[float, ...]:
+def _floats(text: str, count: int = 3, names: str = "R,G,B") -> tuple[float, ...]:
     try:
         values = tuple(float(v) for v in text.replace(" ", "").split(","))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected 3 comma-separated numbers, got {text!r}") from None
-    if len(values) != 3 or not all(math.isfinite(v) for v in values):
-        raise argparse.ArgumentTypeError(f"expected 3 comma-separated numbers (R,G,B), got {text!r}")
+        values = ()
+    if len(values) != count or not all(math.isfinite(v) for v in values):
+        raise argparse.ArgumentTypeError(f"expected {count} comma-separated numbers ({names}), got {text!r}")
     return values
 
 
-def _checked(rule):
-    """An argparse type for --mean/--std: the metadata's own rule (``metadata.check_mean``/``check_std``), so a flag
+def _checked(rule, count: int = 3, names: str = "R,G,B"):
+    """An argparse type for --mean/--std/--min-region: the metadata's own rule (``metadata.check_*``), so a flag
     and a model file are held to the same bounds (a std of 1e-40 only blows the input up to inf)."""
     def parse(text: str) -> tuple[float, ...]:
         try:
-            return rule(_floats(text))
+            return rule(_floats(text, count, names))
         except SimpleUNetError as exc:
             raise argparse.ArgumentTypeError(str(exc)) from None
     return parse
@@ -87,6 +87,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--mean", type=_checked(check_mean), help="override the normalization mean, e.g. 0.485,0.456,0.406")
     p.add_argument("--std", type=_checked(check_std), help="override the normalization std, e.g. 0.229,0.224,0.225")
     p.add_argument("--threshold", type=float, help="override the foreground probability threshold")
+    p.add_argument("--min-region", type=_checked(check_min_region, 2, "AREA,RATIO"), metavar="AREA,RATIO",
+                   help="override the small-region rule: drop regions under AREA of the model input or RATIO of "
+                   "the largest region (0,0 keeps every region)")
     p.add_argument("--tta", choices=tuple(TTA), help="test-time augmentation: flip averages the image and its 3 "
                    "flips (4x the inference time)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress counter")
@@ -202,7 +205,7 @@ def _open(args):
     from .segmenter import Segmenter
 
     kw = dict(threads=args.threads, imgsz=args.imgsz, mean=args.mean, std=args.std, threshold=args.threshold,
-              tta=args.tta)
+              min_region=args.min_region, tta=args.tta)
     model = Path(args.model)
     if model.exists() or model.suffix.lower() in (".onnx", ".tflite"):
         if args.precision:  # default None, so an explicit --precision with a file is caught, not ignored

@@ -1,8 +1,8 @@
 """The model contract: the one typed home of what a model file needs from its user (``Preprocess``: input size,
-mean/std, channel order, resize rule; the threshold and output kind) and where it came from (``architecture``: the
-training config's model fields, verbatim). The exporter writes it into every model file with ``to_props()``
-(ONNX ``metadata_props`` / TFLite ``Model.metadata``, key ``simpleunet``, value = this JSON) and the runtime
-reads it back with ``from_props()``, so a model file is self-describing.
+mean/std, channel order, resize rule; the threshold, the small-region rule and output kind) and where it came from
+(``architecture``: the training config's model fields, verbatim). The exporter writes it into every model file with
+``to_props()`` (ONNX ``metadata_props`` / TFLite ``Model.metadata``, key ``simpleunet``, value = this JSON) and the
+runtime reads it back with ``from_props()``, so a model file is self-describing.
 
 A file is trusted no more than a user: the ``check_*`` rules below are the ones the Segmenter applies to its
 arguments, and ``ModelMetadata`` applies them (and one per other field) to every value it is given. Strings are
@@ -22,6 +22,7 @@ from typing import Any, Callable
 import numpy as np
 
 from .errors import SimpleUNetError
+from .regions import MinRegion
 
 #: The key under which the JSON is stored in both file formats.
 METADATA_KEY = "simpleunet"
@@ -59,6 +60,14 @@ def check_threshold(value: Any, field: str = "threshold") -> float:
     if not (_real(value) and 0 <= value <= 1):
         raise FieldError(field, "a number in [0, 1]", value)
     return float(value)
+
+
+def check_min_region(value: Any, field: str = "min_region") -> MinRegion:
+    """``(area, ratio)`` of ``regions.MinRegion``, each a number in [0, 1]."""
+    items = tuple(value) if isinstance(value, (list, tuple, np.ndarray)) else ()
+    if len(items) != 2 or not all(_real(v) and 0 <= v <= 1 for v in items):
+        raise FieldError(field, "two numbers AREA,RATIO, each in [0, 1] (0,0 keeps every region)", value)
+    return MinRegion(float(items[0]), float(items[1]))
 
 
 def check_imgsz(value: Any, field: str = "imgsz") -> tuple[int, int]:
@@ -190,7 +199,8 @@ _CHECKS: dict[str, Callable[[Any, str], Any]] = {
     "family": _text, "width": _count, "blocks": _count, "rate": _rate, "imgsz": check_imgsz, "mean": check_mean,
     "std": check_std, "num_classes": _classes, "input_layout": _one_of("NCHW", "NHWC"),
     "channel_order": _one_of("RGB"),  # the runtime feeds RGB: a BGR file would be silently wrong
-    "output": _one_of("probabilities", "logits"), "threshold": check_threshold, "precision": _text, "aff": _flag,
+    "output": _one_of("probabilities", "logits"), "threshold": check_threshold,
+    "min_region": check_min_region, "precision": _text, "aff": _flag,
     "parameters": _count, "weights_sha256": _text, "dataset": _text, "name": _text, "toolkit_version": _text,
     "notice": _text, "extra": _extra, "architecture": _architecture, "schema_version": _version,
 }
@@ -202,6 +212,8 @@ class ModelMetadata:
 
     ``input_layout`` is the layout of the file's input tensor (ONNX: NCHW, TFLite: NHWC);
     ``output`` is ``probabilities`` (a sigmoid for 1 class / softmax for more is inside the graph) or ``logits``.
+    ``min_region`` is the ``regions.MinRegion`` rule applied after the threshold ((0, 0), keep every region, in
+    files exported before 2026-12-06).
     ``architecture`` is the model's full training config (``ModelConfig`` fields, verbatim; empty in files
     exported before 2026-12-03, whose family/width/blocks/rate/aff fields say the rest and imply 3x3 convs).
     Every field is checked and normalized (tuples of floats, cleaned strings) when an instance is made.
@@ -219,6 +231,7 @@ class ModelMetadata:
     channel_order: str = "RGB"
     output: str = "probabilities"
     threshold: float = 0.5
+    min_region: MinRegion = MinRegion()
     precision: str = "fp32"
     aff: bool = True
     parameters: int = 0

@@ -3,6 +3,8 @@
 Pre/post-processing is numpy + Pillow only and shared by both backends: decode (``image.load_for_model``), resize
 to the model's input size, normalize with the model's own mean/std, run, resize the probabilities back to the
 image's size, threshold the foreground probability (several classes: then the argmax of the foreground classes).
+Foreground regions smaller than the file's ``min_region`` rule are set to background at the model's size first
+(``regions``), so ``run``, ``predict_proba``, ``predict`` and the bench's scores all see the same mask.
 The user's arguments and the file's metadata go through the same checks (``metadata.check_*``).
 """
 from __future__ import annotations
@@ -17,7 +19,9 @@ from .backends import open_backend
 from .errors import SimpleUNetError
 from .image import (ImageInput, as_rgb, load_for_model, normalize, probability_bands, resize_image,
                     resize_probabilities, too_large)
-from .metadata import FieldError, ModelMetadata, check_imgsz, check_mean, check_std, check_threshold
+from .metadata import (FieldError, ModelMetadata, check_imgsz, check_mean, check_min_region, check_std,
+                       check_threshold)
+from .regions import drop_small_regions
 
 
 def foreground_probability(p: np.ndarray) -> np.ndarray:
@@ -40,7 +44,8 @@ def class_mask(p: np.ndarray, threshold: float) -> np.ndarray:
 TTA = {"flip": ((), (3,), (2,), (2, 3))}
 
 #: The metadata fields a user may override (Segmenter arguments, CLI flags), each with the check both go through.
-OVERRIDES = {"imgsz": check_imgsz, "mean": check_mean, "std": check_std, "threshold": check_threshold}
+OVERRIDES = {"imgsz": check_imgsz, "mean": check_mean, "std": check_std, "threshold": check_threshold,
+             "min_region": check_min_region}
 
 
 def _parse_metadata(props: dict[str, str], name: str, overrides: dict) -> ModelMetadata | None:
@@ -71,7 +76,8 @@ def _image_list(images, who: str) -> list:
 class Segmenter:
     """A model file (``.onnx`` or ``.tflite``) plus the metadata embedded in it.
 
-    ``imgsz``/``mean``/``std``/``threshold`` override the metadata; a file without metadata needs at least
+    ``imgsz``/``mean``/``std``/``threshold``/``min_region`` override the metadata (``min_region=(0, 0)`` keeps
+    every region); a file without metadata needs at least
     ``mean`` and ``std`` (and ``imgsz`` unless its input size is fixed). ``tta="flip"`` averages the probabilities
     of the image and its three flips (``TTA``): 4x the inference time, often a better mask.
     """
@@ -79,13 +85,14 @@ class Segmenter:
     def __init__(self, path: str | os.PathLike, backend: str | None = None, threads: int | None = None,
                  providers: Sequence[str] | None = None, imgsz: int | Sequence[int] | None = None,
                  mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
-                 threshold: float | None = None, tta: str | None = None):
+                 threshold: float | None = None, tta: str | None = None,
+                 min_region: Sequence[float] | None = None):
         if tta is not None and tta not in TTA:
             raise SimpleUNetError(f"unknown tta {tta!r}; choose one of {', '.join(TTA)} or None")
         self.tta = tta
         self.path = Path(path)
         self._backend = open_backend(self.path, backend, threads, providers)
-        given = {"imgsz": imgsz, "mean": mean, "std": std, "threshold": threshold}
+        given = {"imgsz": imgsz, "mean": mean, "std": std, "threshold": threshold, "min_region": min_region}
         overrides = {k: OVERRIDES[k](v) for k, v in given.items() if v is not None}  # messages name the argument
         try:
             props = self._backend.metadata_props()
@@ -147,7 +154,7 @@ class Segmenter:
         return normalize(np.stack(batch), self.metadata.mean, self.metadata.std)
 
     def _probabilities(self, x: np.ndarray) -> np.ndarray:
-        """NCHW float32 -> (N, C, H, W) class probabilities."""
+        """NCHW float32 -> (N, C, H, W) class probabilities, the regions ``min_region`` drops set to background."""
         x = np.asarray(x)
         h, w = self.metadata.imgsz
         if x.ndim != 4 or x.shape[1:] != (3, h, w):
@@ -164,7 +171,11 @@ class Segmenter:
                     y /= y.sum(axis=1, keepdims=True)
             y = np.flip(y, axes) if axes else y
             total = y.astype(np.float32, copy=False) if total is None else total + y
-        return total if len(flips) == 1 else total / np.float32(len(flips))
+        prob = total if len(flips) == 1 else total / np.float32(len(flips))
+        rule = self.metadata.min_region
+        if not rule.active:
+            return prob
+        return drop_small_regions(prob, foreground_probability(prob) > self.metadata.threshold, rule)
 
     def run(self, x: np.ndarray) -> np.ndarray:
         """Raw inference: NCHW float32 -> (N, H, W) foreground probability at imgsz (1 - background for C > 1)."""

@@ -98,7 +98,8 @@ BAD_FIELDS = [  # (field, bad value): each was accepted, or failed later with a 
     ("mean", ["0.5", 0.5, 0.5]), ("imgsz", "32x32"), ("imgsz", [32.5, 32]), ("num_classes", 0),
     ("num_classes", "3"), ("input_layout", "NCWH"), ("channel_order", "BGR"), ("output", None), ("aff", "yes"),
     ("width", -1), ("rate", float("inf")), ("name", 5), ("family", None), ("extra", [1]),
-    ("extra", {"macs": float("inf")}), ("schema_version", "1"),
+    ("extra", {"macs": float("inf")}), ("schema_version", "1"), ("min_region", [0.1]), ("min_region", [2, 0]),
+    ("min_region", "0.003,0.3"), ("min_region", [0.001, float("nan")]),
 ]
 
 
@@ -112,7 +113,7 @@ def test_a_bad_metadata_value_is_one_line_naming_the_file_and_the_field(tmp_path
 
 @pytest.mark.parametrize("field, value", [("threshold", v) for v in ("0.5", 5, -1, float("nan"))]
                          + [("mean", (float("inf"), 0, 0)), ("std", (float("nan"), 1, 1)), ("std", (1e-40, 1, 1)),
-                            ("imgsz", 32.5)])
+                            ("imgsz", 32.5), ("min_region", (0.5, -1)), ("min_region", (0.1, 0.2, 0.3))])
 def test_a_user_and_a_file_meet_the_same_rule(tmp_path, field, value):
     """The same value is refused from the file and from the user, by the same rule in the same words."""
     with pytest.raises(SimpleUNetError) as user:

@@ -75,9 +75,19 @@ def test_model_errors_are_one_line(tmp_path, fixtures, capsys):
 def test_overrides_for_a_model_without_metadata(tmp_path, fixtures, capsys):
     image = sample_pairs()[0][0]
     rc = infer_main([str(image), "--model", str(fixtures / "tiny_nometa.onnx"), "--out", str(tmp_path), *MEANSTD,
-                     "--imgsz", "32", "--threshold", "0.4"])
+                     "--imgsz", "32", "--threshold", "0.4", "--min-region", "0.003,0.3"])
     assert rc == 0, capsys.readouterr().err
     assert (tmp_path / f"{image.stem}.png").is_file()
+
+
+@pytest.mark.parametrize("value", ["0.1", "2,0", "a,b"])
+def test_a_bad_min_region_is_refused_by_its_rule(tmp_path, capsys, value):
+    with pytest.raises(SystemExit) as exc:
+        infer_main(["x.jpg", "--out", str(tmp_path), "--min-region", value])
+    err = capsys.readouterr().err
+    last = err.strip().splitlines()[-1]
+    assert exc.value.code == 2 and last.startswith("simpleunet-infer: error: argument --min-region: ")
+    assert "AREA,RATIO" in last and "Traceback" not in err
 
 
 @needs_tflite
