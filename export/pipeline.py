@@ -22,6 +22,7 @@ from simpleunet_runtime.errors import SimpleUNetError
 from simpleunet_runtime.image import normalize
 from simpleunet_runtime.machine import cpu_model, int8_kernels
 from simpleunet_runtime.metadata import ModelMetadata
+from simpleunet_runtime.regions import KEEP_ALL
 from simpleunet_runtime.sample import SAMPLE_DATASET
 
 from simpleunet.train.config import FAMILIES
@@ -557,7 +558,8 @@ def export_model(checkpoint: str | os.PathLike | None = None, *, family: str | N
     base = ModelMetadata(family=cfg.family, width=cfg.width, blocks=cfg.blocks, rate=cfg.rate,
                          imgsz=(imgsz, imgsz), mean=mean, std=std, num_classes=cfg.num_classes,
                          channel_order=pre.get("channel_order", "RGB"), output="probabilities",
-                         threshold=threshold, aff=cfg.aff, parameters=params, weights_sha256=weights_sha,
+                         threshold=threshold, min_region=pre.get("min_region", KEEP_ALL), aff=cfg.aff,
+                         parameters=params, weights_sha256=weights_sha,
                          dataset=str(meta.get("dataset", "")), name=name, toolkit_version=_version(),
                          extra={"head": cfg.head, "opset": opset, "macs": count_macs(model, (imgsz, imgsz))},
                          architecture=cfg.to_dict())
@@ -580,6 +582,7 @@ def export_model(checkpoint: str | os.PathLike | None = None, *, family: str | N
             run.entries, name=name, family=cfg.family, config=cfg.to_dict(), parameters=params,
             checkpoint={"path": str(checkpoint), "weights_sha256": weights_sha, "dataset": meta.get("dataset")},
             imgsz=[imgsz, imgsz], preprocess={"mean": list(mean), "std": list(std), "threshold": threshold,
+                                              "min_region": list(base.min_region),
                                               "channel_order": base.channel_order},
             calibration=None if calib is None else {"source": calib.source, "dataset": calib.dataset,
                                                     "images": len(calib.images), "names": calib.names},

@@ -185,6 +185,7 @@ def test_metadata_round_trips(exported):
         assert md.family == "simpleunet" and (md.width, md.blocks, md.rate) == (16, 1, 0.5)
         assert md.imgsz == (256, 256) and md.mean == tuple(meta["preprocess"]["mean"])
         assert md.threshold == meta["preprocess"]["threshold"] and md.output == "probabilities"
+        assert "min_region" not in meta["preprocess"] and not md.min_region.active  # an older checkpoint
         assert md.precision == key.split("-")[1]
         assert md.input_layout == ("NHWC" if key.startswith("tflite") else "NCHW")
         assert md.weights_sha256 == sha256(FIXTURE / "model.safetensors")
@@ -786,3 +787,18 @@ def test_bias_correction_flag_forces_the_choice(tmp_path, tiny_ckpt, flag):
     assert read_onnx_metadata(path).extra["bias_correction"] is (flag == "on")
     entry = {r["file"]: r for r in json.loads((out / "manifest.json").read_text())["files"]}[path.name]
     assert entry["bias_correction"] == {"used": flag == "on", "chosen_by": flag}
+
+
+def test_the_checkpoints_small_region_rule_reaches_the_file_and_the_runtime(tmp_path):
+    """preprocess.min_region goes into the file's metadata and manifest; without one a file keeps every region."""
+    from simpleunet_runtime import Segmenter
+    from simpleunet_runtime.regions import MinRegion
+
+    model, meta = load_model(FIXTURE)
+    folder = tmp_path / "ruled"
+    save_model(folder, model, {**meta, "preprocess": {**meta["preprocess"], "min_region": [0.003, 0.3]}})
+    result = export_model(folder, formats="onnx", int8=False, val_size=2, out=tmp_path / "out", log=None)
+    path = result.files["onnx-fp32"]
+    assert read_onnx_metadata(path).min_region == MinRegion(0.003, 0.3)
+    assert json.loads(result.manifest.read_text())["preprocess"]["min_region"] == [0.003, 0.3]
+    assert Segmenter(path).metadata.min_region == MinRegion(0.003, 0.3)

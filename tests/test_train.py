@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -438,3 +439,40 @@ def test_the_gpu_chunk_script_trains_a_chunk_and_hands_back_the_run(tiny_data, t
                                                          "model.safetensors", "train.log"]
     history = json.loads((tmp_path / "runs" / "tiny-chunk" / "metrics.json").read_text())["history"]
     assert [h["epoch"] for h in history] == [1, 2]
+
+
+def test_the_small_region_rule_is_written_for_the_zoo_datasets_and_scored_as_the_runtime_applies_it(tmp_path):
+    """Training writes config.MIN_REGION into kvasir-seg / BUSI checkpoints (other data keeps every region); the
+    zoo's 256-px models carry the same rule; ``score`` drops what the runtime's rule drops."""
+    from simpleunet.train.config import MIN_REGION
+    from simpleunet.train.loop import score
+    from simpleunet_runtime.regions import MinRegion
+
+    assert TrainConfig(**{**TINY, "dataset": "busi"}).preprocess()["min_region"] == list(MIN_REGION["busi"])
+    assert TrainConfig(**{**TINY, "dataset": "cells"}).preprocess()["min_region"] == [0.0, 0.0]
+    zoo = Path(__file__).resolve().parents[1] / "train" / "zoo"
+    for name in ("simpleunet16-kvasir", "simpleunet32-kvasir", "simpleunet16-busi", "simpleunet32-busi"):
+        meta = json.loads((zoo / name / "config.json").read_text())
+        assert meta["preprocess"]["min_region"] == list(MIN_REGION[meta["dataset"]]), name
+    prob = np.zeros((1, 32, 32), np.float32)
+    prob[0, 2:12, 2:12] = prob[0, 30, 0:3] = 0.9  # a 100-pixel region and a 3-pixel speck
+    truth = prob > 0.5
+    truth[0, 30] = False
+    assert score(prob, truth, 0.5)["mDice"] < 1
+    assert score(prob, truth, 0.5, MinRegion(0.003, 0.3))["mDice"] == 1
+
+
+@pytest.mark.parametrize("value", ["0.1", "2,0", "a,b", "nan,0"])
+def test_eval_rejects_a_bad_min_region(value, tiny_data, tmp_path, capsys):
+    ckpt = _tiny_checkpoint(tmp_path / "ck", dataset="tiny")
+    assert eval_main([str(ckpt), "--data", str(tiny_data), "--split", "all", "--min-region", value]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --min-region must be two numbers") and len(err.strip().splitlines()) == 1, err
+
+
+def test_eval_reports_the_rule_it_scored_with(tiny_data, tmp_path, capsys):
+    ckpt = _tiny_checkpoint(tmp_path / "ck", dataset="tiny")
+    assert eval_main([str(ckpt), "--data", str(tiny_data), "--split", "all", "--min-region", "0.01,0.5",
+                      "--json", str(tmp_path / "r.json")]) == 0
+    assert "small-region rule 0.01,0.5" in capsys.readouterr().out
+    assert json.loads((tmp_path / "r.json").read_text())["min_region"] == [0.01, 0.5]

@@ -188,6 +188,8 @@ def eval_main(argv: list[str] | None = None) -> int:
     p.add_argument("--layout", default="auto")
     p.add_argument("--split", default="test", help="train, test, val, all, or a split .txt file (default test)")
     p.add_argument("--threshold", type=float, help="override the checkpoint's tuned threshold")
+    p.add_argument("--min-region", metavar="AREA,RATIO", help="override the checkpoint's small-region rule (0,0 "
+                   "keeps every region)")
     p.add_argument("--device", default="auto")
     p.add_argument("--json", help="also write the result to this JSON file")
     args = p.parse_args(argv)
@@ -197,9 +199,17 @@ def eval_main(argv: list[str] | None = None) -> int:
         from .loop import evaluate
         if args.threshold is not None and not 0 < args.threshold < 1:  # also rejects nan and inf
             raise ConfigError(f"--threshold must be between 0 and 1 (exclusive), got {args.threshold}")
+        rule = None
+        if args.min_region is not None:
+            from simpleunet_runtime.metadata import FieldError, check_min_region
+            try:
+                rule = check_min_region([float(v) for v in args.min_region.split(",")], "--min-region")
+            except (ValueError, FieldError):
+                raise ConfigError(f"--min-region must be two numbers AREA,RATIO in [0, 1], got "
+                                  f"{args.min_region!r}") from None
         model, meta = load_model(args.checkpoint)
         root = checkpoint_data_root(meta, args.data, args.checkpoint)
-        res = evaluate(model, meta, root, args.split, args.layout, args.device, args.threshold)
+        res = evaluate(model, meta, root, args.split, args.layout, args.device, args.threshold, rule)
         res = {"checkpoint": str(args.checkpoint), "data": str(root), "imgsz": meta["preprocess"]["imgsz"], **res}
         seen = training_overlap(meta, root, args.split, args.layout)
         if seen:
@@ -209,7 +219,8 @@ def eval_main(argv: list[str] | None = None) -> int:
         print(f"{'metric':<12}{'value':>8}")
         for k in ("mDice", "mIoU", "pooled_dice", "pooled_iou", "precision", "recall"):
             print(f"{k:<12}{res[k]:>8.4f}")
-        print(f"{res['images']} images of split '{res['split']}' at {res['imgsz']}px, threshold {res['threshold']}")
+        print(f"{res['images']} images of split '{res['split']}' at {res['imgsz']}px, threshold {res['threshold']}, "
+              f"small-region rule {','.join(f'{v:g}' for v in res['min_region'])}")
         if args.json:
             write_json(Path(args.json), res)
         return 0

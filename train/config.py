@@ -85,6 +85,14 @@ class ModelConfig:
         return cls.from_dict(json.loads(text))
 
 
+#: The small-region rule (``simpleunet_runtime.regions.MinRegion``: drop regions under this fraction of the input,
+#: or under this fraction of the largest region) that training writes into the checkpoints of these datasets'
+#: models, after the threshold: one rule for the six zoo models, chosen on their training carve-outs together
+#: (``python -m simpleunet.train.screen regions``, 2026-12-06). Other datasets keep every region, since many small
+#: structures (cells, nuclei) are just what such a rule would remove.
+MIN_REGION = {"kvasir-seg": (0.003, 0.3), "busi": (0.003, 0.3)}
+
+
 @dataclass
 class TrainConfig:
     """One training run. Defaults are the usual recipe for this model family (EGE-UNet/LB-UNet configs)."""
@@ -181,7 +189,7 @@ class TrainConfig:
     def preprocess(self, threshold: float = 0.5) -> dict[str, Any]:
         """The ``preprocess`` block of a checkpoint's config.json: what every later stage feeds the model."""
         return {"imgsz": self.imgsz, "mean": list(self.mean), "std": list(self.std), "channel_order": "RGB",
-                "threshold": threshold}
+                "threshold": threshold, "min_region": list(MIN_REGION.get(self.dataset, (0.0, 0.0)))}
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)

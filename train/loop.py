@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from simpleunet_runtime.machine import cpu_model
 from simpleunet_runtime.metrics import SegmentationMeter
+from simpleunet_runtime.regions import KEEP_ALL, MinRegion, small_regions
 
 from .checkpoint import (LAST, METRICS, CheckpointError, init_weights, load_model, load_training_state,
                          read_training_state, save_model, save_training_state, write_json)
@@ -75,10 +76,13 @@ def predict_probabilities(model: nn.Module, data: InMemorySegmentation, device: 
     return np.concatenate(out) if out else np.zeros((0,) + data.masks.shape[1:], np.float32)
 
 
-def score(prob: np.ndarray, masks: np.ndarray, threshold: float) -> dict[str, float]:
+def score(prob: np.ndarray, masks: np.ndarray, threshold: float, min_region: MinRegion = KEEP_ALL
+          ) -> dict[str, float]:
+    """Scores of ``prob > threshold`` (then ``min_region``'s small regions dropped, as the runtime does)."""
     meter = SegmentationMeter()
     for p, m in zip(prob, masks):
-        meter.update(p > threshold, m)
+        fg = p > threshold
+        meter.update(fg & ~small_regions(fg, min_region), m)
     return meter.summary()
 
 
@@ -421,13 +425,16 @@ def eta(history: list[dict[str, Any]], epochs: int) -> str:
 
 
 def evaluate(model: nn.Module, meta: dict[str, Any], root: Path, split: str | None, layout: str = "auto",
-             device: str = "auto", threshold: float | None = None) -> dict[str, Any]:
-    """mDice/mIoU (per-image), pooled Dice/IoU, precision, recall of a checkpoint on a split, at the cached size."""
+             device: str = "auto", threshold: float | None = None, min_region: MinRegion | None = None
+             ) -> dict[str, Any]:
+    """mDice/mIoU (per-image), pooled Dice/IoU, precision, recall of a checkpoint on a split, at the cached size,
+    with its threshold and small-region rule (checkpoints from before the rule keep every region)."""
     pre = meta["preprocess"]
     samples = select_split(discover(root, layout), root, split)
     images, masks = load_arrays(samples, pre["imgsz"])
     data = InMemorySegmentation(images, masks, pre["mean"], pre["std"])
     dev = pick_device(device)
     t = pre.get("threshold", 0.5) if threshold is None else threshold
-    result = score(predict_probabilities(model.to(dev), data, dev), masks, t)
-    return {"threshold": t, "split": split or "all", **result}
+    rule = MinRegion(*pre.get("min_region", (0.0, 0.0))) if min_region is None else MinRegion(*min_region)
+    result = score(predict_probabilities(model.to(dev), data, dev), masks, t, rule)
+    return {"threshold": t, "min_region": list(rule), "split": split or "all", **result}

@@ -9,10 +9,15 @@ images (never on the test split). ``confirm`` scores the chosen few on the test 
     python -m simpleunet.train.screen table
     python -m simpleunet.train.screen confirm structure --epochs 40
     python -m simpleunet.train.screen compare heavy-e200 --against train/zoo/simpleunet16-kvasir
+    python -m simpleunet.train.screen regions [--confirm]
 
 ``compare`` answers "is that gap real?": two runs that share a carve-out are scored image by image on it, and the
 mean difference gets a paired bootstrap interval. One seed's carve-out mDice moves by about 0.005 from epoch to
 epoch, so a gap inside its interval is not a ranking.
+
+``regions`` chooses the small-region rule (``config.MIN_REGION``) the same way: every rule of a grid applied to the
+zoo models' own carve-out masks, ranked by its mean gain over the models (one rule for all, so no model's 62-88
+images choose their own); ``--confirm`` then scores the chosen rule on each test split once.
 """
 from __future__ import annotations
 
@@ -160,18 +165,17 @@ SHIFTS = {"none": lambda im: im, "dark": _gamma(1.6), "bright": _gamma(0.6), "wa
           "jpeg": _jpeg, "noise": _noise}
 
 
-def carve_out_dice(folder: Path, root: Path | None = None, shift: str = "none", _cache: dict | None = None
-                   ) -> tuple[np.ndarray, tuple]:
-    """Per-image Dice (threshold 0.5, as ``val_mDice``) of a run's best weights on its own carve-out, its images
-    changed by ``SHIFTS[shift]``, and the key that names that carve-out (dataset, split, seed, fraction, size): two
-    runs compare only on the same key."""
+def carve_out_probabilities(folder: Path, root: Path | None = None, shift: str = "none", _cache: dict | None = None
+                            ) -> tuple[np.ndarray, np.ndarray, tuple]:
+    """A run's best weights' foreground probabilities on its own carve-out, its images changed by
+    ``SHIFTS[shift]``; the carve-out's masks; and the key that names that carve-out (dataset, split, seed,
+    fraction, size): two runs compare only on the same key."""
     import torch
 
     from .checkpoint import load_model
     from .config import TrainConfig
     from .data import InMemorySegmentation, dataset_root
     from .loop import load_training_data, predict_probabilities
-    from simpleunet_runtime.metrics import dice
 
     if shift not in SHIFTS:
         raise SimpleUNetError(f"unknown shift {shift!r}; choose from {', '.join(SHIFTS)}")
@@ -186,8 +190,16 @@ def carve_out_dice(folder: Path, root: Path | None = None, shift: str = "none", 
         val = cache[key]
         cache[key, shift] = InMemorySegmentation(SHIFTS[shift](val.images), val.masks, cfg.mean, cfg.std)
     val = cache[key, shift]
-    prob = predict_probabilities(model, val, torch.device("cpu"))
-    return np.array([dice(p > 0.5, m) for p, m in zip(prob, val.masks)]), key
+    return predict_probabilities(model, val, torch.device("cpu")), val.masks, key
+
+
+def carve_out_dice(folder: Path, root: Path | None = None, shift: str = "none", _cache: dict | None = None
+                   ) -> tuple[np.ndarray, tuple]:
+    """Per-image Dice (threshold 0.5, as ``val_mDice``) on the run's carve-out (``carve_out_probabilities``)."""
+    from simpleunet_runtime.metrics import dice
+
+    prob, masks, key = carve_out_probabilities(folder, root, shift, _cache)
+    return np.array([dice(p > 0.5, m) for p, m in zip(prob, masks)]), key
 
 
 def paired_gap(a: np.ndarray, b: np.ndarray, rounds: int = 10_000, seed: int = 0) -> dict[str, float]:
@@ -218,6 +230,64 @@ def compare(names: list[str], against: str, root: Path | None = None, shifts: tu
     return f"reference: {against}\n\n" + "\n".join(lines)
 
 
+#: The zoo models the small-region rule is chosen for (the 256-px ones: the microcontroller models' C example
+#: applies the threshold alone), and the grid: (area fraction of the input, fraction of the largest region).
+REGION_MODELS = tuple(f"simpleunet{w}-{d}" for d in ("kvasir", "busi") for w in (8, 16, 32))
+REGION_GRID = [(a, r) for a in (0, 0.0005, 0.001, 0.002, 0.003, 0.005) for r in (0, 0.05, 0.1, 0.2, 0.3, 0.5)]
+
+
+def regions(confirm: bool = False, zoo: Path = Path("train/zoo"), show: int = 8) -> str:
+    """Rank ``REGION_GRID`` by mean carve-out mDice gain over ``REGION_MODELS`` (each at its own threshold) and, with
+    ``confirm``, score the winner on each model's test split (as ``simpleunet-eval``, no rule vs the rule)."""
+    import torch
+
+    from simpleunet_runtime.metrics import dice
+    from simpleunet_runtime.regions import MinRegion, small_regions
+
+    from .checkpoint import load_model
+    from .data import InMemorySegmentation
+    from .loop import predict_probabilities
+
+    def per_image(prob, masks, t, rule):
+        return np.array([dice((p > t) & ~small_regions(p > t, MinRegion(*rule)), m) for p, m in zip(prob, masks)])
+
+    cache: dict = {}
+    gains, thresholds = {}, {}
+    for name in REGION_MODELS:
+        prob, masks, _ = carve_out_probabilities(zoo / name, _cache=cache)
+        t = thresholds[name] = load_model(zoo / name)[1]["preprocess"]["threshold"]
+        base = per_image(prob, masks, t, (0, 0))
+        gains[name] = {rule: float((per_image(prob, masks, t, rule) - base).mean()) for rule in REGION_GRID}
+    ranked = sorted(REGION_GRID, key=lambda r: (-np.mean([gains[n][r] for n in REGION_MODELS]), r))
+    lines = ["| area, ratio | mean carve-out gain | worst | " + " | ".join(REGION_MODELS) + " |",
+             "|---|---|---|" + "---|" * len(REGION_MODELS)]
+    for rule in ranked[:show]:
+        g = [gains[n][rule] for n in REGION_MODELS]
+        lines.append(f"| {rule[0]:g}, {rule[1]:g} | {np.mean(g):+.4f} | {min(g):+.4f} | "
+                     + " | ".join(f"{x:+.4f}" for x in g) + " |")
+    best = ranked[0]
+    out = "\n".join(lines) + f"\n\nchosen: area {best[0]:g}, ratio {best[1]:g}"
+    if confirm:
+        from .config import TrainConfig
+        from .data import dataset_root, discover, load_arrays, select_split
+
+        lines = ["| model | test images | mDice, every region | mDice, rule | gap [95 % paired bootstrap] "
+                 "| images better / worse |", "|---|---|---|---|---|---|"]
+        for name in REGION_MODELS:
+            model, meta = load_model(zoo / name)
+            cfg = TrainConfig.from_dict(meta["train"])
+            root = dataset_root(cfg.dataset, cfg.data_root)
+            images, masks = load_arrays(select_split(discover(root), root, "test"), cfg.imgsz)
+            prob = predict_probabilities(model, InMemorySegmentation(images, masks, cfg.mean, cfg.std),
+                                         torch.device("cpu"))
+            a, b = per_image(prob, masks, thresholds[name], best), per_image(prob, masks, thresholds[name], (0, 0))
+            g = paired_gap(a, b)
+            lines.append(f"| {name} | {len(masks)} | {b.mean():.4f} | {a.mean():.4f} | {g['gap']:+.4f} "
+                         f"[{g['low']:+.4f}, {g['high']:+.4f}] | {g['wins']} / {g['losses']} |")
+        out += "\n\n" + "\n".join(lines)
+    return out
+
+
 @console_script
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m simpleunet.train.screen", description=__doc__.split("\n\n")[0])
@@ -237,7 +307,12 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--data", type=Path, help="dataset folder (default: the runs' own, as in training)")
     c.add_argument("--shift", nargs="+", default=["none"], choices=[*SHIFTS, "all"],
                    help="also score the carve-out's images changed as by another camera (SHIFTS; all: every one)")
+    r = sub.add_parser("regions", help="choose the small-region rule on the zoo models' carve-outs")
+    r.add_argument("--confirm", action="store_true", help="also score the chosen rule on each test split, once")
     args = p.parse_args(argv)
+    if args.what == "regions":
+        print(regions(args.confirm))
+        return 0
     if args.what == "table":
         print(table(args.epochs, args.base))
         return 0

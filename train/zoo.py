@@ -76,6 +76,7 @@ def evaluate_exports(exports: Path, meta: dict[str, Any], root: Path) -> dict[st
         x = normalize(images, pre["mean"], pre["std"])
         q, io = micro.run((exports / rec["model"]).read_bytes(), rec["arena_bytes"], x)
         prob = (q[..., 0].astype(np.float32) - io["output_zero_point"]) * io["output_scale"]
+        # the threshold alone: the C example (runtime/examples/micro) applies no small-region rule
         out[f"{rec['model']} in TensorFlow Lite Micro"] = score(prob, masks, float(pre["threshold"]))
     return out
 
@@ -233,6 +234,19 @@ def int8_note(metrics: dict[str, Any]) -> str:
     return f"\nint8 ONNX: {rec.get('weights') or 'full-range int8'} weights, {safe}; {where}"
 
 
+def region_note(meta: dict[str, Any], metrics: dict[str, Any]) -> str:
+    """The card's sentence on the small-region rule, with the PyTorch test score without it, when there is one."""
+    area, ratio = meta["preprocess"].get("min_region") or (0, 0)
+    if not (area or ratio):
+        return ""
+    every = metrics.get("test_every_region")
+    without = f" (mDice {every['mDice']:.4f} keeping every region)" if every else ""
+    return (f" Small-region rule {area:g},{ratio:g}: after the threshold, regions under {area:.1%} of the input or "
+            f"{ratio:.0%} of the image's largest region are dropped, in every score below{without} and by the "
+            "runtime (`--min-region 0,0` keeps them; chosen on the carve-outs, `python -m simpleunet.train.screen "
+            "regions`).")
+
+
 def write_card(folder: Path, name: str, meta: dict[str, Any], metrics: dict[str, Any]) -> None:
     train = meta["train"]
     m = meta["model"]
@@ -275,8 +289,8 @@ batch {train['batch_size']},
 AdamW lr {train['lr']} (wd {train['weight_decay']}), per-step cosine to {train['eta_min']}, {loss_name(meta)},
 augmentation `{train['augment']}` ({AUGMENT_TEXT.get(train['augment'], train['augment'])}), seed
 {train['seed']}. Best epoch {metrics['best']['epoch']} (val mDice {metrics['best']['val_mDice']:.4f}{view}); threshold
-{meta['preprocess']['threshold']}. Trained on: {trained_on}. Test scores computed on (the publishing machine):
-{metrics['hardware']}.{int8_note(metrics)}{micro_note(metrics)}
+{meta['preprocess']['threshold']}.{region_note(meta, metrics)} Trained on: {trained_on}. Test scores computed on (the
+publishing machine): {metrics['hardware']}.{int8_note(metrics)}{micro_note(metrics)}
 
 ## Scores on the test split ({date.today().isoformat()})
 mDice / mIoU are per-image means; an image whose mask and prediction are both empty counts 1.
@@ -341,6 +355,8 @@ def publish_run(run: Path, name: str, exports: Path | None = None, data: str | N
     metrics = {"best": history["best"], "history": history["history"],
                **({"init": history["init"]} if history.get("init") else {}), "parameters": count_parameters(model),
                "hardware": hardware(pick_device("auto")), "test": evaluate(model, meta, root, "test")}
+    if any(meta["preprocess"].get("min_region", ())):  # the rule's effect, shown beside the score it gives
+        metrics["test_every_region"] = evaluate(model, meta, root, "test", min_region=(0.0, 0.0))
     if exports:
         metrics["exports"] = evaluate_exports(exports, meta, root)
         metrics["int8_onnx"] = int8_onnx_record(exports)
