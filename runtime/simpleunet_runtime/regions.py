@@ -26,38 +26,47 @@ class MinRegion(NamedTuple):
         return f"{self.area:g},{self.ratio:g}"
 
 
-def label_regions(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """8-connected regions of an HxW bool mask: (HxW int64 labels, -1 off the mask; region sizes by label).
+#: The rule of files exported without one: every region stays.
+KEEP_ALL = MinRegion()
 
-    Vectorized union-find: each round hooks every root onto the smallest root it touches, then compresses paths
-    fully, so the trees of a region at least halve each round (O(log n) rounds of O(n) numpy work)."""
+
+def label_regions(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """8-connected regions of an HxW bool mask: (HxW int32 labels, -1 off the mask; region sizes by label).
+
+    Within the mask's bounding box, each row's runs of foreground are the nodes and the runs touching in the next
+    row (straight or diagonally) the edges. Vectorized union-find: each round hooks every root onto the smallest
+    root it touches, then compresses paths fully, so a region's trees at least halve each round (O(log n) rounds)."""
     mask = np.asarray(mask, bool)
-    h, w = mask.shape
-    index = np.arange(h * w).reshape(h, w)
-    pairs = [(mask[:, :-1] & mask[:, 1:], index[:, :-1], index[:, 1:]),          # right
-             (mask[:-1, :] & mask[1:, :], index[:-1, :], index[1:, :]),          # down
-             (mask[:-1, :-1] & mask[1:, 1:], index[:-1, :-1], index[1:, 1:]),    # down-right
-             (mask[:-1, 1:] & mask[1:, :-1], index[:-1, 1:], index[1:, :-1])]    # down-left
-    a = np.concatenate([i[m] for m, i, _ in pairs])
-    b = np.concatenate([j[m] for m, _, j in pairs])
-    parent = np.arange(h * w)
+    out = np.full(mask.shape, -1, np.int32)
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    if rows.size == 0:
+        return out, np.zeros(0, np.int64)
+    box = (slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1))
+    m = mask[box]
+    starts = m.copy()
+    starts[:, 1:] &= ~m[:, :-1]  # a run starts where the pixel on its left is off
+    run = np.cumsum(starts.ravel(), dtype=np.int32).reshape(m.shape) - 1  # each pixel's run, valid on the mask
+    up, down = m[:-1], m[1:]
+    straight, right, left = up & down, up[:, :-1] & down[:, 1:], up[:, 1:] & down[:, :-1]
+    a = np.concatenate([run[:-1][straight], run[:-1, :-1][right], run[:-1, 1:][left]])
+    b = np.concatenate([run[1:][straight], run[1:, 1:][right], run[1:, :-1][left]])
+    parent = np.arange(int(run[-1, -1]) + 1, dtype=np.int32)
     while a.size:
         ra, rb = parent[a], parent[b]
         apart = ra != rb
         if not apart.any():
             break
-        a, b, ra, rb = a[apart], b[apart], ra[apart], rb[apart]  # joined edges never come apart again
+        a, b, ra, rb = a[apart], b[apart], ra[apart], rb[apart]  # joined runs never come apart again
         np.minimum.at(parent, np.maximum(ra, rb), np.minimum(ra, rb))
-        while True:  # full path compression: every pixel points at its root
-            up = parent[parent]
-            if np.array_equal(up, parent):
+        while True:  # full path compression: every run points at its root
+            jumped = parent[parent]
+            if np.array_equal(jumped, parent):
                 break
-            parent = up
-    roots = parent.reshape(h, w)[mask]
-    ids, labels = np.unique(roots, return_inverse=True)
-    out = np.full((h, w), -1, np.int64)
-    out[mask] = labels.reshape(-1)
-    return out, np.bincount(labels.reshape(-1), minlength=len(ids))
+            parent = jumped
+    roots, region = np.unique(parent, return_inverse=True)
+    labels = region.reshape(-1).astype(np.int32)[run[m]]
+    out[box][m] = labels
+    return out, np.bincount(labels, minlength=len(roots))
 
 
 def small_regions(mask: np.ndarray, rule: MinRegion) -> np.ndarray:
