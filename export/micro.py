@@ -135,6 +135,9 @@ def c_files(name: str, data: bytes, io: dict[str, Any], arena: int, meta) -> tup
     ident = c_identifier(name)
     h, w = meta.imgsz
     guard = f"{ident.upper()}_H_"
+    area, ratio = meta.min_region
+    region = (f"\n// The runtime then drops regions under {area:g} of the input or {ratio:g} of the largest "
+              "(min_region); this C example does not." if meta.min_region.active else "")
     header = f"""// {name}: SimpleUNet int8 model for TensorFlow Lite Micro (simpleunet-export --formats tflm).
 // {meta.notice}
 #ifndef {guard}
@@ -158,7 +161,7 @@ static const float {ident}_mean[3] = {{{", ".join(f"{v:.9g}f" for v in meta.mean
 static const float {ident}_std[3] = {{{", ".join(f"{v:.9g}f" for v in meta.std)}}};
 #define {ident.upper()}_INPUT_SCALE {io["input_scale"]:.9g}f
 #define {ident.upper()}_INPUT_ZERO_POINT {io["input_zero_point"]}
-// Output: foreground probability p = (q - zero_point) * scale; mask = p > threshold.
+// Output: foreground probability p = (q - zero_point) * scale; mask = p > threshold.{region}
 #define {ident.upper()}_OUTPUT_SCALE {io["output_scale"]:.9g}f
 #define {ident.upper()}_OUTPUT_ZERO_POINT {io["output_zero_point"]}
 #define {ident.upper()}_THRESHOLD {meta.threshold:.9g}f

@@ -77,3 +77,17 @@ def test_the_shipped_weights_follow_the_asked_input_size():
     assert find_pretrained("simpleunet", 8, 1, imgsz=112).name == "simpleunet8-kvasir-112"  # the micro model
     assert find_pretrained("simpleunet", 8, 1, imgsz=128).name == "simpleunet8-kvasir-128"  # the issue's command
     assert find_pretrained("simpleunet", 16, 1, imgsz=112).name == "simpleunet16-kvasir"  # none at 112: the 256 one
+
+
+def test_the_header_says_when_the_runtime_would_drop_small_regions():
+    """The C example thresholds only; a model with a small-region rule says so in its header."""
+    from simpleunet_runtime.metadata import ModelMetadata
+
+    meta = ModelMetadata(family="simpleunet", width=8, blocks=1, rate=0.5, imgsz=(96, 96), mean=(0.5,) * 3,
+                         std=(0.25,) * 3)
+    io = {"input_scale": 0.1, "input_zero_point": 0, "output_scale": 1 / 256, "output_zero_point": -128}
+    plain = micro.c_files("m", b"\0" * 4, io, 1024, meta)[0]
+    ruled = micro.c_files("m", b"\0" * 4, io, 1024, meta.replace(min_region=(0.003, 0.3)))[0]
+    assert "min_region" not in plain
+    assert "drops regions under 0.003 of the input or 0.3 of the largest (min_region); this C example does not" \
+        in ruled
