@@ -22,7 +22,7 @@ from typing import Any, Callable
 import numpy as np
 
 from .errors import SimpleUNetError
-from .regions import MinRegion
+from .regions import KEEP_ALL, MinRegion
 
 #: The key under which the JSON is stored in both file formats.
 METADATA_KEY = "simpleunet"
@@ -231,7 +231,7 @@ class ModelMetadata:
     channel_order: str = "RGB"
     output: str = "probabilities"
     threshold: float = 0.5
-    min_region: MinRegion = MinRegion()
+    min_region: MinRegion = KEEP_ALL
     precision: str = "fp32"
     aff: bool = True
     parameters: int = 0
