@@ -22,9 +22,6 @@ class MinRegion(NamedTuple):
     def active(self) -> bool:
         return self.area > 0 or self.ratio > 0
 
-    def __str__(self) -> str:
-        return f"{self.area:g},{self.ratio:g}"
-
 
 #: The rule of files exported without one: every region stays.
 KEEP_ALL = MinRegion()
@@ -92,4 +89,3 @@ def drop_small_regions(prob: np.ndarray, foreground: np.ndarray, rule: MinRegion
             if prob.shape[1] > 1:
                 prob[i, 0, gone] = 1.0
     return prob
-

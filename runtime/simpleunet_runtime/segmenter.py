@@ -77,8 +77,8 @@ class Segmenter:
     """A model file (``.onnx`` or ``.tflite``) plus the metadata embedded in it.
 
     ``imgsz``/``mean``/``std``/``threshold``/``min_region`` override the metadata (``min_region=(0, 0)`` keeps
-    every region); a file without metadata needs at least
-    ``mean`` and ``std`` (and ``imgsz`` unless its input size is fixed). ``tta="flip"`` averages the probabilities
+    every region); a file without metadata needs at least ``mean`` and ``std`` (and ``imgsz`` unless its input size
+    is fixed). ``tta="flip"`` averages the probabilities
     of the image and its three flips (``TTA``): 4x the inference time, often a better mask.
     """
 
@@ -178,7 +178,8 @@ class Segmenter:
         return drop_small_regions(prob, foreground_probability(prob) > self.metadata.threshold, rule)
 
     def run(self, x: np.ndarray) -> np.ndarray:
-        """Raw inference: NCHW float32 -> (N, H, W) foreground probability at imgsz (1 - background for C > 1)."""
+        """Inference: NCHW float32 -> (N, H, W) foreground probability at imgsz (1 - background for C > 1), the
+        file's small-region rule applied (``min_region=(0, 0)`` for the model's raw output)."""
         return foreground_probability(self._probabilities(x))
 
     def _postprocess(self, p: np.ndarray, size: tuple[int, int]) -> np.ndarray:
