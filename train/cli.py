@@ -167,6 +167,8 @@ def train_main(argv: list[str] | None = None) -> int:
         result = train(cfg, root, Path(args.out), resume=args.resume, device=args.device, layout=args.layout,
                        progress=not args.no_progress, max_minutes=args.max_minutes, fast=args.fast)
         b = result["best"]
+        if not result.get("main", True):  # another rank of a torchrun job: rank 0 reports
+            return 0
         if result.get("paused"):
             print(f"paused: {result['history'][-1]['epoch']} of {cfg.epochs} epochs done, best val mDice "
                   f"{b['val_mDice']:.4f} at epoch {b['epoch']}. Next: simpleunet-train --out {args.out} --resume")

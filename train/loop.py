@@ -237,7 +237,8 @@ def train(cfg: TrainConfig, root: Path, out: Path, *, resume: bool = False, devi
         if why:
             if ddp.main:
                 print(f"{out}: already finished ({why}); nothing to train")
-            return {"best": saved["best"], "history": saved["history"], "split_used": cfg.split_used}
+            return {"best": saved["best"], "history": saved["history"], "split_used": cfg.split_used,
+                    "main": ddp.main}
     start_from = None
     if cfg.init and not resume:  # before the data: a wrong --init is reported at once
         start_from, sha = init_weights(cfg.init, cfg.model)
@@ -409,9 +410,10 @@ def train(cfg: TrainConfig, root: Path, out: Path, *, resume: bool = False, devi
                 print(f"time budget of {max_minutes:g} min reached after epoch {epoch + 1}/{cfg.epochs}: saved; "
                       "continue with --resume")
             break
-    if ddp.world > 1:
+    if ddp.world > 1:  # every rank leaves the group together: one still in gloo when another exits can abort
         dist.barrier()
-    return {"best": best, "history": history, "split_used": split_used, "paused": paused}
+        dist.destroy_process_group()
+    return {"best": best, "history": history, "split_used": split_used, "paused": paused, "main": ddp.main}
 
 
 def eta(history: list[dict[str, Any]], epochs: int) -> str:
