@@ -18,7 +18,7 @@ from simpleunet_runtime.bench import Job
 from simpleunet_runtime.errors import SimpleUNetError
 from simpleunet_runtime.image import load_image, normalize, resize_image, resize_probabilities
 from simpleunet_runtime.metadata import ModelMetadata
-from simpleunet_runtime.segmenter import foreground_probability
+from simpleunet_runtime.segmenter import foreground_probability, without_small_regions
 from simpleunet_runtime.bundled import sha256
 
 from simpleunet.train.checkpoint import WEIGHTS, is_run, load_model
@@ -29,7 +29,8 @@ from simpleunet.train.zoo import ZOO
 
 
 class EagerRunner:
-    """Same interface as ``Segmenter`` for the bench: ``metadata``, ``preprocess``, ``run``, ``predict_proba``."""
+    """Same interface as ``Segmenter`` for the bench: ``metadata``, ``preprocess``, ``run``, ``predict_proba``; the
+    file's small-region rule applied as the Segmenter applies it."""
 
     def __init__(self, model: nn.Module, metadata: ModelMetadata, threads: int | None = None, device: str = "cpu"):
         if threads:
@@ -49,7 +50,7 @@ class EagerRunner:
             y = torch.sigmoid(y) if y.shape[1] == 1 else torch.softmax(y, dim=1)
             if self.device.type == "cuda":
                 torch.cuda.synchronize()
-            return y.cpu().numpy()
+        return without_small_regions(y.cpu().numpy(), self.metadata)  # as the model files' runners do
 
     def run(self, x: np.ndarray) -> np.ndarray:
         return foreground_probability(self._probabilities(x))

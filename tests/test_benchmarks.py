@@ -219,3 +219,16 @@ def test_graph_rewrites_keep_the_outputs(tmp_path):
     x = np.random.default_rng(0).normal(size=(1, 3, SIZE, SIZE)).astype(np.float32)
     run = lambda p: ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]).run(None, {"image": x})[0]
     np.testing.assert_allclose(run(both), run(src), atol=1e-5)
+
+
+def test_the_eager_baseline_applies_the_files_small_region_rule(tiny):
+    """Its masks are the exported file's: the same rule after the same threshold (else a baseline row's Dice
+    differs from the fp32 file's for no reason of its own)."""
+    x = np.random.default_rng(0).normal(size=(4, 3, SIZE, SIZE)).astype(np.float32)
+    prob = eager.eager_job(tiny["meta"], tiny["onnx"]).open(1).run(x)
+    t = float(np.median(prob))  # the untrained net says ~0.49 everywhere: half the pixels, in many regions
+    rule = dict(threshold=t, min_region=(0.0, 1.0))  # keep each image's largest region only
+    ruled = eager.eager_job(tiny["meta"].replace(**rule), tiny["onnx"]).open(1).run(x) > t
+    assert (ruled != (prob > t)).any() and not (ruled & ~(prob > t)).any()
+    onnx_ruled = Segmenter(tiny["onnx"], **rule).run(x) > t
+    assert (onnx_ruled == ruled).mean() > 0.99  # float rounding may move a pixel at the threshold

@@ -39,6 +39,13 @@ def class_mask(p: np.ndarray, threshold: float) -> np.ndarray:
     return np.where(foreground_probability(p[None])[0] > threshold, ids, np.uint8(0))
 
 
+def without_small_regions(p: np.ndarray, metadata: ModelMetadata) -> np.ndarray:
+    """(N, C, H, W) class probabilities with the regions the file's ``min_region`` drops set to background (every
+    runner of a model file applies it here: the Segmenter, and the bench's PyTorch baseline)."""
+    rule = metadata.min_region
+    return drop_small_regions(p, foreground_probability(p) > metadata.threshold, rule) if rule.active else p
+
+
 #: Test-time augmentation: name -> the flips (axes of an NCHW batch) whose probabilities are averaged. "flip": the
 #: image, its mirror images left-right and top-bottom, and both (4 runs per image: 4x the latency).
 TTA = {"flip": ((), (3,), (2,), (2, 3))}
@@ -171,11 +178,7 @@ class Segmenter:
                     y /= y.sum(axis=1, keepdims=True)
             y = np.flip(y, axes) if axes else y
             total = y.astype(np.float32, copy=False) if total is None else total + y
-        prob = total if len(flips) == 1 else total / np.float32(len(flips))
-        rule = self.metadata.min_region
-        if not rule.active:
-            return prob
-        return drop_small_regions(prob, foreground_probability(prob) > self.metadata.threshold, rule)
+        return without_small_regions(total if len(flips) == 1 else total / np.float32(len(flips)), self.metadata)
 
     def run(self, x: np.ndarray) -> np.ndarray:
         """Inference: NCHW float32 -> (N, H, W) foreground probability at imgsz (1 - background for C > 1), the
