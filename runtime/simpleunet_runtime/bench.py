@@ -338,7 +338,8 @@ MIN_AGREEMENT = 0.98
 
 def score(runner: Any, data: BenchData) -> dict[str, Any]:
     """mDice/mIoU/pooled Dice of the foreground decision at each image's original size against the truth: the
-    same ``foreground_probability > threshold`` rule as training and ``simpleunet-eval`` (also for C > 1).
+    same ``foreground_probability > threshold`` rule (after the file's small-region rule) as training and
+    ``simpleunet-eval`` (also for C > 1).
     ``_masks`` (dropped before output) are kept to compare an int8 file with its fp32 file."""
     meter = SegmentationMeter()
     masks = []
