@@ -48,6 +48,37 @@ def test_weight_average_is_what_the_checkpoint_keeps_and_resumes_exactly(tiny_da
         assert torch.equal(best[name], a[f"ema.{name}"]) and not torch.equal(best[name], a[f"model.{name}"])
 
 
+def test_deep_supervision_trains_side_heads_resumes_exactly_and_saves_the_plain_model(tiny_data, tmp_path):
+    from simpleunet.train.checkpoint import load_model
+    from simpleunet.train.model import DeepSupervision, build_model
+
+    model = build_model(ModelConfig(width=4))
+    wrapped = DeepSupervision(model)
+    logits, sides = wrapped(torch.randn(2, 3, 32, 32))
+    assert logits.shape == (2, 1, 32, 32) and [s.shape for s in sides] == [(2, 1, 32, 32)] * 3
+    sum(s.sum() for s in sides).backward()  # the side losses reach the side heads and the decoder, not the head
+    assert all(c.weight.grad.abs().sum() > 0 for c in wrapped.side)
+    assert model.decoder[0][0][0].weight.grad.abs().sum() > 0 and model.head[0].weight.grad is None
+    assert torch.equal(model(torch.zeros(1, 3, 32, 32)), model(torch.zeros(1, 3, 32, 32)))  # the model alone: as ever
+    assert wrapped._features is None
+
+    cfg = TrainConfig(**{**TINY, "epochs": 3, "deep_supervision": 1.0})
+    train(cfg, tiny_data, tmp_path / "full", progress=False)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, tiny_data, tmp_path / "crash", progress=False, stop_after_batches=5)
+    train(cfg, tiny_data, tmp_path / "crash", resume=True, progress=False)
+    a, b = (load_file(str(tmp_path / run / "last.safetensors")) for run in ("full", "crash"))
+    assert a.keys() == b.keys() and sum(k.startswith("side.") for k in a) == 6  # 3 heads: weight + bias
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    plain = train(TrainConfig(**{**TINY, "epochs": 3}), tiny_data, tmp_path / "plain", progress=False)
+    assert plain["history"][-1]["loss"] != pytest.approx(json.loads((tmp_path / "full" / "metrics.json")
+                                                                    .read_text())["history"][-1]["loss"])
+    saved, meta = load_model(tmp_path / "full")  # the checkpoint is the plain model, its card names the knob
+    assert not any("side" in k for k in saved.state_dict()) and meta["train"]["deep_supervision"] == 1.0
+    with pytest.raises(ConfigError, match="deep supervision supports the simpleunet and simpleesknet"):
+        TrainConfig(**{**TINY, "deep_supervision": 1.0, "model": ModelConfig(family="unet", width=4)})
+
+
 def test_distillation_checks_its_teacher_and_records_it(tiny_data, tmp_path, capsys):
     train(TrainConfig(**TINY), tiny_data, tmp_path / "teacher", progress=False)
     result = train(TrainConfig(**{**TINY, "teacher": str(tmp_path / "teacher"), "distill_weight": 0.5}), tiny_data,
@@ -71,6 +102,7 @@ def test_distillation_checks_its_teacher_and_records_it(tiny_data, tmp_path, cap
 
 @pytest.mark.parametrize("bad, msg", [({"loss": "focal"}, "loss must be one of bce_dice, structure"),
                                       ({"ema": 1.0}, "ema must be a decay in"),
+                                      ({"deep_supervision": -1}, "deep_supervision must be a number >= 0"),
                                       ({"loss": "structure", "model": ModelConfig(width=4, num_classes=2)},
                                        "for a 1-class sigmoid head")])
 def test_bad_knobs_are_config_errors(bad, msg):

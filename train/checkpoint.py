@@ -168,11 +168,15 @@ def init_weights(folder: str | os.PathLike, config: ModelConfig) -> tuple[dict[s
 
 
 def save_training_state(folder: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
-                        state: dict[str, Any], scaler: torch.amp.GradScaler | None = None, average=None) -> None:
+                        state: dict[str, Any], scaler: torch.amp.GradScaler | None = None, average=None,
+                        side: nn.Module | None = None) -> None:
     """One file with the weights (``model.*``), the optimizer tensors (``optim.*``) and the JSON state, plus the
-    mixed-precision loss scale when AMP is on (without it a resumed GPU run restarts at 65536 and skips steps) and
-    the weight average (``ema.*``, loop.WeightAverage) when the run keeps one."""
+    mixed-precision loss scale when AMP is on (without it a resumed GPU run restarts at 65536 and skips steps), the
+    weight average (``ema.*``, loop.WeightAverage) when the run keeps one and deep supervision's side heads
+    (``side.*``, model.DeepSupervision) when it trains them."""
     tensors = {f"model.{k}": v for k, v in _state_dict(model).items()}
+    if side is not None:
+        tensors.update({f"side.{k}": v for k, v in _state_dict(side.side).items()})
     if average is not None:
         tensors.update({f"ema.{k}": v for k, v in _state_dict(average.model).items()})
         state = {**state, "ema_steps": average.steps}
@@ -214,11 +218,14 @@ def read_training_state(folder: Path) -> dict[str, Any]:
 
 
 def load_training_state(folder: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
-                        scaler: torch.amp.GradScaler | None = None, average=None) -> dict[str, Any]:
+                        scaler: torch.amp.GradScaler | None = None, average=None,
+                        side: nn.Module | None = None) -> dict[str, Any]:
     path = Path(folder) / LAST
     meta, tensors = _open_training_state(folder, with_tensors=True)
     state, scalars, groups = meta["state"], meta["optim_scalars"], meta["param_groups"]
     load_into(getattr(model, "module", model), {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}, path)
+    if side is not None:
+        load_into(side.side, {k[5:]: v for k, v in tensors.items() if k.startswith("side.")}, path)
     if average is not None:
         load_into(average.model, {k[4:]: v for k, v in tensors.items() if k.startswith("ema.")}, path)
         average.steps = int(state.get("ema_steps", 0))

@@ -137,6 +137,10 @@ class TrainConfig:
     teacher: str | None = None
     teacher_sha256: str | None = None
     distill_weight: float = 1.0
+    #: Deep supervision: ``deep_supervision`` x the mean loss of side outputs on the decoder's three coarser levels
+    #: (1/8, 1/4, 1/2 of the input; model.SideHeads, 1x1 convs upsampled to the mask) is added to the loss. The side
+    #: heads exist in training only: the checkpoint and the export hold the unchanged model. 0: off.
+    deep_supervision: float = 0.0
     #: Which images the run trained on, filled in by training (data.training_samples): a split file's name,
     #: data.OFFICIAL_TRAIN or data.ALL_IMAGES. None: not recorded (runs from before the field).
     split_used: str | None = None
@@ -172,6 +176,14 @@ class TrainConfig:
             raise bad("ema", "a decay in [0, 1) (0 = off; 0.999 is usual)")
         if not (isinstance(self.distill_weight, (int, float)) and 0 <= self.distill_weight < float("inf")):
             raise bad("distill_weight", "a number >= 0")
+        if not (isinstance(self.deep_supervision, (int, float)) and 0 <= self.deep_supervision < float("inf")):
+            raise bad("deep_supervision", "a number >= 0 (0 = off; 1 weighs the side outputs like the main one)")
+        if self.deep_supervision and self.model.family not in ("simpleunet", "simpleesknet"):
+            raise ConfigError(f"deep supervision supports the simpleunet and simpleesknet families, not "
+                              f"{self.model.family}; train it without --deep-supervision")
+        if self.deep_supervision and self.qat:
+            raise ConfigError("deep supervision and qat do not combine (QAT fine-tunes the int8 view of a trained "
+                              "model); drop --deep-supervision")
         if self.teacher and self.model.num_classes != 1:
             raise ConfigError("distillation (teacher) supports a 1-class sigmoid head only")
         if self.qat and not self.init:

@@ -27,7 +27,7 @@ from .config import ConfigError, TrainConfig
 from .data import (ALL_IMAGES, DataError, InMemorySegmentation, carve_validation, discover, load_arrays, select_split,
                    training_samples)
 from .losses import distill_loss, foreground_probability, segmentation_loss
-from .model import build_model, count_parameters
+from .model import DeepSupervision, build_model, count_parameters
 
 THRESHOLDS = np.round(np.arange(0.30, 0.71, 0.05), 2)
 #: Training runs channels_last: a training step is 1.2-1.4x faster on CPU than NCHW (measured, widths 8-32).
@@ -274,8 +274,10 @@ def train(cfg: TrainConfig, root: Path, out: Path, *, resume: bool = False, devi
         runner = FakeQuantSimpleUNet(model, cfg.qat_weights)
         calib_x = next(train_set.batches(32, epoch=0, seed=cfg.seed, shuffle=False, drop_last=False))[0]
         calib_x = calib_x.to(dev, memory_format=MEMORY_FORMAT)
-    decay = [p for n, p in model.named_parameters() if p.ndim > 1]
-    no_decay = [p for n, p in model.named_parameters() if p.ndim <= 1]
+    supervised = DeepSupervision(model).to(dev, memory_format=MEMORY_FORMAT) if cfg.deep_supervision else None
+    trained = supervised or model  # every parameter the optimizer steps: the model (and the side heads)
+    decay = [p for n, p in trained.named_parameters() if p.ndim > 1]
+    no_decay = [p for n, p in trained.named_parameters() if p.ndim <= 1]
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
                                    {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
     steps_per_epoch = len(train_set) // ddp.world // cfg.batch_size or 1
@@ -287,11 +289,12 @@ def train(cfg: TrainConfig, root: Path, out: Path, *, resume: bool = False, devi
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
     average = WeightAverage(model, cfg.ema) if cfg.ema else None
     if resume:
-        state = load_training_state(out, model, optimizer, scaler, average=average)
+        state = load_training_state(out, model, optimizer, scaler, average=average, side=supervised)
         start_epoch, best, history, init = state["epoch"] + 1, state["best"], state["history"], state.get("init")
-    net: nn.Module = runner
+    net: nn.Module = supervised or runner
     if ddp.world > 1:
-        net = nn.parallel.DistributedDataParallel(model, device_ids=[dev.index] if dev.type == "cuda" else None)
+        net = nn.parallel.DistributedDataParallel(supervised or model,
+                                                  device_ids=[dev.index] if dev.type == "cuda" else None)
     total_steps = cfg.epochs * steps_per_epoch
     trained_on = hardware(dev) + (f" x{ddp.world} processes" if ddp.world > 1 else "") \
         + (f", {'bf16' if amp_dtype == torch.bfloat16 else 'fp16'} autocast" if use_amp else "")
@@ -338,7 +341,7 @@ def train(cfg: TrainConfig, root: Path, out: Path, *, resume: bool = False, devi
         extra = {"init": init} if init else {}
         save_training_state(out, model, optimizer, {"epoch": epoch, "best": best, "history": history,
                                                     "train": cfg.to_dict(), "stopped_early": stop, **extra}, scaler,
-                            average=average)
+                            average=average, side=supervised)
         write_json(out / METRICS, {"best": best, "history": history, "stopped_early": stop, **extra})
         print(f"epoch {epoch + 1}/{cfg.epochs}  loss {row['loss']:.4f}  val mDice {val['mDice']:.4f}  "
               f"mIoU {val['mIoU']:.4f}  " + (f"int8 vs fp32 {row['val_agreement']:.4f}  " if cfg.qat else "")
@@ -372,7 +375,12 @@ def train(cfg: TrainConfig, root: Path, out: Path, *, resume: bool = False, devi
             y = y.to(dev, non_blocking=True)
             with torch.autocast(dev.type, dtype=amp_dtype, enabled=use_amp):
                 logits = net(x)
+                if supervised is not None:
+                    logits, sides = logits
                 loss = segmentation_loss(logits, y, cfg.loss)
+                if supervised is not None:
+                    loss = loss + cfg.deep_supervision * sum(segmentation_loss(s, y, cfg.loss) for s in sides) \
+                        / len(sides)
                 if teacher is not None and cfg.distill_weight:
                     with torch.no_grad():
                         soft = torch.sigmoid(teacher(x).float())

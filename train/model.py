@@ -139,6 +139,33 @@ class UNet(nn.Module):
         return self.head(x)
 
 
+class DeepSupervision(nn.Module):
+    """Training-time wrapper for deep supervision (``TrainConfig.deep_supervision``): the model plus a 1x1 conv on
+    each of its decoder's coarser levels (1/8, 1/4, 1/2 of the input), read by forward hooks, so the model itself,
+    its checkpoint and its export stay unchanged. ``forward`` gives (the model's logits, the side logits upsampled
+    to the same size)."""
+
+    def __init__(self, model: _FixedWidthUNet):
+        super().__init__()
+        self.model = model
+        r, classes = model.head[0].in_channels, model.config.num_classes
+        self.side = nn.ModuleList([nn.Conv2d(r, classes, 1) for _ in model.decoder[:-1]])
+        self._features: list[torch.Tensor] | None = None  # a list only inside forward: the model alone keeps none
+        for dec in model.decoder[:-1]:
+            dec.register_forward_hook(lambda _m, _in, out: self._features.append(out) if self._features is not None
+                                      else None)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        self._features = []
+        try:
+            logits = self.model(x)
+            features = self._features
+        finally:
+            self._features = None
+        return logits, [F.interpolate(conv(f), size=logits.shape[-2:], mode="bilinear", align_corners=False)
+                        for conv, f in zip(self.side, features)]
+
+
 MODELS: dict[str, type[nn.Module]] = {"simpleunet": SimpleUNet, "simpleesknet": SimpleESKNet, "unet": UNet}
 
 

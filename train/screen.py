@@ -50,6 +50,8 @@ CANDIDATES: dict[str, tuple[str, dict[str, Any]]] = {
                 {"init": "train/zoo/{base}", "lr": 0.0005}),
     "heavy+distill32": ("heavier augmentation and distillation from the zoo's SimpleUNet-32",
                         {"augment": "heavy", "teacher": "train/zoo/simpleunet32-{dataset}"}),
+    "dilate2+deepsup": ("dilation 2 and deep supervision (side outputs on the decoder's 1/8, 1/4, 1/2 levels, "
+                        "weight 1)", {"model.dilation": 2, "deep_supervision": 1.0}),
     "dilate2+heavy": ("dilation 2 and heavier augmentation (the robust one of the undilated screens)",
                       {"model.dilation": 2, "augment": "heavy"}),
 }

@@ -162,7 +162,8 @@ FLAGS = {"dataset": "--dataset", "epochs": "--epochs", "batch_size": "--batch-si
          "model.family": "--family", "model.width": "--width", "model.blocks": "--blocks", "model.rate": "--rate",
          "model.num_classes": "--classes", "model.head": "--head", "model.kernel_size": "--kernel-size",
          "model.dilation": "--dilation", "init": "--init", "loss": "--loss",
-         "ema": "--ema", "teacher": "--teacher", "distill_weight": "--distill-weight"}
+         "ema": "--ema", "teacher": "--teacher", "distill_weight": "--distill-weight",
+         "deep_supervision": "--deep-supervision"}
 #: Settings that say where and how fast a run ran, not what it learned, and the record of which images it trained
 #: on (``split_used``, filled in by training): left out of the command.
 MACHINE_LOCAL = ("data_root", "threads", "workers", "split_used", "init_sha256", "teacher_sha256")
@@ -180,6 +181,8 @@ def loss_name(meta: dict[str, Any]) -> str:
         train.get("loss"), "BCE + Dice" if meta["model"]["num_classes"] == 1 else "CE + Dice")
     if train.get("teacher"):
         name += f" + {train.get('distill_weight', 1.0)} x distillation from {train['teacher']}"
+    if train.get("deep_supervision"):
+        name += f" + {train['deep_supervision']} x deep supervision (1/8, 1/4, 1/2 side outputs)"
     if train.get("ema"):
         name += f", weights averaged (EMA {train['ema']})"
     return name
