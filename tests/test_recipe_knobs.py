@@ -180,3 +180,25 @@ def test_every_camera_shift_changes_the_images_and_keeps_their_form(kvasir):
         out = shift(images)
         assert out.dtype == np.uint8 and out.shape == images.shape, name
         assert (name == "none") == np.array_equal(out, images), name
+
+
+def test_confirm_gap_pairs_runs_on_the_test_split_at_their_own_threshold_and_rule(tiny_data, tmp_path, monkeypatch):
+    import shutil
+
+    root = tmp_path / "data"
+    shutil.copytree(tiny_data, root)
+    ids = sorted(p.stem for p in (root / "images").iterdir())
+    (root / "splits").mkdir()
+    (root / "splits" / "train.txt").write_text("\n".join(ids[:12]) + "\n")
+    (root / "splits" / "test.txt").write_text("\n".join(ids[12:]) + "\n")
+    monkeypatch.setattr(screen, "RUNS", tmp_path)
+    train(TrainConfig(**TINY), root, tmp_path / "a-e2", progress=False)
+    train(TrainConfig(**{**TINY, "seed": 1}), root, tmp_path / "b-e2", progress=False)
+    prob, masks, meta = screen.split_probabilities(tmp_path / "b-e2", root)
+    assert len(masks) == 4
+    pre = meta["preprocess"]
+    b = screen.per_image_dice(prob, masks, pre["threshold"], pre["min_region"])
+    text = screen.confirm_gap(["b-e2", "a-e2"], "a-e2", root)
+    ref = text.splitlines()[-1].split(" | ")[3]
+    assert f"| b-e2 | 4 | {b.mean():.4f} | {ref} |" in text
+    assert f"| a-e2 | 4 | {ref} | {ref} | +0.0000 [+0.0000, +0.0000] | 0 / 0 |" in text

@@ -204,6 +204,55 @@ def carve_out_dice(folder: Path, root: Path | None = None, shift: str = "none", 
     return np.array([dice(p > 0.5, m) for p, m in zip(prob, masks)]), key
 
 
+def split_probabilities(folder: Path, root: Path | None = None) -> tuple[np.ndarray, np.ndarray, dict]:
+    """A run's best weights' foreground probabilities on its dataset's (or ``root``'s) test split, the split's masks
+    and the checkpoint's meta (``simpleunet-eval --split test`` scores the same images)."""
+    import torch
+
+    from .checkpoint import load_model
+    from .config import TrainConfig
+    from .data import InMemorySegmentation, dataset_root, discover, load_arrays, select_split
+    from .loop import predict_probabilities
+
+    model, meta = load_model(folder)
+    cfg = TrainConfig.from_dict(meta["train"])
+    root = Path(root) if root else dataset_root(cfg.dataset, cfg.data_root)
+    images, masks = load_arrays(select_split(discover(root), root, "test"), cfg.imgsz)
+    prob = predict_probabilities(model, InMemorySegmentation(images, masks, cfg.mean, cfg.std), torch.device("cpu"))
+    return prob, masks, meta
+
+
+def per_image_dice(prob: np.ndarray, masks: np.ndarray, threshold: float, rule: tuple[float, float] = (0, 0)
+                   ) -> np.ndarray:
+    """Dice of each image's ``prob > threshold`` with the small regions of ``rule`` dropped (as the runtime)."""
+    from simpleunet_runtime.metrics import dice
+    from simpleunet_runtime.regions import MinRegion, small_regions
+
+    return np.array([dice((p > threshold) & ~small_regions(p > threshold, MinRegion(*rule)), m)
+                     for p, m in zip(prob, masks)])
+
+
+def confirm_gap(names: list[str], against: str, root: Path | None = None) -> str:
+    """Each run against ``against`` image by image on the test split, each at its own threshold and small-region
+    rule (what ``simpleunet-eval`` scores): the paired gap of a confirmation, once the choice is made."""
+    ref_prob, ref_masks, ref_meta = split_probabilities(_folder(against), root)
+    ref_pre = ref_meta["preprocess"]
+    ref = per_image_dice(ref_prob, ref_masks, ref_pre["threshold"], ref_pre.get("min_region", (0, 0)))
+    lines = ["| run | test images | mDice | reference mDice | gap [95 % paired bootstrap] | images better / worse "
+             "| misses (Dice < 0.1) run / reference |", "|---|---|---|---|---|---|---|"]
+    for name in names:
+        prob, masks, meta = split_probabilities(_folder(name), root)
+        if masks.shape != ref_masks.shape or not np.array_equal(masks, ref_masks):
+            raise SimpleUNetError(f"{name} and {against} have different test splits (dataset or size differ)")
+        pre = meta["preprocess"]
+        dices = per_image_dice(prob, masks, pre["threshold"], pre.get("min_region", (0, 0)))
+        g = paired_gap(dices, ref)
+        lines.append(f"| {name} | {len(ref)} | {dices.mean():.4f} | {ref.mean():.4f} | {g['gap']:+.4f} "
+                     f"[{g['low']:+.4f}, {g['high']:+.4f}] | {g['wins']} / {g['losses']} "
+                     f"| {int((dices < 0.1).sum())} / {int((ref < 0.1).sum())} |")
+    return f"reference: {against}\n\n" + "\n".join(lines)
+
+
 def paired_gap(a: np.ndarray, b: np.ndarray, rounds: int = 10_000, seed: int = 0) -> dict[str, float]:
     """Mean of ``a - b`` over the same images, its 95 % paired-bootstrap interval, and the images each side wins."""
     d = np.asarray(a, float) - np.asarray(b, float)
@@ -241,18 +290,9 @@ REGION_GRID = [(a, r) for a in (0, 0.0005, 0.001, 0.002, 0.003, 0.005) for r in 
 def regions(confirm: bool = False, zoo: Path = Path("train/zoo"), show: int = 8) -> str:
     """Rank ``REGION_GRID`` by mean carve-out mDice gain over ``REGION_MODELS`` (each at its own threshold) and, with
     ``confirm``, score the winner on each model's test split (as ``simpleunet-eval``, no rule vs the rule)."""
-    import torch
-
-    from simpleunet_runtime.metrics import dice
-    from simpleunet_runtime.regions import MinRegion, small_regions
-
     from .checkpoint import load_model
-    from .data import InMemorySegmentation
-    from .loop import predict_probabilities
 
-    def per_image(prob, masks, t, rule):
-        return np.array([dice((p > t) & ~small_regions(p > t, MinRegion(*rule)), m) for p, m in zip(prob, masks)])
-
+    per_image = per_image_dice
     cache: dict = {}
     gains, thresholds = {}, {}
     for name in REGION_MODELS:
@@ -270,18 +310,10 @@ def regions(confirm: bool = False, zoo: Path = Path("train/zoo"), show: int = 8)
     best = ranked[0]
     out = "\n".join(lines) + f"\n\nchosen: area {best[0]:g}, ratio {best[1]:g}"
     if confirm:
-        from .config import TrainConfig
-        from .data import dataset_root, discover, load_arrays, select_split
-
         lines = ["| model | test images | mDice, every region | mDice, rule | gap [95 % paired bootstrap] "
                  "| images better / worse |", "|---|---|---|---|---|---|"]
         for name in REGION_MODELS:
-            model, meta = load_model(zoo / name)
-            cfg = TrainConfig.from_dict(meta["train"])
-            root = dataset_root(cfg.dataset, cfg.data_root)
-            images, masks = load_arrays(select_split(discover(root), root, "test"), cfg.imgsz)
-            prob = predict_probabilities(model, InMemorySegmentation(images, masks, cfg.mean, cfg.std),
-                                         torch.device("cpu"))
+            prob, masks, _ = split_probabilities(zoo / name)
             a, b = per_image(prob, masks, thresholds[name], best), per_image(prob, masks, thresholds[name], (0, 0))
             g = paired_gap(a, b)
             lines.append(f"| {name} | {len(masks)} | {b.mean():.4f} | {a.mean():.4f} | {g['gap']:+.4f} "
@@ -299,6 +331,8 @@ def main(argv: list[str] | None = None) -> int:
         s.add_argument("names", nargs="*", default=list(CANDIDATES) if what == "run" else None)
         s.add_argument("--epochs", type=int, default=40)
         s.add_argument("--threads", type=int)
+    sub.choices["confirm"].add_argument("--against", metavar="RUN", help="also the paired gap on the test split "
+                                        "against this run (e.g. train/zoo/simpleunet32-kvasir)")
     t = sub.add_parser("table")
     t.add_argument("--epochs", type=int)
     for s in (sub.choices["run"], sub.choices["confirm"], t):
@@ -331,6 +365,8 @@ def main(argv: list[str] | None = None) -> int:
             rc = subprocess.call([str(exe), str(folder), "--split", "test", "--json", str(folder / "test.json")])
         if rc:
             return rc
+    if args.what == "confirm" and args.against:
+        print(confirm_gap([str(run_dir(name, args.epochs, args.base)) for name in args.names], args.against))
     return 0
 
 
