@@ -32,15 +32,21 @@ def test_structure_loss_rewards_the_right_mask_and_weighs_borders():
     assert torch.isclose(segmentation_loss(right, target, "structure"), structure_loss(right, target))
 
 
-def test_weight_average_is_what_the_checkpoint_keeps_and_resumes_exactly(tiny_data, tmp_path):
-    cfg = TrainConfig(**{**TINY, "epochs": 3, "ema": 0.9})
-    train(cfg, tiny_data, tmp_path / "full", progress=False)
+def _uninterrupted_and_resumed_states(cfg: TrainConfig, data, tmp_path) -> dict[str, torch.Tensor]:
+    """``last.safetensors`` of ``cfg`` trained straight through (tmp_path/full), checked identical, tensor by tensor,
+    to the same run crashed after 5 batches and resumed (tmp_path/crash)."""
+    train(cfg, data, tmp_path / "full", progress=False)
     with pytest.raises(KeyboardInterrupt):
-        train(cfg, tiny_data, tmp_path / "crash", progress=False, stop_after_batches=5)
-    train(cfg, tiny_data, tmp_path / "crash", resume=True, progress=False)
+        train(cfg, data, tmp_path / "crash", progress=False, stop_after_batches=5)
+    train(cfg, data, tmp_path / "crash", resume=True, progress=False)
     a, b = (load_file(str(tmp_path / run / "last.safetensors")) for run in ("full", "crash"))
-    assert a.keys() == b.keys() and any(k.startswith("ema.") for k in a)
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    return a
+
+
+def test_weight_average_is_what_the_checkpoint_keeps_and_resumes_exactly(tiny_data, tmp_path):
+    a = _uninterrupted_and_resumed_states(TrainConfig(**{**TINY, "epochs": 3, "ema": 0.9}), tiny_data, tmp_path)
+    assert any(k.startswith("ema.") for k in a)
     metrics = json.loads((tmp_path / "full" / "metrics.json").read_text())
     if metrics["best"]["epoch"] == 3:  # the best checkpoint is the average, not the raw weights
         best = load_file(str(tmp_path / "full" / "model.safetensors"))
@@ -62,14 +68,9 @@ def test_deep_supervision_trains_side_heads_resumes_exactly_and_saves_the_plain_
     assert torch.equal(model(torch.zeros(1, 3, 32, 32)), model(torch.zeros(1, 3, 32, 32)))  # the model alone: as ever
     assert wrapped._features is None
 
-    cfg = TrainConfig(**{**TINY, "epochs": 3, "deep_supervision": 1.0})
-    train(cfg, tiny_data, tmp_path / "full", progress=False)
-    with pytest.raises(KeyboardInterrupt):
-        train(cfg, tiny_data, tmp_path / "crash", progress=False, stop_after_batches=5)
-    train(cfg, tiny_data, tmp_path / "crash", resume=True, progress=False)
-    a, b = (load_file(str(tmp_path / run / "last.safetensors")) for run in ("full", "crash"))
-    assert a.keys() == b.keys() and sum(k.startswith("side.") for k in a) == 6  # 3 heads: weight + bias
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    a = _uninterrupted_and_resumed_states(TrainConfig(**{**TINY, "epochs": 3, "deep_supervision": 1.0}), tiny_data,
+                                          tmp_path)
+    assert sum(k.startswith("side.") for k in a) == 6  # 3 heads: weight + bias
     plain = train(TrainConfig(**{**TINY, "epochs": 3}), tiny_data, tmp_path / "plain", progress=False)
     assert plain["history"][-1]["loss"] != pytest.approx(json.loads((tmp_path / "full" / "metrics.json")
                                                                     .read_text())["history"][-1]["loss"])
