@@ -138,8 +138,8 @@ class TrainConfig:
     teacher_sha256: str | None = None
     distill_weight: float = 1.0
     #: Deep supervision: ``deep_supervision`` x the mean loss of side outputs on the decoder's three coarser levels
-    #: (1/8, 1/4, 1/2 of the input; model.SideHeads, 1x1 convs upsampled to the mask) is added to the loss. The side
-    #: heads exist in training only: the checkpoint and the export hold the unchanged model. 0: off.
+    #: (1/8, 1/4, 1/2 of the input; model.DeepSupervision, 1x1 convs upsampled to the mask) is added to the loss.
+    #: The side heads exist in training only: the checkpoint and the export hold the unchanged model. 0: off.
     deep_supervision: float = 0.0
     #: Which images the run trained on, filled in by training (data.training_samples): a split file's name,
     #: data.OFFICIAL_TRAIN or data.ALL_IMAGES. None: not recorded (runs from before the field).

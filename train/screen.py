@@ -292,14 +292,13 @@ def regions(confirm: bool = False, zoo: Path = Path("train/zoo"), show: int = 8)
     ``confirm``, score the winner on each model's test split (as ``simpleunet-eval``, no rule vs the rule)."""
     from .checkpoint import load_model
 
-    per_image = per_image_dice
     cache: dict = {}
     gains, thresholds = {}, {}
     for name in REGION_MODELS:
         prob, masks, _ = carve_out_probabilities(zoo / name, _cache=cache)
         t = thresholds[name] = load_model(zoo / name)[1]["preprocess"]["threshold"]
-        base = per_image(prob, masks, t, (0, 0))
-        gains[name] = {rule: float((per_image(prob, masks, t, rule) - base).mean()) for rule in REGION_GRID}
+        base = per_image_dice(prob, masks, t, (0, 0))
+        gains[name] = {rule: float((per_image_dice(prob, masks, t, rule) - base).mean()) for rule in REGION_GRID}
     ranked = sorted(REGION_GRID, key=lambda r: (-np.mean([gains[n][r] for n in REGION_MODELS]), r))
     lines = ["| area, ratio | mean carve-out gain | worst | " + " | ".join(REGION_MODELS) + " |",
              "|---|---|---|" + "---|" * len(REGION_MODELS)]
@@ -314,7 +313,8 @@ def regions(confirm: bool = False, zoo: Path = Path("train/zoo"), show: int = 8)
                  "| images better / worse |", "|---|---|---|---|---|---|"]
         for name in REGION_MODELS:
             prob, masks, _ = split_probabilities(zoo / name)
-            a, b = per_image(prob, masks, thresholds[name], best), per_image(prob, masks, thresholds[name], (0, 0))
+            t = thresholds[name]
+            a, b = per_image_dice(prob, masks, t, best), per_image_dice(prob, masks, t, (0, 0))
             g = paired_gap(a, b)
             lines.append(f"| {name} | {len(masks)} | {b.mean():.4f} | {a.mean():.4f} | {g['gap']:+.4f} "
                          f"[{g['low']:+.4f}, {g['high']:+.4f}] | {g['wins']} / {g['losses']} |")
