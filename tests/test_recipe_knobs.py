@@ -203,3 +203,5 @@ def test_confirm_gap_pairs_runs_on_the_test_split_at_their_own_threshold_and_rul
     ref = text.splitlines()[-1].split(" | ")[3]
     assert f"| b-e2 | 4 | {b.mean():.4f} | {ref} |" in text
     assert f"| a-e2 | 4 | {ref} | {ref} | +0.0000 [+0.0000, +0.0000] | 0 / 0 |" in text
+    monkeypatch.setattr(screen.subprocess, "call", lambda *a, **k: pytest.fail("scored before checking --against"))
+    assert screen.main(["confirm", "b", "--epochs", "2", "--against", "nowhere"]) == 2

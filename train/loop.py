@@ -374,11 +374,9 @@ def train(cfg: TrainConfig, root: Path, out: Path, *, resume: bool = False, devi
             x = x.to(dev, non_blocking=True, memory_format=MEMORY_FORMAT)
             y = y.to(dev, non_blocking=True)
             with torch.autocast(dev.type, dtype=amp_dtype, enabled=use_amp):
-                logits = net(x)
-                if supervised is not None:
-                    logits, sides = logits
+                logits, sides = net(x) if supervised is not None else (net(x), [])
                 loss = segmentation_loss(logits, y, cfg.loss)
-                if supervised is not None:
+                if sides:  # deep supervision: the mean loss of the side outputs, weighted
                     loss = loss + cfg.deep_supervision * sum(segmentation_loss(s, y, cfg.loss) for s in sides) \
                         / len(sides)
                 if teacher is not None and cfg.distill_weight:

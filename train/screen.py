@@ -328,7 +328,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = p.add_subparsers(dest="what", required=True)
     for what in ("run", "confirm"):
         s = sub.add_parser(what)
-        s.add_argument("names", nargs="*", default=list(CANDIDATES) if what == "run" else None)
+        s.add_argument("names", **({"nargs": "*", "default": list(CANDIDATES)} if what == "run" else {"nargs": "+"}))
         s.add_argument("--epochs", type=int, default=40)
         s.add_argument("--threads", type=int)
     sub.choices["confirm"].add_argument("--against", metavar="RUN", help="also the paired gap on the test split "
@@ -356,6 +356,8 @@ def main(argv: list[str] | None = None) -> int:
         shifts = tuple(SHIFTS) if "all" in args.shift else tuple(args.shift)
         print(compare(args.names, args.against, args.data, shifts))
         return 0
+    if args.what == "confirm" and args.against:
+        _folder(args.against)  # a wrong reference is reported before the scoring, not after it
     for name in args.names:
         if args.what == "run":
             rc = _train(name, args.epochs, args.threads, args.base)
