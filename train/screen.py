@@ -54,6 +54,11 @@ CANDIDATES: dict[str, tuple[str, dict[str, Any]]] = {
                         "weight 1)", {"model.dilation": 2, "deep_supervision": 1.0}),
     "dilate2+heavy": ("dilation 2 and heavier augmentation (the robust one of the undilated screens)",
                       {"model.dilation": 2, "augment": "heavy"}),
+    "dilate2+deepsup+heavy": ("dilation 2, deep supervision weight 1 and heavier augmentation (the carve-out "
+                              "leader with the robust augmentation)",
+                              {"model.dilation": 2, "deep_supervision": 1.0, "augment": "heavy"}),
+    "deepsup": ("deep supervision (side outputs on the decoder's 1/8, 1/4, 1/2 levels, weight 1)",
+                {"deep_supervision": 1.0}),
 }
 RUNS = Path("runs/screen")
 #: A base recipe as it stood when its candidates were screened, where it has changed since: the zoo's
