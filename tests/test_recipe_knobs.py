@@ -54,6 +54,28 @@ def test_weight_average_is_what_the_checkpoint_keeps_and_resumes_exactly(tiny_da
         assert torch.equal(best[name], a[f"ema.{name}"]) and not torch.equal(best[name], a[f"model.{name}"])
 
 
+def test_swa_averages_epoch_ends_at_its_lr_remeasures_batchnorm_and_resumes_exactly(tiny_data, tmp_path):
+    cfg = TrainConfig(**{**TINY, "epochs": 4, "swa": 0.5, "swa_lr": 0.0005})  # averages the ends of epochs 3 and 4
+    train(cfg, tiny_data, tmp_path / "full", progress=False)
+    with pytest.raises(KeyboardInterrupt):  # 3 batches an epoch: the 10th is the first of epoch 4
+        train(cfg, tiny_data, tmp_path / "crash", progress=False, stop_after_batches=10)
+    third = load_file(str(tmp_path / "crash" / "last.safetensors"))
+    train(cfg, tiny_data, tmp_path / "crash", resume=True, progress=False)
+    a, b = (load_file(str(tmp_path / run / "last.safetensors")) for run in ("full", "crash"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    weights = [k[6:] for k in a if k.startswith("model.") and k.endswith("weight") and a[k].ndim == 4]
+    for name in weights:  # the mean of the raw weights at the ends of epochs 3 and 4
+        torch.testing.assert_close(a[f"ema.{name}"], (third[f"model.{name}"] + a[f"model.{name}"]) / 2)
+    means = [k[6:] for k in a if k.startswith("model.") and k.endswith("running_mean")]
+    assert means and not all(torch.equal(a[f"ema.{k}"], a[f"model.{k}"]) for k in means)  # re-measured
+    metrics = json.loads((tmp_path / "full" / "metrics.json").read_text())
+    assert [h["lr"] for h in metrics["history"][2:]] == [0.0005, 0.0005]
+    assert metrics["history"][0]["lr"] > 0.0005
+    if metrics["best"]["epoch"] >= 3:  # the best checkpoint is the average
+        best = load_file(str(tmp_path / "full" / "model.safetensors"))
+        assert torch.equal(best[weights[0]], a[f"ema.{weights[0]}"])
+
+
 def test_deep_supervision_trains_side_heads_resumes_exactly_and_saves_the_plain_model(tiny_data, tmp_path):
     from simpleunet.train.checkpoint import load_model
     from simpleunet.train.model import DeepSupervision, build_model
@@ -104,6 +126,9 @@ def test_distillation_checks_its_teacher_and_records_it(tiny_data, tmp_path, cap
 @pytest.mark.parametrize("bad, msg", [({"loss": "focal"}, "loss must be one of bce_dice, structure"),
                                       ({"ema": 1.0}, "ema must be a decay in"),
                                       ({"deep_supervision": -1}, "deep_supervision must be a number >= 0"),
+                                      ({"swa": 1.0}, "swa must be a fraction of the schedule"),
+                                      ({"swa": 0.5, "swa_lr": 0.1}, "swa_lr must be between 0"),
+                                      ({"swa": 0.5, "ema": 0.9}, "does not combine with ema"),
                                       ({"loss": "structure", "model": ModelConfig(width=4, num_classes=2)},
                                        "for a 1-class sigmoid head")])
 def test_bad_knobs_are_config_errors(bad, msg):

@@ -117,6 +117,9 @@ def train_main(argv: list[str] | None = None) -> int:
     p.add_argument("--loss", choices=LOSSES, help="bce_dice (default) or structure (PraNet's weighted BCE + IoU)")
     p.add_argument("--ema", type=float, help="keep an exponential moving average of the weights with this decay "
                    "(e.g. 0.999) and validate, keep and export it; 0 = off")
+    p.add_argument("--swa", type=float, metavar="F", help="stochastic weight averaging over the last (1 - F) of "
+                   "the epochs (e.g. 0.75): average each epoch's weights; validate and export it; 0 = off")
+    p.add_argument("--swa-lr", type=float, help="the constant lr while --swa averages (default 0: the cosine goes on)")
     p.add_argument("--teacher", metavar="DIR", help="distil from this run folder's model (trained on the same images "
                    "and carve-out)")
     p.add_argument("--distill-weight", type=float, help="weight of the distillation term (default 1)")
@@ -152,8 +155,8 @@ def train_main(argv: list[str] | None = None) -> int:
             model_over["aff"] = False
         train_over = {k: getattr(args, k) for k in ("epochs", "batch_size", "lr", "weight_decay", "eta_min", "imgsz",
                                                      "seed", "patience", "threads", "val_fraction", "augment",
-                                                     "dataset", "init", "qat_weights", "loss", "ema",
-                                                     "teacher", "distill_weight", "deep_supervision")
+                                                     "dataset", "init", "qat_weights", "loss", "ema", "swa",
+                                                     "swa_lr", "teacher", "distill_weight", "deep_supervision")
                       if getattr(args, k) is not None}
         if args.qat:
             train_over["qat"] = True

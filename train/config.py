@@ -131,6 +131,13 @@ class TrainConfig:
     #: Decay of an exponential moving average of the weights (0: off). When on, validation, the best checkpoint and
     #: the export use the averaged weights; the optimizer keeps training the raw ones.
     ema: float = 0.0
+    #: Stochastic weight averaging (Izmailov et al. 2018): from this fraction of the schedule on (0: off; 0.75: the
+    #: last quarter) the lr is held at ``swa_lr`` (0: the cosine goes on) and the weights at the end of each epoch
+    #: are averaged with equal weight; the average's BatchNorm statistics are re-measured on the (unaugmented)
+    #: training images, as test images are seen. Validation, the best checkpoint and the export use the average
+    #: once it exists. Why: an average over a flat stretch of the loss generalizes better than its end point.
+    swa: float = 0.0
+    swa_lr: float = 0.0
     #: A run folder whose model teaches this one (knowledge distillation): ``distill_weight`` x BCE of the student's
     #: logits against the teacher's probabilities is added to the loss. The teacher must have trained on the same
     #: images with the same carve-out, or the carve-out would no longer be unseen. Its sha256 is filled in.
@@ -174,6 +181,16 @@ class TrainConfig:
             raise ConfigError("loss 'structure' is for a 1-class sigmoid head; use loss bce_dice with num_classes 2+")
         if not (isinstance(self.ema, (int, float)) and 0 <= self.ema < 1):
             raise bad("ema", "a decay in [0, 1) (0 = off; 0.999 is usual)")
+        if not (isinstance(self.swa, (int, float)) and 0 <= self.swa < 1):
+            raise bad("swa", "a fraction of the schedule in [0, 1) (0 = off; 0.75 averages the last quarter)")
+        if not (isinstance(self.swa_lr, (int, float)) and 0 <= self.swa_lr <= self.lr):
+            raise bad("swa_lr", f"between 0 (keep the cosine) and lr ({self.lr})")
+        if self.swa and int(self.swa * self.epochs) >= self.epochs:
+            raise ConfigError(f"swa {self.swa} of {self.epochs} epochs starts after the last epoch; lower --swa or "
+                              "train more epochs")
+        if self.swa and (self.ema or self.qat):
+            raise ConfigError("swa keeps its own average of the weights: it does not combine with ema or qat; "
+                              "drop one")
         if not (isinstance(self.distill_weight, (int, float)) and 0 <= self.distill_weight < float("inf")):
             raise bad("distill_weight", "a number >= 0")
         if not (isinstance(self.deep_supervision, (int, float)) and 0 <= self.deep_supervision < float("inf")):

@@ -156,11 +156,12 @@ def init_record(cfg: TrainConfig) -> dict[str, Any]:
 
 
 class WeightAverage:
-    """An exponential moving average of a model's weights (``TrainConfig.ema``), with the usual warm-up
-    (decay min(d, (1 + step) / (10 + step))) so the first steps are not frozen at the initial weights. Buffers
-    (BatchNorm statistics) are copied, not averaged."""
+    """An average of a model's weights: exponential (``TrainConfig.ema``, updated every step, with the usual warm-up
+    decay min(d, (1 + step) / (10 + step)) so the first steps are not frozen at the initial weights) or, with
+    ``decay=None``, the equal-weight mean of every update (SWA, ``TrainConfig.swa``, updated once an epoch). Buffers
+    (BatchNorm statistics) are copied, not averaged; SWA re-measures them (``measure_batchnorm``)."""
 
-    def __init__(self, model: nn.Module, decay: float):
+    def __init__(self, model: nn.Module, decay: float | None):
         import copy
 
         self.decay = decay
@@ -173,11 +174,29 @@ class WeightAverage:
     def update(self, model: nn.Module) -> None:
         model = getattr(model, "module", model)
         self.steps += 1
-        d = min(self.decay, (1 + self.steps) / (10 + self.steps))
+        if self.decay is None:  # the mean of every update so far
+            d = (self.steps - 1) / self.steps
+        else:
+            d = min(self.decay, (1 + self.steps) / (10 + self.steps))
         for avg, p in zip(self.model.parameters(), model.parameters()):
             avg.lerp_(p.detach(), 1 - d)
         for avg, b in zip(self.model.buffers(), model.buffers()):
             avg.copy_(b)
+
+    @torch.no_grad()
+    def measure_batchnorm(self, batches: Iterable[torch.Tensor]) -> None:
+        """BatchNorm statistics of the averaged weights, as a cumulative mean over ``batches`` (averaged weights
+        with the last weights' statistics do not match)."""
+        norms = {m: m.momentum for m in self.model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)}
+        for m in norms:
+            m.reset_running_stats()
+            m.momentum = None  # cumulative
+        self.model.train()
+        for x in batches:
+            self.model(x)
+        self.model.eval()
+        for m, momentum in norms.items():
+            m.momentum = momentum
 
 
 def load_teacher(cfg: TrainConfig, split_used: str) -> tuple[nn.Module, str]:
@@ -287,7 +306,8 @@ def train(cfg: TrainConfig, root: Path, out: Path, *, resume: bool = False, devi
     # bf16 where the GPU has it (Ampere and later: fp32's range, so no loss scaling), else fp16 with a GradScaler
     amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
-    average = WeightAverage(model, cfg.ema) if cfg.ema else None
+    average = WeightAverage(model, cfg.ema) if cfg.ema else WeightAverage(model, None) if cfg.swa else None
+    swa_from = int(cfg.swa * cfg.epochs) if cfg.swa else None  # the first epoch (0-based) whose end is averaged
     if resume:
         state = load_training_state(out, model, optimizer, scaler, average=average, side=supervised)
         start_epoch, best, history, init = state["epoch"] + 1, state["best"], state["history"], state.get("init")
@@ -299,7 +319,9 @@ def train(cfg: TrainConfig, root: Path, out: Path, *, resume: bool = False, devi
     trained_on = hardware(dev) + (f" x{ddp.world} processes" if ddp.world > 1 else "") \
         + (f", {'bf16' if amp_dtype == torch.bfloat16 else 'fp16'} autocast" if use_amp else "")
 
-    def lr_at(step: int) -> float:  # cosine annealing per step, eta_min at the end
+    def lr_at(step: int) -> float:  # cosine annealing per step, eta_min at the end; SWA's constant lr
+        if swa_from is not None and cfg.swa_lr and step >= swa_from * steps_per_epoch:
+            return cfg.swa_lr
         progress = min(step, total_steps) / total_steps
         return cfg.eta_min + (cfg.lr - cfg.eta_min) * 0.5 * (1 + math.cos(math.pi * progress))
 
@@ -319,7 +341,13 @@ def train(cfg: TrainConfig, root: Path, out: Path, *, resume: bool = False, devi
         """Validate, keep the best, save the resumable state; True to stop early."""
         nonlocal best
         calibrate()  # the ranges the export would measure on these weights
-        judged = average.model if average else runner  # the weights the checkpoint keeps
+        if swa_from is not None and epoch >= swa_from:
+            average.update(model)
+            average.measure_batchnorm(x.to(dev, memory_format=MEMORY_FORMAT) for x, _ in
+                                      train_set.batches(cfg.batch_size, epoch=0, seed=cfg.seed, shuffle=False,
+                                                        drop_last=False))
+        averaged = average is not None and average.steps > 0
+        judged = average.model if averaged else runner  # the weights the checkpoint keeps
         prob = predict_probabilities(judged, val_set, dev)
         val = score(prob, val_set.masks, 0.5)
         row = {"epoch": epoch + 1, "loss": float(np.mean(losses)), "val_mDice": val["mDice"],
@@ -336,7 +364,7 @@ def train(cfg: TrainConfig, root: Path, out: Path, *, resume: bool = False, devi
         if improved:
             threshold, tuned = best_threshold(prob, val_set.masks)
             best = {"val_mDice": val["mDice"], "epoch": epoch + 1, "threshold": threshold, "val_mDice_tuned": tuned}
-            save_model(out, judged if average else model, checkpoint_meta(cfg, threshold))
+            save_model(out, judged if averaged else model, checkpoint_meta(cfg, threshold))
         stop = bool(cfg.patience) and epoch + 1 - best["epoch"] >= cfg.patience
         extra = {"init": init} if init else {}
         save_training_state(out, model, optimizer, {"epoch": epoch, "best": best, "history": history,
@@ -391,7 +419,7 @@ def train(cfg: TrainConfig, root: Path, out: Path, *, resume: bool = False, devi
             scaler.scale(loss).backward()
             scaler.step(optimizer)
             scaler.update()
-            if average:
+            if average and swa_from is None:
                 average.update(model)
             losses.append(loss.item())
             if bar.disable is False:

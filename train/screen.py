@@ -57,6 +57,10 @@ CANDIDATES: dict[str, tuple[str, dict[str, Any]]] = {
     "dilate2+deepsup+heavy": ("dilation 2, deep supervision weight 1 and heavier augmentation (the carve-out "
                               "leader with the robust augmentation)",
                               {"model.dilation": 2, "deep_supervision": 1.0, "augment": "heavy"}),
+    "dilate2+swa-restart": ("SWA from the zoo's dilated model (Izmailov et al.'s use): 10 % of the epochs at lr "
+                            "2e-4 to leave its minimum, then the epoch ends averaged at a constant 2e-4",
+                            {"model.dilation": 2, "init": "train/zoo/{base}", "lr": 0.0002, "swa": 0.1,
+                             "swa_lr": 0.0002}),
     "deepsup": ("deep supervision (side outputs on the decoder's 1/8, 1/4, 1/2 levels, weight 1)",
                 {"deep_supervision": 1.0}),
 }

@@ -162,8 +162,8 @@ FLAGS = {"dataset": "--dataset", "epochs": "--epochs", "batch_size": "--batch-si
          "model.family": "--family", "model.width": "--width", "model.blocks": "--blocks", "model.rate": "--rate",
          "model.num_classes": "--classes", "model.head": "--head", "model.kernel_size": "--kernel-size",
          "model.dilation": "--dilation", "init": "--init", "loss": "--loss",
-         "ema": "--ema", "teacher": "--teacher", "distill_weight": "--distill-weight",
-         "deep_supervision": "--deep-supervision"}
+         "ema": "--ema", "swa": "--swa", "swa_lr": "--swa-lr", "teacher": "--teacher",
+         "distill_weight": "--distill-weight", "deep_supervision": "--deep-supervision"}
 #: Settings that say where and how fast a run ran, not what it learned, and the record of which images it trained
 #: on (``split_used``, filled in by training): left out of the command.
 MACHINE_LOCAL = ("data_root", "threads", "workers", "split_used", "init_sha256", "teacher_sha256")
@@ -185,6 +185,9 @@ def loss_name(meta: dict[str, Any]) -> str:
         name += f" + {train['deep_supervision']} x deep supervision (1/8, 1/4, 1/2 side outputs)"
     if train.get("ema"):
         name += f", weights averaged (EMA {train['ema']})"
+    if train.get("swa"):
+        lr = f" at lr {train['swa_lr']:g}" if train.get("swa_lr") else ""
+        name += f", weights averaged (SWA over the last {1 - train['swa']:.0%} of the epochs{lr})"
     return name
 
 
