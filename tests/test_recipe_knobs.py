@@ -69,8 +69,8 @@ def test_swa_averages_epoch_ends_at_its_lr_remeasures_batchnorm_and_resumes_exac
     means = [k[6:] for k in a if k.startswith("model.") and k.endswith("running_mean")]
     assert means and not all(torch.equal(a[f"ema.{k}"], a[f"model.{k}"]) for k in means)  # re-measured
     metrics = json.loads((tmp_path / "full" / "metrics.json").read_text())
-    assert [h["lr"] for h in metrics["history"][2:]] == [0.0005, 0.0005]
-    assert metrics["history"][0]["lr"] > 0.0005
+    assert [h["lr"] for h in metrics["history"][2:]] == [0.0005, 0.0005]  # the lr each epoch's last step used
+    assert metrics["history"][1]["lr"] > 0.0005  # the cosine up to the averaging
     if metrics["best"]["epoch"] >= 3:  # the best checkpoint is the average
         best = load_file(str(tmp_path / "full" / "model.safetensors"))
         assert torch.equal(best[weights[0]], a[f"ema.{weights[0]}"])
@@ -129,6 +129,7 @@ def test_distillation_checks_its_teacher_and_records_it(tiny_data, tmp_path, cap
                                       ({"swa": 1.0}, "swa must be a fraction of the schedule"),
                                       ({"swa": 0.5, "swa_lr": 0.1}, "swa_lr must be between 0"),
                                       ({"swa": 0.5, "ema": 0.9}, "does not combine with ema"),
+                                      ({"swa": 0.1}, "leaves no epoch before the averaging"),
                                       ({"loss": "structure", "model": ModelConfig(width=4, num_classes=2)},
                                        "for a 1-class sigmoid head")])
 def test_bad_knobs_are_config_errors(bad, msg):

@@ -185,12 +185,12 @@ class TrainConfig:
             raise bad("swa", "a fraction of the schedule in [0, 1) (0 = off; 0.75 averages the last quarter)")
         if not (isinstance(self.swa_lr, (int, float)) and 0 <= self.swa_lr <= self.lr):
             raise bad("swa_lr", f"between 0 (keep the cosine) and lr ({self.lr})")
-        if self.swa and int(self.swa * self.epochs) >= self.epochs:
-            raise ConfigError(f"swa {self.swa} of {self.epochs} epochs starts after the last epoch; lower --swa or "
-                              "train more epochs")
-        if self.swa and (self.ema or self.qat):
-            raise ConfigError("swa keeps its own average of the weights: it does not combine with ema or qat; "
-                              "drop one")
+        if self.swa and int(self.swa * self.epochs) == 0:
+            raise ConfigError(f"swa {self.swa} of {self.epochs} epochs leaves no epoch before the averaging; raise "
+                              "--swa or train more epochs")
+        if self.swa and (self.ema or self.qat or self.patience):
+            raise ConfigError("swa keeps its own average of the weights from a set epoch: it does not combine with "
+                              "ema, qat or patience; drop one")
         if not (isinstance(self.distill_weight, (int, float)) and 0 <= self.distill_weight < float("inf")):
             raise bad("distill_weight", "a number >= 0")
         if not (isinstance(self.deep_supervision, (int, float)) and 0 <= self.deep_supervision < float("inf")):

@@ -345,13 +345,13 @@ def train(cfg: TrainConfig, root: Path, out: Path, *, resume: bool = False, devi
             average.update(model)
             average.measure_batchnorm(x.to(dev, memory_format=MEMORY_FORMAT) for x, _ in
                                       train_set.batches(cfg.batch_size, epoch=0, seed=cfg.seed, shuffle=False,
-                                                        drop_last=False))
+                                                        drop_last=False) if len(x) > 1)
         averaged = average is not None and average.steps > 0
         judged = average.model if averaged else runner  # the weights the checkpoint keeps
         prob = predict_probabilities(judged, val_set, dev)
         val = score(prob, val_set.masks, 0.5)
         row = {"epoch": epoch + 1, "loss": float(np.mean(losses)), "val_mDice": val["mDice"],
-               "val_mIoU": val["mIoU"], "lr": lr_at((epoch + 1) * steps_per_epoch),
+               "val_mIoU": val["mIoU"], "lr": lr_at((epoch + 1) * steps_per_epoch - 1),  # its last step's
                "seconds": round(time.perf_counter() - t0, 2), "trained_on": trained_on}
         if cfg.qat:  # the int8 view's masks against the fp32 view's on the carve-out (the export's agreement)
             fp32 = predict_probabilities(runner.float_view(), val_set, dev) > 0.5

@@ -187,7 +187,8 @@ def loss_name(meta: dict[str, Any]) -> str:
         name += f", weights averaged (EMA {train['ema']})"
     if train.get("swa"):
         lr = f" at lr {train['swa_lr']:g}" if train.get("swa_lr") else ""
-        name += f", weights averaged (SWA over the last {1 - train['swa']:.0%} of the epochs{lr})"
+        averaged = train["epochs"] - int(train["swa"] * train["epochs"])
+        name += f", weights averaged (SWA of the last {averaged} epochs' ends{lr})"
     return name
 
 
