@@ -130,6 +130,7 @@ def test_distillation_checks_its_teacher_and_records_it(tiny_data, tmp_path, cap
                                       ({"swa": 0.5, "swa_lr": 0.1}, "swa_lr must be between 0"),
                                       ({"swa": 0.5, "ema": 0.9}, "does not combine with ema"),
                                       ({"swa": 0.1}, "leaves no epoch before the averaging"),
+                                      ({"swa_lr": 0.0005}, "give --swa too"),
                                       ({"loss": "structure", "model": ModelConfig(width=4, num_classes=2)},
                                        "for a 1-class sigmoid head")])
 def test_bad_knobs_are_config_errors(bad, msg):

@@ -185,6 +185,8 @@ class TrainConfig:
             raise bad("swa", "a fraction of the schedule in [0, 1) (0 = off; 0.75 averages the last quarter)")
         if not (isinstance(self.swa_lr, (int, float)) and 0 <= self.swa_lr <= self.lr):
             raise bad("swa_lr", f"between 0 (keep the cosine) and lr ({self.lr})")
+        if self.swa_lr and not self.swa:
+            raise ConfigError("swa_lr is the lr while SWA averages: give --swa too (e.g. --swa 0.75), or drop --swa-lr")
         if self.swa and int(self.swa * self.epochs) == 0:
             raise ConfigError(f"swa {self.swa} of {self.epochs} epochs leaves no epoch before the averaging; raise "
                               "--swa or train more epochs")

@@ -159,7 +159,7 @@ class WeightAverage:
     """An average of a model's weights: exponential (``TrainConfig.ema``, updated every step, with the usual warm-up
     decay min(d, (1 + step) / (10 + step)) so the first steps are not frozen at the initial weights) or, with
     ``decay=None``, the equal-weight mean of every update (SWA, ``TrainConfig.swa``, updated once an epoch). Buffers
-    (BatchNorm statistics) are copied, not averaged; SWA re-measures them (``measure_batchnorm``)."""
+    (BatchNorm statistics) are copied, not averaged; SWA re-measures them (torch's ``swa_utils.update_bn``)."""
 
     def __init__(self, model: nn.Module, decay: float | None):
         import copy
@@ -182,21 +182,6 @@ class WeightAverage:
             avg.lerp_(p.detach(), 1 - d)
         for avg, b in zip(self.model.buffers(), model.buffers()):
             avg.copy_(b)
-
-    @torch.no_grad()
-    def measure_batchnorm(self, batches: Iterable[torch.Tensor]) -> None:
-        """BatchNorm statistics of the averaged weights, as a cumulative mean over ``batches`` (averaged weights
-        with the last weights' statistics do not match)."""
-        norms = {m: m.momentum for m in self.model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)}
-        for m in norms:
-            m.reset_running_stats()
-            m.momentum = None  # cumulative
-        self.model.train()
-        for x in batches:
-            self.model(x)
-        self.model.eval()
-        for m, momentum in norms.items():
-            m.momentum = momentum
 
 
 def load_teacher(cfg: TrainConfig, split_used: str) -> tuple[nn.Module, str]:
@@ -343,9 +328,10 @@ def train(cfg: TrainConfig, root: Path, out: Path, *, resume: bool = False, devi
         calibrate()  # the ranges the export would measure on these weights
         if swa_from is not None and epoch >= swa_from:
             average.update(model)
-            average.measure_batchnorm(x.to(dev, memory_format=MEMORY_FORMAT) for x, _ in
-                                      train_set.batches(cfg.batch_size, epoch=0, seed=cfg.seed, shuffle=False,
-                                                        drop_last=False) if len(x) > 1)
+            # the average's BatchNorm statistics, measured afresh: the last weights' ones do not fit it
+            torch.optim.swa_utils.update_bn((x.to(dev, memory_format=MEMORY_FORMAT) for x, _ in
+                                             train_set.batches(cfg.batch_size, epoch=0, seed=cfg.seed, shuffle=False,
+                                                               drop_last=False) if len(x) > 1), average.model)
         averaged = average is not None and average.steps > 0
         judged = average.model if averaged else runner  # the weights the checkpoint keeps
         prob = predict_probabilities(judged, val_set, dev)
