@@ -232,3 +232,25 @@ def test_confirm_gap_pairs_runs_on_the_test_split_at_their_own_threshold_and_rul
     assert f"| a-e2 | 4 | {ref} | {ref} | +0.0000 [+0.0000, +0.0000] | 0 / 0 |" in text
     monkeypatch.setattr(screen.subprocess, "call", lambda *a, **k: pytest.fail("scored before checking --against"))
     assert screen.main(["confirm", "b", "--epochs", "2", "--against", "nowhere"]) == 2
+
+
+def test_border_smoothing_softens_only_near_borders_and_is_recorded(tiny_data, tmp_path):
+    from simpleunet.train.losses import smooth_borders
+    from simpleunet.train.zoo import loss_name
+    mask = torch.zeros(1, 1, 32, 32)
+    mask[:, :, 0:16, 8:24] = 1  # touches the image's top edge
+    soft = smooth_borders(mask, 1.0)
+    assert soft.shape == mask.shape and torch.allclose(soft.sum(), mask.sum(), atol=1e-3)  # mass kept inside
+    far = soft[0, 0, [0, 8, 28], 16]  # far from a border: the label as it was
+    assert torch.allclose(far, torch.tensor([1.0, 1.0, 0.0]), atol=1e-5)
+    assert 0.2 < soft[0, 0, 16, 16] < 0.5 < soft[0, 0, 15, 16] < 0.8  # across the bottom border
+    assert torch.isclose(soft[0, 0, 0, 15], soft[0, 0, 8, 15])  # the image's edge is not a border
+    cfg = TrainConfig(**{**TINY, "border_smooth": 1.5})
+    train(cfg, tiny_data, tmp_path / "run", progress=False)
+    meta = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert meta["train"]["border_smooth"] == 1.5
+    assert "mask borders smoothed (Gaussian, sigma 1.5 px)" in loss_name(meta)
+    with pytest.raises(ConfigError, match="border_smooth must be a Gaussian sigma in px between 0 .off. and 4"):
+        TrainConfig(**{**TINY, "border_smooth": 5})
+    with pytest.raises(ConfigError, match="a 2\\+ class model trains on class labels"):
+        TrainConfig(**{**TINY, "border_smooth": 1.0, "model": ModelConfig(width=4, num_classes=2)})

@@ -125,6 +125,8 @@ def train_main(argv: list[str] | None = None) -> int:
     p.add_argument("--distill-weight", type=float, help="weight of the distillation term (default 1)")
     p.add_argument("--deep-supervision", type=float, metavar="W", help="add W x the mean loss of side outputs on "
                    "the decoder's 1/8, 1/4 and 1/2 levels (training only: the saved model is unchanged); 0 = off")
+    p.add_argument("--border-smooth", type=float, metavar="SIGMA", help="label smoothing of mask borders: blur the "
+                   "training masks by a Gaussian of SIGMA px (e.g. 2); 0 = off")
     p.add_argument("--init", metavar="DIR", help="start from this checkpoint folder's weights (a fine-tune; same "
                    "architecture)")
     p.add_argument("--qat", action="store_true", help="quantization-aware fine-tuning through the int8 graph the "
@@ -156,7 +158,8 @@ def train_main(argv: list[str] | None = None) -> int:
         train_over = {k: getattr(args, k) for k in ("epochs", "batch_size", "lr", "weight_decay", "eta_min", "imgsz",
                                                      "seed", "patience", "threads", "val_fraction", "augment",
                                                      "dataset", "init", "qat_weights", "loss", "ema", "swa",
-                                                     "swa_lr", "teacher", "distill_weight", "deep_supervision")
+                                                     "swa_lr", "teacher", "distill_weight", "deep_supervision",
+                                                     "border_smooth")
                       if getattr(args, k) is not None}
         if args.qat:
             train_over["qat"] = True

@@ -148,6 +148,9 @@ class TrainConfig:
     #: (1/8, 1/4, 1/2 of the input; model.DeepSupervision, 1x1 convs upsampled to the mask) is added to the loss.
     #: The side heads exist in training only: the checkpoint and the export hold the unchanged model. 0: off.
     deep_supervision: float = 0.0
+    #: Label smoothing of mask borders: the training masks blurred by a Gaussian of this sigma in px at ``imgsz``
+    #: (losses.smooth_borders), so the targets go from 1 to 0 across a border instead of jumping. 0: off.
+    border_smooth: float = 0.0
     #: Which images the run trained on, filled in by training (data.training_samples): a split file's name,
     #: data.OFFICIAL_TRAIN or data.ALL_IMAGES. None: not recorded (runs from before the field).
     split_used: str | None = None
@@ -203,6 +206,11 @@ class TrainConfig:
         if self.deep_supervision and self.qat:
             raise ConfigError("deep supervision and qat do not combine (QAT fine-tunes the int8 view of a trained "
                               "model); drop --deep-supervision")
+        if not (isinstance(self.border_smooth, (int, float)) and 0 <= self.border_smooth <= self.imgsz / 8):
+            raise bad("border_smooth", f"a Gaussian sigma in px between 0 (off) and {self.imgsz / 8:g} (e.g. 2)")
+        if self.border_smooth and self.model.num_classes != 1:
+            raise ConfigError("border_smooth blurs a 1-class mask; a 2+ class model trains on class labels: drop "
+                              "--border-smooth")
         if self.teacher and self.model.num_classes != 1:
             raise ConfigError("distillation (teacher) supports a 1-class sigmoid head only")
         if self.qat and not self.init:

@@ -26,7 +26,7 @@ from .checkpoint import (LAST, METRICS, CheckpointError, init_weights, load_mode
 from .config import ConfigError, TrainConfig
 from .data import (ALL_IMAGES, DataError, InMemorySegmentation, carve_validation, discover, load_arrays, select_split,
                    training_samples)
-from .losses import distill_loss, foreground_probability, segmentation_loss
+from .losses import distill_loss, foreground_probability, segmentation_loss, smooth_borders
 from .model import DeepSupervision, build_model, count_parameters
 
 THRESHOLDS = np.round(np.arange(0.30, 0.71, 0.05), 2)
@@ -387,6 +387,8 @@ def train(cfg: TrainConfig, root: Path, out: Path, *, resume: bool = False, devi
                 group["lr"] = lr_at(epoch * steps_per_epoch + i)
             x = x.to(dev, non_blocking=True, memory_format=MEMORY_FORMAT)
             y = y.to(dev, non_blocking=True)
+            if cfg.border_smooth:
+                y = smooth_borders(y, cfg.border_smooth)
             with torch.autocast(dev.type, dtype=amp_dtype, enabled=use_amp):
                 logits, sides = net(x) if supervised is not None else (net(x), [])
                 loss = segmentation_loss(logits, y, cfg.loss)

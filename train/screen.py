@@ -63,6 +63,8 @@ CANDIDATES: dict[str, tuple[str, dict[str, Any]]] = {
                              "swa_lr": 0.0002}),
     "deepsup": ("deep supervision (side outputs on the decoder's 1/8, 1/4, 1/2 levels, weight 1)",
                 {"deep_supervision": 1.0}),
+    "dilate2+border-smooth": ("dilation 2 and label smoothing of mask borders (the training masks blurred by a "
+                              "Gaussian of sigma 2 px)", {"model.dilation": 2, "border_smooth": 2.0}),
 }
 RUNS = Path("runs/screen")
 #: A base recipe as it stood when its candidates were screened, where it has changed since: the zoo's

@@ -163,7 +163,8 @@ FLAGS = {"dataset": "--dataset", "epochs": "--epochs", "batch_size": "--batch-si
          "model.num_classes": "--classes", "model.head": "--head", "model.kernel_size": "--kernel-size",
          "model.dilation": "--dilation", "init": "--init", "loss": "--loss",
          "ema": "--ema", "swa": "--swa", "swa_lr": "--swa-lr", "teacher": "--teacher",
-         "distill_weight": "--distill-weight", "deep_supervision": "--deep-supervision"}
+         "distill_weight": "--distill-weight", "deep_supervision": "--deep-supervision",
+         "border_smooth": "--border-smooth"}
 #: Settings that say where and how fast a run ran, not what it learned, and the record of which images it trained
 #: on (``split_used``, filled in by training): left out of the command.
 MACHINE_LOCAL = ("data_root", "threads", "workers", "split_used", "init_sha256", "teacher_sha256")
@@ -183,6 +184,8 @@ def loss_name(meta: dict[str, Any]) -> str:
         name += f" + {train.get('distill_weight', 1.0)} x distillation from {train['teacher']}"
     if train.get("deep_supervision"):
         name += f" + {train['deep_supervision']} x deep supervision (1/8, 1/4, 1/2 side outputs)"
+    if train.get("border_smooth"):
+        name += f", mask borders smoothed (Gaussian, sigma {train['border_smooth']:g} px)"
     if train.get("ema"):
         name += f", weights averaged (EMA {train['ema']})"
     if train.get("swa"):
