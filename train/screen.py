@@ -65,6 +65,8 @@ CANDIDATES: dict[str, tuple[str, dict[str, Any]]] = {
                 {"deep_supervision": 1.0}),
     "dilate2+border-smooth": ("dilation 2 and label smoothing of mask borders (the training masks blurred by a "
                               "Gaussian of sigma 2 px)", {"model.dilation": 2, "border_smooth": 2.0}),
+    "border-smooth": ("label smoothing of mask borders (the training masks blurred by a Gaussian of sigma 2 px)",
+                      {"border_smooth": 2.0}),
 }
 RUNS = Path("runs/screen")
 #: A base recipe as it stood when its candidates were screened, where it has changed since: the zoo's
