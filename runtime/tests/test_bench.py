@@ -377,13 +377,22 @@ def test_by_default_only_the_default_model_is_timed_and_all_times_every_one(monk
         bench.benchmark(bench.build_parser().parse_args(["--all", "--models", "x"]), [])
 
 
-def test_tta_rows_show_the_latency_cost_and_are_never_the_advice(fixtures, tmp_path):
+def test_tta_rows_show_the_latency_cost_and_are_never_the_advice(fixtures, tmp_path, monkeypatch):
+    from simpleunet_runtime.segmenter import Segmenter
+    seen, probabilities = [], Segmenter._probabilities
+
+    def spy(self, x):  # which way each timed or scored inference ran (flip TTA's four-run average: segmenter tests)
+        seen.append(self.tta)
+        return probabilities(self, x)
+
+    monkeypatch.setattr(Segmenter, "_probabilities", spy)
     out = tmp_path / "b.json"
     assert bench.main(["--models", str(fixtures / "tiny_fp32.onnx"), "--tta", "flip", "--runs", "5", "--warmup", "1",
                        "--threads", "1", "--no-eager", "--no-peak", "--json", str(out)]) == 0
     rows = json.loads(out.read_text())["rows"]
     plain, tta = (next(r for r in rows if r["tta"] == t) for t in (None, "flip"))
     assert tta["backend"] == "onnxruntime tta-flip" and tta["mDice"] is not None
-    assert tta["p50_ms"] > 2 * plain["p50_ms"]  # four runs per image
+    assert tta["p50_ms"] > 0 and "flip" in seen  # the TTA row timed TTA inference (not timed against plain:
+    # whether four runs cost more than one plus the fixed overhead is the benchmark's to show, not a test's)
     text = bench.advice(rows)
     assert "(onnxruntime, 1 thread)" in text and "tta" not in text
