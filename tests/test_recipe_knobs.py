@@ -235,7 +235,7 @@ def test_confirm_gap_pairs_runs_on_the_test_split_at_their_own_threshold_and_rul
 
 
 def test_border_smoothing_softens_only_near_borders_and_is_recorded(tiny_data, tmp_path):
-    from simpleunet.train.losses import smooth_borders
+    from simpleunet.train.data import smooth_borders
     from simpleunet.train.zoo import loss_name
     mask = torch.zeros(1, 1, 32, 32)
     mask[:, :, 0:16, 8:24] = 1  # touches the image's top edge

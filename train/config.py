@@ -149,7 +149,7 @@ class TrainConfig:
     #: The side heads exist in training only: the checkpoint and the export hold the unchanged model. 0: off.
     deep_supervision: float = 0.0
     #: Label smoothing of mask borders: the training masks blurred by a Gaussian of this sigma in px at ``imgsz``
-    #: (losses.smooth_borders), so the targets go from 1 to 0 across a border instead of jumping. 0: off.
+    #: (data.smooth_borders), so the targets go from 1 to 0 across a border instead of jumping. 0: off.
     border_smooth: float = 0.0
     #: Which images the run trained on, filled in by training (data.training_samples): a split file's name,
     #: data.OFFICIAL_TRAIN or data.ALL_IMAGES. None: not recorded (runs from before the field).

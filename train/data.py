@@ -249,17 +249,25 @@ AFFINE = {"strong": dict(angle=math.pi / 4, zoom=(0.75, 1.25), shift=0.2, jitter
           "heavy": dict(angle=math.pi / 4, zoom=(0.6, 1.6), shift=0.3, jitter=0.3, gamma=0.4, blur=0.3)}
 
 
-def _blur(images: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-    """A separable Gaussian blur, one sigma per image (7-tap kernel)."""
-    taps = torch.arange(-3, 4, dtype=images.dtype, device=images.device)
+def _blur(images: torch.Tensor, sigma: torch.Tensor, radius: int = 3) -> torch.Tensor:
+    """A separable Gaussian blur, one sigma per image (a kernel of 2 x radius + 1 taps; the edges reflected)."""
+    taps = torch.arange(-radius, radius + 1, dtype=images.dtype, device=images.device)
     kernel = torch.exp(-taps[None] ** 2 / (2 * sigma[:, None] ** 2))
-    kernel = kernel / kernel.sum(1, keepdim=True)  # (N, 7)
+    kernel = kernel / kernel.sum(1, keepdim=True)  # (N, taps)
     n, c, h, w = images.shape
     x = images.reshape(1, n * c, h, w)
     k = kernel.repeat_interleave(c, 0)
-    x = F.conv2d(F.pad(x, (3, 3, 0, 0), mode="reflect"), k[:, None, None, :], groups=n * c)
-    x = F.conv2d(F.pad(x, (0, 0, 3, 3), mode="reflect"), k[:, None, :, None], groups=n * c)
+    x = F.conv2d(F.pad(x, (radius, radius, 0, 0), mode="reflect"), k[:, None, None, :], groups=n * c)
+    x = F.conv2d(F.pad(x, (0, 0, radius, radius), mode="reflect"), k[:, None, :, None], groups=n * c)
     return x.reshape(n, c, h, w)
+
+
+def smooth_borders(masks: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Float N1HW binary masks blurred by a Gaussian of ``sigma`` px: still 0 or 1 a few sigma from a border, in
+    between across it (spatially varying label smoothing, Islam & Glocker 2021; ``TrainConfig.border_smooth``).
+    Why: where an annotator put a polyp's border is uncertain by a few pixels, and hard labels there reward
+    overconfident edges. The image's own edges are reflected, so a mask that touches them is not softened there."""
+    return _blur(masks, masks.new_full((len(masks),), sigma), radius=max(1, math.ceil(3 * sigma)))
 
 
 def augment(images: torch.Tensor, masks: torch.Tensor, gen: torch.Generator, strength: str = "strong"

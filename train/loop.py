@@ -25,8 +25,8 @@ from .checkpoint import (LAST, METRICS, CheckpointError, init_weights, load_mode
                          read_training_state, save_model, save_training_state, write_json)
 from .config import ConfigError, TrainConfig
 from .data import (ALL_IMAGES, DataError, InMemorySegmentation, carve_validation, discover, load_arrays, select_split,
-                   training_samples)
-from .losses import distill_loss, foreground_probability, segmentation_loss, smooth_borders
+                   smooth_borders, training_samples)
+from .losses import distill_loss, foreground_probability, segmentation_loss
 from .model import DeepSupervision, build_model, count_parameters
 
 THRESHOLDS = np.round(np.arange(0.30, 0.71, 0.05), 2)

@@ -1,8 +1,6 @@
 """Training losses (config.LOSSES): BCE + Dice (1 output channel, sigmoid) or CE + Dice (2+ classes, softmax; Dice
-on the foreground classes); PraNet's structure loss; the distillation term; and label smoothing of mask borders."""
+on the foreground classes); PraNet's structure loss; and the distillation term."""
 from __future__ import annotations
-
-import math
 
 import torch
 import torch.nn.functional as F
@@ -27,19 +25,6 @@ def structure_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     union = ((prob + target) * weight).sum((2, 3))
     wiou = 1 - (inter + 1) / (union - inter + 1)
     return (wbce + wiou).mean()
-
-
-def smooth_borders(target: torch.Tensor, sigma: float) -> torch.Tensor:
-    """A float N1HW binary mask blurred by a Gaussian of ``sigma`` px: still 0 or 1 a few sigma from a border, in
-    between across it (spatially varying label smoothing, Islam & Glocker 2021). Why: where an annotator put a
-    polyp's border is uncertain by a few pixels, and hard labels there reward overconfident edges. The image's own
-    edges are padded by replication, so a mask that touches them is not softened there."""
-    r = max(1, math.ceil(3 * sigma))
-    x = torch.arange(-r, r + 1, dtype=target.dtype, device=target.device)
-    k = torch.exp(-x ** 2 / (2 * sigma ** 2))
-    k = k / k.sum()
-    t = F.pad(target, (r, r, r, r), mode="replicate")
-    return F.conv2d(F.conv2d(t, k.view(1, 1, 1, -1)), k.view(1, 1, -1, 1))
 
 
 def distill_loss(logits: torch.Tensor, teacher_prob: torch.Tensor) -> torch.Tensor:
