@@ -254,3 +254,24 @@ def test_border_smoothing_softens_only_near_borders_and_is_recorded(tiny_data, t
         TrainConfig(**{**TINY, "border_smooth": 5})
     with pytest.raises(ConfigError, match="a 2\\+ class model trains on class labels"):
         TrainConfig(**{**TINY, "border_smooth": 1.0, "model": ModelConfig(width=4, num_classes=2)})
+
+
+def test_training_at_a_larger_size_keeps_the_model_and_its_carve_out_at_imgsz(tiny_data, tmp_path, monkeypatch,
+                                                                                capsys):
+    from simpleunet.train import loop
+    from simpleunet.train.zoo import reproduce_command
+    seen = []
+    real = loop.segmentation_loss
+    monkeypatch.setattr(loop, "segmentation_loss", lambda logits, y, *a: seen.append(tuple(y.shape[-2:])) or
+                        real(logits, y, *a))
+    cfg = TrainConfig(**{**TINY, "train_imgsz": 48})
+    train(cfg, tiny_data, tmp_path / "run", progress=False)
+    assert set(seen) == {(48, 48)}  # every training batch at 48 px
+    assert "12 train images at 48px / 4 val at 32px" in capsys.readouterr().out
+    meta = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert meta["preprocess"]["imgsz"] == 32 and meta["train"]["train_imgsz"] == 48  # used, exported at 32
+    assert "--train-imgsz 48" in reproduce_command("run", meta["train"])
+    with pytest.raises(ConfigError, match="train_imgsz must be 0 .train at imgsz. or a multiple of 16"):
+        TrainConfig(**{**TINY, "train_imgsz": 40})
+    with pytest.raises(ConfigError, match="drop --train-imgsz"):
+        TrainConfig(**{**TINY, "train_imgsz": 48, "teacher": "runs/teacher"})

@@ -127,6 +127,8 @@ def train_main(argv: list[str] | None = None) -> int:
                    "the decoder's 1/8, 1/4 and 1/2 levels (training only: the saved model is unchanged); 0 = off")
     p.add_argument("--border-smooth", type=float, metavar="SIGMA", help="label smoothing of mask borders: blur the "
                    "training masks by a Gaussian of SIGMA px (e.g. 2); 0 = off")
+    p.add_argument("--train-imgsz", type=int, metavar="PX", help="train on images resized to PX (e.g. 320) while "
+                   "the model, its carve-out and its export stay at --imgsz; 0 = train at --imgsz")
     p.add_argument("--init", metavar="DIR", help="start from this checkpoint folder's weights (a fine-tune; same "
                    "architecture)")
     p.add_argument("--qat", action="store_true", help="quantization-aware fine-tuning through the int8 graph the "
@@ -159,7 +161,7 @@ def train_main(argv: list[str] | None = None) -> int:
                                                      "seed", "patience", "threads", "val_fraction", "augment",
                                                      "dataset", "init", "qat_weights", "loss", "ema", "swa",
                                                      "swa_lr", "teacher", "distill_weight", "deep_supervision",
-                                                     "border_smooth")
+                                                     "border_smooth", "train_imgsz")
                       if getattr(args, k) is not None}
         if args.qat:
             train_over["qat"] = True

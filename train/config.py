@@ -148,9 +148,13 @@ class TrainConfig:
     #: (1/8, 1/4, 1/2 of the input; model.DeepSupervision, 1x1 convs upsampled to the mask) is added to the loss.
     #: The side heads exist in training only: the checkpoint and the export hold the unchanged model. 0: off.
     deep_supervision: float = 0.0
-    #: Label smoothing of mask borders: the training masks blurred by a Gaussian of this sigma in px at ``imgsz``
-    #: (data.smooth_borders), so the targets go from 1 to 0 across a border instead of jumping. 0: off.
+    #: Label smoothing of mask borders: the training masks blurred by a Gaussian of this sigma in px at the training
+    #: size (data.smooth_borders), so the targets go from 1 to 0 across a border instead of jumping. 0: off.
     border_smooth: float = 0.0
+    #: Training at a larger size than the model is used at: the training images resized to this many px (0: to
+    #: ``imgsz``), the carve-out, the checkpoint, the export and every score at ``imgsz``. Why: a fully convolutional
+    #: model can learn from finer detail than it is asked to see (a candidate from the polyp literature).
+    train_imgsz: int = 0
     #: Which images the run trained on, filled in by training (data.training_samples): a split file's name,
     #: data.OFFICIAL_TRAIN or data.ALL_IMAGES. None: not recorded (runs from before the field).
     split_used: str | None = None
@@ -206,8 +210,15 @@ class TrainConfig:
         if self.deep_supervision and self.qat:
             raise ConfigError("deep supervision and qat do not combine (QAT fine-tunes the int8 view of a trained "
                               "model); drop --deep-supervision")
-        if not (isinstance(self.border_smooth, (int, float)) and 0 <= self.border_smooth <= self.imgsz / 8):
-            raise bad("border_smooth", f"a Gaussian sigma in px between 0 (off) and {self.imgsz / 8:g} (e.g. 2)")
+        if not (isinstance(self.train_imgsz, int) and not isinstance(self.train_imgsz, bool)
+                and (self.train_imgsz == 0 or (self.train_imgsz >= 16 and self.train_imgsz % 16 == 0))):
+            raise bad("train_imgsz", "0 (train at imgsz) or a multiple of 16 (five levels), e.g. 320")
+        if self.train_imgsz and (self.qat or self.teacher):
+            raise ConfigError("train_imgsz trains at another size than the model is used at; qat (int8 ranges) and a "
+                              "teacher (trained at imgsz) need the same size: drop --train-imgsz")
+        if not (isinstance(self.border_smooth, (int, float)) and 0 <= self.border_smooth <= self.training_size / 8):
+            raise bad("border_smooth", f"a Gaussian sigma in px between 0 (off) and {self.training_size / 8:g} "
+                      "(e.g. 2)")
         if self.border_smooth and self.model.num_classes != 1:
             raise ConfigError("border_smooth blurs a 1-class mask; a 2+ class model trains on class labels: drop "
                               "--border-smooth")
@@ -224,6 +235,11 @@ class TrainConfig:
                               f"{self.model.family}; train it without --qat")
         if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
             raise ConfigError(f"mean and std need 3 values each (RGB), std > 0; got {self.mean} / {self.std}")
+
+    @property
+    def training_size(self) -> int:
+        """The size the training images are resized to (``train_imgsz``, else ``imgsz``)."""
+        return self.train_imgsz or self.imgsz
 
     def preprocess(self, threshold: float = 0.5) -> dict[str, Any]:
         """The ``preprocess`` block of a checkpoint's config.json: what every later stage feeds the model."""

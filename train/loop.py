@@ -112,15 +112,18 @@ class Distributed:
 
 
 def load_training_data(cfg: TrainConfig, root: Path, layout: str = "auto", device: torch.device | None = None):
-    """(train, val, split_used): the train split (else every image) minus a seeded validation carve-out; on a GPU
-    ``device`` both stay resident there (``InMemorySegmentation``)."""
+    """(train, val, split_used): the train split (else every image) minus a seeded validation carve-out, the first
+    at the training size, the carve-out at ``imgsz``; on a GPU ``device`` both stay resident there
+    (``InMemorySegmentation``)."""
     samples, split_used = training_samples(discover(root, layout), root)
     images, masks = load_arrays(samples, cfg.imgsz)
     tr, va = carve_validation(len(samples), cfg.val_fraction, cfg.seed)
     if len(tr) == 0:
         raise DataError(f"{len(samples)} training image(s) in {root}: too few to carve out a validation set")
-    return (InMemorySegmentation(images[tr], masks[tr], cfg.mean, cfg.std, device),
-            InMemorySegmentation(images[va], masks[va], cfg.mean, cfg.std, device), split_used)
+    val_set = InMemorySegmentation(images[va], masks[va], cfg.mean, cfg.std, device)
+    if cfg.training_size != cfg.imgsz:
+        images, masks = load_arrays(samples, cfg.training_size)
+    return InMemorySegmentation(images[tr], masks[tr], cfg.mean, cfg.std, device), val_set, split_used
 
 
 def finished(cfg: TrainConfig, state: dict[str, Any]) -> str | None:
@@ -311,8 +314,10 @@ def train(cfg: TrainConfig, root: Path, out: Path, *, resume: bool = False, devi
         return cfg.eta_min + (cfg.lr - cfg.eta_min) * 0.5 * (1 + math.cos(math.pi * progress))
 
     if ddp.main:
-        print(f"{cfg.model.name}: {count_parameters(model):,} parameters, {len(train_set)} train / "
-              f"{len(val_set)} val images at {cfg.imgsz}px on {dev}"
+        sizes = (f"{len(train_set)} train / {len(val_set)} val images at {cfg.imgsz}px" if cfg.training_size ==
+                 cfg.imgsz else f"{len(train_set)} train images at {cfg.training_size}px / {len(val_set)} val at "
+                 f"{cfg.imgsz}px")
+        print(f"{cfg.model.name}: {count_parameters(model):,} parameters, {sizes} on {dev}"
               + (f" x{ddp.world} processes" if ddp.world > 1 else "")
               + (f", resuming at epoch {start_epoch + 1}" if resume else "")
               + (f"; quantization-aware fine-tune of {cfg.init}" if cfg.qat else

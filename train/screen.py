@@ -65,6 +65,8 @@ CANDIDATES: dict[str, tuple[str, dict[str, Any]]] = {
                 {"deep_supervision": 1.0}),
     "dilate2+border-smooth": ("dilation 2 and label smoothing of mask borders (the training masks blurred by a "
                               "Gaussian of sigma 2 px)", {"model.dilation": 2, "border_smooth": 2.0}),
+    "dilate2+train320": ("dilation 2, trained on images resized to 320 px (carve-out, test and export at 256)",
+                         {"model.dilation": 2, "train_imgsz": 320}),
     "border-smooth": ("label smoothing of mask borders (the training masks blurred by a Gaussian of sigma 2 px)",
                       {"border_smooth": 2.0}),
 }

@@ -164,7 +164,7 @@ FLAGS = {"dataset": "--dataset", "epochs": "--epochs", "batch_size": "--batch-si
          "model.dilation": "--dilation", "init": "--init", "loss": "--loss",
          "ema": "--ema", "swa": "--swa", "swa_lr": "--swa-lr", "teacher": "--teacher",
          "distill_weight": "--distill-weight", "deep_supervision": "--deep-supervision",
-         "border_smooth": "--border-smooth"}
+         "border_smooth": "--border-smooth", "train_imgsz": "--train-imgsz"}
 #: Settings that say where and how fast a run ran, not what it learned, and the record of which images it trained
 #: on (``split_used``, filled in by training): left out of the command.
 MACHINE_LOCAL = ("data_root", "threads", "workers", "split_used", "init_sha256", "teacher_sha256")
@@ -291,7 +291,8 @@ def write_card(folder: Path, name: str, meta: dict[str, Any], metrics: dict[str,
 ## Data
 {meta['dataset']} — trained on the train split minus a seeded {train['val_fraction']:.0%} validation carve-out
 (best epoch and threshold chosen on that carve-out), tested on the test split ({test['images']} images; Kvasir-SEG:
-the official val_120; BUSI: the 156-image stratified test split). Images and masks resized to {train['imgsz']} px.
+the official val_120; BUSI: the 156-image stratified test split). Images and masks resized to {train['imgsz']} px{
+f" (the training images to {train['train_imgsz']} px)" if train.get('train_imgsz') else ""}.
 
 ## Recipe
 {start}`{reproduce_command(name, train)}`: {train['epochs']} epochs planned, {len(hist)} trained,
