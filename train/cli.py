@@ -136,6 +136,8 @@ def train_main(argv: list[str] | None = None) -> int:
     p.add_argument("--qat-weights", choices=("int7", "pair-safe", "int8"), help="the int8 weight grid --qat trains "
                    "through (default int7, the exporter's default; int8 is the full-range grid of files before "
                    "2026-12-03, which is not exact on x86 CPUs without VNNI)")
+    p.add_argument("--qat-agreement", type=float, metavar="W", help="with --qat, also train the fp32 view on the "
+                   "task and W x the two views' disagreement (default 0: the int8 view alone)")
     p.add_argument("--max-minutes", type=float, metavar="M", help="stop after the last epoch that ends within M "
                    "minutes of wall-clock time (saved; --resume goes on): one chunk of a run on a GPU lent for a "
                    "few minutes")
@@ -161,7 +163,7 @@ def train_main(argv: list[str] | None = None) -> int:
                                                      "seed", "patience", "threads", "val_fraction", "augment",
                                                      "dataset", "init", "qat_weights", "loss", "ema", "swa",
                                                      "swa_lr", "teacher", "distill_weight", "deep_supervision",
-                                                     "border_smooth", "train_imgsz")
+                                                     "border_smooth", "train_imgsz", "qat_agreement")
                       if getattr(args, k) is not None}
         if args.qat:
             train_over["qat"] = True

@@ -164,7 +164,8 @@ FLAGS = {"dataset": "--dataset", "epochs": "--epochs", "batch_size": "--batch-si
          "model.dilation": "--dilation", "init": "--init", "loss": "--loss",
          "ema": "--ema", "swa": "--swa", "swa_lr": "--swa-lr", "teacher": "--teacher",
          "distill_weight": "--distill-weight", "deep_supervision": "--deep-supervision",
-         "border_smooth": "--border-smooth", "train_imgsz": "--train-imgsz"}
+         "border_smooth": "--border-smooth", "train_imgsz": "--train-imgsz", "qat_weights": "--qat-weights",
+         "qat_agreement": "--qat-agreement"}
 #: Settings that say where and how fast a run ran, not what it learned, and the record of which images it trained
 #: on (``split_used``, filled in by training): left out of the command.
 MACHINE_LOCAL = ("data_root", "threads", "workers", "split_used", "init_sha256", "teacher_sha256")
