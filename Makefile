@@ -59,16 +59,16 @@ zoo-train: install
 	done
 
 # Ship a finished run: make zoo-publish NAME=simpleunet16-busi (runs/$(NAME) -> train/zoo/$(NAME) with its scores,
-# model card and curve; every zoo model re-exported into the runtime's bundled models; the runtime's parity fixture).
+# model card and curve; that model re-exported into the runtime's bundled models, the others kept; its parity fixture).
 # RUN= publishes another run folder under NAME, e.g. a fine-tune:
 #   make zoo-publish NAME=simpleunet8-kvasir RUN=runs/simpleunet8-kvasir-qat
 RUN ?= runs/$(NAME)
 zoo-publish: install
 	@test -n "$(NAME)" || { echo "zoo-publish: give NAME=<recipe>, e.g. make zoo-publish NAME=simpleunet16-busi"; exit 2; }
 	rm -rf exports/runs/$(NAME)
-	$(BIN)/simpleunet-export --checkpoint $(RUN) --int8 --name $(NAME) --out exports/runs/$(NAME)
+	$(BIN)/simpleunet-export --checkpoint $(RUN) --int8 --int8-weights auto --name $(NAME) --out exports/runs/$(NAME)
 	$(BIN)/python -m simpleunet.train.zoo $(RUN) --name $(NAME) --exports exports/runs/$(NAME)
-	$(BIN)/simpleunet-publish
+	$(BIN)/simpleunet-publish $(NAME)
 	$(BIN)/python tests/make_runtime_fixtures.py --zoo train/zoo/$(NAME)
 
 # runs/ belongs to one machine; a session may end mid-run and the next start on a new machine. `make park` copies

@@ -89,8 +89,9 @@ def parser() -> argparse.ArgumentParser:
                    help="int8 ONNX layout (default qoperator: smallest; qdq for hardware execution providers)")
     p.add_argument("--int8-weights", choices=INT8_WEIGHTS, default="int7",
                    help="int8 ONNX weight grid, both exact on every CPU (x86 AVX2 without VNNI included): int7 "
-                        "(default: onnxruntime's reduce_range, weights in [-64, 64]) or pair-safe (per-channel "
-                        "scales such that no two same-sign weights of a channel pass 128 together)")
+                        "(default: onnxruntime's reduce_range, weights in [-64, 64]), pair-safe (per-channel "
+                        "scales such that no two same-sign weights of a channel pass 128 together) or auto (both, "
+                        "keeping the file closer to fp32 on the training images that choose --bias-correction)")
     p.add_argument("--bias-correction", choices=BIAS_CORRECTION, default="auto",
                    help="int8 ONNX bias correction (default auto: quantize with and without it and keep the file "
                         "whose masks agree better with fp32 on up to 200 training images: of --calib-data, or of the "

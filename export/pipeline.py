@@ -37,7 +37,9 @@ FORMATS = ("onnx", "tflite", "tflm")
 DEFAULT_FORMATS = ("onnx", "tflite")
 INT8_ONNX = ("qoperator", "qdq", "both")
 #: int8 ONNX weight grids the exporter writes (``quantize.WEIGHTS``): both are int16-safe on AVX2 without VNNI.
-INT8_WEIGHTS = ("int7", "pair-safe")
+#: auto quantizes on both and keeps the file closer to fp32 on the ``SELECT_IMAGES`` training images, as bias
+#: correction's auto does (the finer pair-safe grid is closer for some models, int7 for others: export/README.md).
+INT8_WEIGHTS = ("int7", "pair-safe", "auto")
 #: int8 ONNX bias correction (``quantize.correct_bias``): auto quantizes with and without it and keeps the file
 #: whose masks agree better with fp32 on ``SELECT_IMAGES`` training images (of the calibration folder, or of the
 #: model's own dataset when it calibrates on the bundled sample; bias correction helps some models and hurts
@@ -304,7 +306,9 @@ def _onnx_int8(run: _Run, fp32: Path, kinds: list[str], mean, std, rewrites: boo
     from .verify import dice_vs_truth, foreground, onnx_probabilities
 
     xcal = normalize(run.calib.images, mean, std)
-    options = {"auto": (False, True), "on": (True,), "off": (False,)}[bias_correction]
+    grids = ("int7", "pair-safe") if weights == "auto" else (weights,)
+    corrections = {"auto": (False, True), "on": (True,), "off": (False,)}[bias_correction]
+    options = [(grid, c) for grid in grids for c in corrections]  # in order of preference on a tie
     if len(options) > 1:
         xsel = normalize(run.select.images, mean, std)
         want = foreground(onnx_probabilities(fp32, xsel), run.threshold)
@@ -313,27 +317,32 @@ def _onnx_int8(run: _Run, fp32: Path, kinds: list[str], mean, std, rewrites: boo
         label = f"ONNX int8 {kind}"
         suffix = "" if i == 0 else f"-{kind}"
         path = run.staging / f"{run.name}-int8{suffix}.onnx"
-        tried: dict[bool, tuple] = {}
-        for corrected in options:
+        tried: dict[tuple[str, bool], tuple] = {}
+        for grid, corrected in options:
             applied: dict[str, int] = {}
-            proto, sizes = quantize_onnx(fp32, xcal, kind, rewrites=rewrites, applied=applied, weights=weights,
+            proto, sizes = quantize_onnx(fp32, xcal, kind, rewrites=rewrites, applied=applied, weights=grid,
                                          bias_correction=corrected)
             score = None
             if len(options) > 1:
                 onnx.save(proto, str(path))
                 score = dice_vs_truth(foreground(onnx_probabilities(path, xsel), run.threshold), want)
-            tried[corrected] = (score, proto, sizes, applied)
-        corrected = max(options, key=lambda c: (tried[c][0] or 0.0, not c))  # a tie keeps the plain file
-        _, proto, sizes, applied = tried[corrected]
+            tried[grid, corrected] = (score, proto, sizes, applied)
+        grid, corrected = max(options, key=lambda o: tried[o][0] or 0.0)  # max keeps the first of a tie
+        _, proto, sizes, applied = tried[grid, corrected]
         choice = {"used": corrected, "chosen_by": bias_correction}
-        if len(options) > 1:
-            choice.update(train_images=len(xsel), mdice_vs_fp32={"off": tried[False][0], "on": tried[True][0]})
+        if len(corrections) > 1:
+            choice.update(train_images=len(xsel), mdice_vs_fp32={"off": tried[grid, False][0],
+                                                                 "on": tried[grid, True][0]})
+        grid_choice = {"used": grid, "chosen_by": weights}
+        if len(grids) > 1:
+            grid_choice.update(train_images=len(xsel), mdice_vs_fp32={
+                g: max(tried[g, c][0] for c in corrections) for g in grids})
         verdict = check_onnx(proto.SerializeToString())  # from the graph alone: the same on every machine
         if not verdict.safe:
             run.fail(label, time.perf_counter() - t, f"{path.name}: {verdict.summary()}: it would lose masks on "
                      f"x86 CPUs without VNNI; export with --int8-weights int7 (the default) or pair-safe")
         meta = run.metadata("int8", "NCHW", f"onnx-{kind}")
-        meta = meta.replace(extra={**meta.extra, "int8_weights": weights, "avx2_int16_safe": verdict.safe,
+        meta = meta.replace(extra={**meta.extra, "int8_weights": grid, "avx2_int16_safe": verdict.safe,
                                    "bias_correction": corrected})
         onnx.save(set_onnx_metadata(proto, meta), str(path))
         sizes["+ simpleunet metadata"] = path.stat().st_size
@@ -342,10 +351,12 @@ def _onnx_int8(run: _Run, fp32: Path, kinds: list[str], mean, std, rewrites: boo
         note = _rewrites_note(applied).lstrip("; ")
         if corrected:
             note = "bias-corrected" + (f"; {note}" if note else "")
+        if grid != "int7":
+            note = f"{grid} weights" + (f"; {note}" if note else "")
         run.keep(f"onnx-int8{suffix}", label, path, t, checks, note,
-                 format="onnx", precision="int8", layout="NCHW", quant_format=kind, int8_weights=weights,
-                 bias_correction=choice, parameters=run.base.parameters, int8_weight_bytes=int8_weight_bytes(proto),
-                 size_steps=sizes, rewrites=applied)
+                 format="onnx", precision="int8", layout="NCHW", quant_format=kind, int8_weights=grid,
+                 int8_weights_choice=grid_choice, bias_correction=choice, parameters=run.base.parameters,
+                 int8_weight_bytes=int8_weight_bytes(proto), size_steps=sizes, rewrites=applied)
 
 
 def _tflite(run: _Run, fp32: Path, int8: bool, mean, std) -> None:
@@ -533,7 +544,7 @@ def export_model(checkpoint: str | os.PathLike | None = None, *, family: str | N
         calib = calibration_set(calib_data, imgsz, calib_size) if int8 else None
     notes += [str(w.message) for w in caught]
     select = None
-    if int8 and bias_correction == "auto" and "onnx" in formats:
+    if int8 and "auto" in (bias_correction, int8_weights) and "onnx" in formats:
         folder = calib_data if calib_data is not None else own_dataset(dataset) if dataset else None
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # a small folder was already named by the calibration's warning

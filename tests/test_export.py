@@ -526,6 +526,29 @@ def test_bundle_exports_every_zoo_checkpoint(tmp_path, tiny_ckpt):
         assert read_onnx_metadata(path).name == "simpleunet16-test"
 
 
+def test_bundle_of_named_models_keeps_the_other_bundled_files(tmp_path, tiny_ckpt):
+    """``simpleunet-publish NAME`` re-exports that model only: the others' files and index entries stay as they are
+    (a re-export on another CPU would change their bytes); a name that is not a bundled zoo model is one line."""
+    from simpleunet.train.zoo import bundle
+
+    zoo_dir, dest = tmp_path / "zoo", tmp_path / "models"
+    for name in ("simpleunet16-kept", "simpleunet16-new"):
+        shutil.copytree(tiny_ckpt, zoo_dir / name)
+        (zoo_dir / name / "metrics.json").write_text(json.dumps({"test": {"mDice": 0.5}}))
+    dest.mkdir()
+    (dest / "simpleunet16-kept-fp32.onnx").write_bytes(b"published elsewhere")
+    kept = {"name": "simpleunet16-kept", "format": "onnx", "precision": "fp32", "file": "simpleunet16-kept-fp32.onnx"}
+    (dest / "index.json").write_text(json.dumps([kept]))
+    with pytest.raises(SimpleUNetError, match="not a bundled zoo model: simpleunet16-gone") as info:
+        bundle(zoo_dir, dest, formats=("onnx",), log=None, only=["simpleunet16-gone"])
+    assert "\n" not in str(info.value)
+    entries = bundle(zoo_dir, dest, formats=("onnx",), log=None, only=["simpleunet16-new"])
+    assert entries[0] == kept and {e["name"] for e in entries[1:]} == {"simpleunet16-new"}
+    assert json.loads((dest / "index.json").read_text()) == entries
+    assert (dest / "simpleunet16-kept-fp32.onnx").read_bytes() == b"published elsewhere"
+    assert entries[-1]["file"] == "simpleunet16-new-int8.onnx" and (dest / entries[-1]["file"]).is_file()
+
+
 def test_a_dataset_folder_calibrates_on_train_and_checks_on_test(busi):
     """A BUSI model is calibrated on BUSI's train split and checked on its test split (never calibrated on test)."""
     train = set((busi / "splits" / "train.txt").read_text().split())
@@ -787,6 +810,22 @@ def test_bias_correction_flag_forces_the_choice(tmp_path, tiny_ckpt, flag):
     assert read_onnx_metadata(path).extra["bias_correction"] is (flag == "on")
     entry = {r["file"]: r for r in json.loads((out / "manifest.json").read_text())["files"]}[path.name]
     assert entry["bias_correction"] == {"used": flag == "on", "chosen_by": flag}
+
+
+def test_int8_weights_auto_keeps_the_grid_that_agrees_better_on_training_images(tmp_path, tiny_ckpt):
+    """``--int8-weights auto`` quantizes on int7 and pair-safe, keeps the file closer to fp32 on training images, and
+    records the grid used (file metadata, manifest) and both scores."""
+    out = tmp_path / "out"
+    assert cli.main(["--checkpoint", str(tiny_ckpt), "--int8", "--formats", "onnx", "--int8-weights", "auto",
+                     "--bias-correction", "off", "--out", str(out), "--val-size", "2"]) == 0
+    path = out / "simpleunet16-int8.onnx"
+    entry = {r["file"]: r for r in json.loads((out / "manifest.json").read_text())["files"]}[path.name]
+    choice, scores = entry["int8_weights_choice"], entry["int8_weights_choice"]["mdice_vs_fp32"]
+    assert choice["chosen_by"] == "auto" and choice["train_images"] >= 32 and set(scores) == {"int7", "pair-safe"}
+    assert choice["used"] == ("pair-safe" if scores["pair-safe"] > scores["int7"] else "int7") == entry["int8_weights"]
+    extra = read_onnx_metadata(path).extra
+    assert extra["int8_weights"] == choice["used"] and extra["avx2_int16_safe"] is True
+    assert entry["bias_correction"] == {"used": False, "chosen_by": "off"}
 
 
 def test_the_checkpoints_small_region_rule_reaches_the_file_and_the_runtime(tmp_path):

@@ -91,7 +91,8 @@ def int8_onnx_record(exports: Path) -> dict[str, Any]:
     except (OSError, ValueError):
         man = {}
     rows = [r for r in man.get("files", []) if r.get("format") == "onnx" and r.get("precision") == "int8"]
-    return {"weights": man.get("int8_weights") if rows else None, "files": len(rows), "scored_on": int8_kernels()[0],
+    weights = rows[0].get("int8_weights", man.get("int8_weights")) if rows else None  # the grid used, not "auto"
+    return {"weights": weights, "files": len(rows), "scored_on": int8_kernels()[0],
             "avx2_int16_safe": bool(rows) and all(r.get("checks", {}).get("avx2_int16_safe") for r in rows)}
 
 
@@ -456,23 +457,42 @@ def _bundled_metrics(folder: Path, file_sha256: str, checks: dict[str, Any],
 
 
 def bundle(zoo: Path = ZOO, dest: Path = BUNDLED, formats: Iterable[str] = ("onnx", "tflite"),
-           log: Callable[[str], None] | None = print) -> list[dict]:
-    """Export every zoo checkpoint and install the files + index.json into ``dest``; returns the index."""
+           log: Callable[[str], None] | None = print, only: Iterable[str] | None = None) -> list[dict]:
+    """Export every zoo checkpoint (or the ones named in ``only``, the other bundled files and their index entries
+    kept as they are: an export is not byte-reproducible across CPUs, so re-exporting a model that did not change
+    would only change its bytes) and install the files + index.json into ``dest``; returns the index. The int8
+    ONNX weight grid is chosen per model (``--int8-weights auto``)."""
     from simpleunet.export.manifest import read as read_manifest
     from simpleunet.export.pipeline import export_model
 
     dest = Path(dest)
-    dest.mkdir(parents=True, exist_ok=True)
+    folders = zoo_checkpoints(Path(zoo))
     entries: list[dict] = []
+    if only is not None:
+        only = set(only)
+        unknown = only - {f.name for f in folders if f.name not in NOT_BUNDLED}
+        if unknown:
+            raise SimpleUNetError(f"not a bundled zoo model: {', '.join(sorted(unknown))}; publish one of "
+                           f"{', '.join(f.name for f in folders if f.name not in NOT_BUNDLED)}")
+        index = dest / "index.json"
+        entries = [e for e in (json.loads(index.read_text()) if index.is_file() else []) if e["name"] not in only]
+        missing = [e["file"] for e in entries if not (dest / e["file"]).is_file()]
+        if missing:
+            raise SimpleUNetError(f"{dest} lacks {', '.join(missing)} that index.json lists: run simpleunet-publish "
+                           "without names to re-export every model")
+        folders = [f for f in folders if f.name in only]
+    dest.mkdir(parents=True, exist_ok=True)
+    kept = len(entries)
     staging = Path(tempfile.mkdtemp(prefix=".publish-", dir=dest))
     try:
-        for folder in zoo_checkpoints(Path(zoo)):
+        for folder in folders:
             name = folder.name
             if name in NOT_BUNDLED:
                 if log:
                     log(f"{name}: not bundled: {NOT_BUNDLED[name]}")
                 continue
             result = export_model(folder, int8=True, formats=tuple(formats), out=staging / name, name=name, log=log,
+                                  int8_weights="auto",
                                   require_own_data=True)  # never calibrate a BUSI model on the Kvasir sample
             manifest = read_manifest(result.manifest)
             for row in manifest["files"]:
@@ -484,7 +504,7 @@ def bundle(zoo: Path = ZOO, dest: Path = BUNDLED, formats: Iterable[str] = ("onn
                                 "dataset": (manifest.get("checkpoint") or {}).get("dataset") or "",
                                 "metrics": _bundled_metrics(folder, row["sha256"], row["checks"],
                                                             manifest["verification"])})
-        for e in entries:
+        for e in entries[kept:]:
             os.replace(staging / e["name"] / e["file"], dest / e["file"])
         index = dest / "index.json"
         tmp = dest / ".index.json.tmp"
@@ -508,8 +528,10 @@ def bundle_main(argv: list[str] | None = None) -> int:
                                 "int8 ONNX and TFLite files, with index.json, in the runtime's models folder.")
     p.add_argument("--zoo", type=Path, default=ZOO, help=f"zoo folder (default {ZOO})")
     p.add_argument("--dest", type=Path, default=BUNDLED, help=f"runtime models folder (default {BUNDLED})")
+    p.add_argument("names", nargs="*", help="re-export only these zoo models, keeping the other bundled files as "
+                   "they are (default: every model)")
     args = p.parse_args(argv)
-    bundle(args.zoo, args.dest)
+    bundle(args.zoo, args.dest, only=args.names or None)
     return 0
 
 
