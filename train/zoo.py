@@ -506,6 +506,7 @@ def bundle(zoo: Path = ZOO, dest: Path = BUNDLED, formats: Iterable[str] = ("onn
                                                             manifest["verification"])})
         for e in entries[kept:]:
             os.replace(staging / e["name"] / e["file"], dest / e["file"])
+        entries.sort(key=lambda e: e["name"])  # the zoo's order whichever models were re-exported
         index = dest / "index.json"
         tmp = dest / ".index.json.tmp"
         tmp.write_text(json.dumps(entries, indent=2) + "\n", encoding="utf-8")
