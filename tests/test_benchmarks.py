@@ -232,3 +232,23 @@ def test_the_eager_baseline_applies_the_files_small_region_rule(tiny):
     assert (ruled != (prob > t)).any() and not (ruled & ~(prob > t)).any()
     onnx_ruled = Segmenter(tiny["onnx"], **rule).run(x) > t
     assert (onnx_ruled == ruled).mean() > 0.99  # float rounding may move a pixel at the threshold
+
+
+def test_int8_acceptance_is_judged_on_served_masks():
+    """One speck on an image whose truth is empty costs an int8 file a whole image of mDice on raw masks (1/N),
+    which the small-region rule removes; a visible blob the int8 file loses still fails as served."""
+    from simpleunet.benchmarks.int8_cpus import _versus, meets, served
+    from simpleunet_runtime.regions import MinRegion
+
+    rule = MinRegion(0.003, 0.3)
+    truth = np.zeros((4, 64, 64), bool)
+    truth[:3, 10:40, 10:40] = True  # three lesions, one empty (normal) image
+    fp32 = truth.copy()
+    int8 = fp32.copy()
+    int8[3, 50, 50] = True  # a 1-px speck on the normal image
+    raw, out = _versus(int8, fp32, truth), _versus(served(int8, rule), served(fp32, rule), truth)
+    assert raw["delta"] == pytest.approx(-0.25) and not meets(raw)
+    assert out["delta"] == 0 and out["agree_mean_visible"] == 1 and meets(out)
+    int8[0] = False  # a lost lesion is visible either way
+    out = _versus(served(int8, rule), served(fp32, rule), truth)
+    assert out["agree_min_visible"] == 0 and not meets(out)

@@ -473,13 +473,18 @@ def bundle(zoo: Path = ZOO, dest: Path = BUNDLED, formats: Iterable[str] = ("onn
         unknown = only - {f.name for f in folders if f.name not in NOT_BUNDLED}
         if unknown:
             raise SimpleUNetError(f"not a bundled zoo model: {', '.join(sorted(unknown))}; publish one of "
-                           f"{', '.join(f.name for f in folders if f.name not in NOT_BUNDLED)}")
+                                  f"{', '.join(f.name for f in folders if f.name not in NOT_BUNDLED)}")
         index = dest / "index.json"
-        entries = [e for e in (json.loads(index.read_text()) if index.is_file() else []) if e["name"] not in only]
+        try:
+            old = json.loads(index.read_text()) if index.is_file() else []
+            entries = [e for e in old if e["name"] not in only]
+        except (ValueError, TypeError, KeyError) as exc:
+            raise SimpleUNetError(f"{index} is not a bundled-model index ({type(exc).__name__}): run "
+                                  "simpleunet-publish without names to re-export every model") from None
         missing = [e["file"] for e in entries if not (dest / e["file"]).is_file()]
         if missing:
             raise SimpleUNetError(f"{dest} lacks {', '.join(missing)} that index.json lists: run simpleunet-publish "
-                           "without names to re-export every model")
+                                  "without names to re-export every model")
         folders = [f for f in folders if f.name in only]
     dest.mkdir(parents=True, exist_ok=True)
     kept = len(entries)
