@@ -62,6 +62,7 @@ zoo-train: install
 # model card and curve; that model re-exported into the runtime's bundled models, the others kept; its parity fixture).
 # RUN= publishes another run folder under NAME, e.g. a fine-tune:
 #   make zoo-publish NAME=simpleunet8-kvasir RUN=runs/simpleunet8-kvasir-qat
+# (--int8-weights auto: train/zoo.py EXPORT_OPTIONS, which the bundled files and the benchmark use too.)
 RUN ?= runs/$(NAME)
 zoo-publish: install
 	@test -n "$(NAME)" || { echo "zoo-publish: give NAME=<recipe>, e.g. make zoo-publish NAME=simpleunet16-busi"; exit 2; }

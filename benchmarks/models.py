@@ -20,7 +20,7 @@ from simpleunet.train.checkpoint import (WEIGHTS, copy_run, is_run, load_model, 
                                          write_json)
 from simpleunet.train.config import ConfigError, ModelConfig, TrainConfig
 from simpleunet.train.model import build_model
-from simpleunet.train.zoo import ZOO
+from simpleunet.train.zoo import EXPORT_OPTIONS, ZOO
 from simpleunet_runtime.bundled import sha256
 
 UNET_PEER = ModelConfig(family="unet", width=32, num_classes=1, head="logits")
@@ -106,13 +106,16 @@ def _exporter_key() -> str:
 def export_subject(subject: Subject, work: Path, formats: tuple[str, ...] = ("onnx", "tflite"),
                    imgsz: int | None = None, int8: bool = True, int8_onnx: str = "qoperator", ort_rewrites: bool = True,
                    log=print) -> Subject:
-    """Export (or reuse the cached export of) ``subject`` with ``simpleunet.export.export_model``
-    (``ort_rewrites=False``: the plain ONNX graphs, for before/after timings)."""
+    """Export (or reuse the cached export of) ``subject`` with ``simpleunet.export.export_model`` and, if trained,
+    the zoo's export options, as its bundled files are (``ort_rewrites=False``: the plain ONNX graphs, for before/after
+    timings)."""
     from simpleunet.export import export_model
 
     size = imgsz or read_run(subject.checkpoint)["preprocess"]["imgsz"]
+    options = {} if subject.untrained else EXPORT_OPTIONS  # a random-weight peer: the exporter's defaults
     tag = f"{subject.name}-{_weights_key(subject.checkpoint)}-{size}-{'-'.join(formats)}" \
-          f"{'-int8-' + int8_onnx if int8 else ''}{'' if ort_rewrites else '-plain'}-v{simpleunet.__version__}" \
+          f"{'-int8-' + int8_onnx + '-' + options.get('int8_weights', 'int7') if int8 else ''}" \
+          f"{'' if ort_rewrites else '-plain'}-v{simpleunet.__version__}" \
           f"-{_exporter_key()}"
     out = work / "exports" / tag
     done = out / "bench-files.json"
@@ -133,7 +136,7 @@ def export_subject(subject: Subject, work: Path, formats: tuple[str, ...] = ("on
             log(f"    {line.split(', saved as')[0]}")
 
     result = export_model(subject.checkpoint, imgsz=size, int8=int8, formats=formats, out=out, name=subject.name,
-                          int8_onnx=int8_onnx, ort_rewrites=ort_rewrites, log=step, **checks)
+                          int8_onnx=int8_onnx, ort_rewrites=ort_rewrites, log=step, **checks, **options)
     files = sorted({Path(p).resolve() for p in result.files.values() if Path(p).suffix in (".onnx", ".tflite")})
     write_json(done, [str(f.relative_to(out.resolve())) for f in files])
     subject.files = files

@@ -266,7 +266,9 @@ def render(result: dict[str, Any]) -> str:
           f"(at most {s['max_seconds']:g} s per row); the timed call is `Segmenter.run` on a preprocessed image "
           "(inference incl. layout transpose and int8 (de)quantization, excluding JPEG decoding and resizing); "
           "PyTorch eager = the checkpoint in torch (`torch.inference_mode`, same preprocessing).",
-          "- Exports: `simpleunet.export.export_model` with its defaults (the same path for every model).", ""]
+          "- Exports: `simpleunet.export.export_model` with the zoo's options for trained models (`train/zoo.py` "
+          "`EXPORT_OPTIONS`: int8 ONNX weight grid `auto`, as the bundled files), its defaults for the "
+          "random-weight peer.", ""]
     for note in result["notes"]:
         p.append(f"> {note}")
     if result["notes"]:

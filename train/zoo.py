@@ -398,6 +398,10 @@ def publish_run(run: Path, name: str, exports: Path | None = None, data: str | N
     return folder
 
 
+#: How the zoo's models are exported, wherever they are (the bundled files, ``make zoo-publish``'s scoring export,
+#: the benchmark's): the int8 ONNX weight grid chosen per model on its training images (export/README.md).
+EXPORT_OPTIONS = {"int8_weights": "auto"}
+
 #: Zoo models the runtime does not bundle, and why (each stays in train/zoo for PyTorch and for export).
 NOT_BUNDLED = {
     "simpleunet8-kvasir": "its int8 ONNX (int7 grid, bias-corrected), exact on every CPU, passes the export's check "
@@ -461,8 +465,7 @@ def bundle(zoo: Path = ZOO, dest: Path = BUNDLED, formats: Iterable[str] = ("onn
            log: Callable[[str], None] | None = print, only: Iterable[str] | None = None) -> list[dict]:
     """Export every zoo checkpoint (or the ones named in ``only``, the other bundled files and their index entries
     kept as they are: an export is not byte-reproducible across CPUs, so re-exporting a model that did not change
-    would only change its bytes) and install the files + index.json into ``dest``; returns the index. The int8
-    ONNX weight grid is chosen per model (``--int8-weights auto``)."""
+    would only change its bytes) and install the files + index.json into ``dest``; returns the index."""
     from simpleunet.export.manifest import read as read_manifest
     from simpleunet.export.pipeline import export_model
 
@@ -498,8 +501,8 @@ def bundle(zoo: Path = ZOO, dest: Path = BUNDLED, formats: Iterable[str] = ("onn
                     log(f"{name}: not bundled: {NOT_BUNDLED[name]}")
                 continue
             result = export_model(folder, int8=True, formats=tuple(formats), out=staging / name, name=name, log=log,
-                                  int8_weights="auto",
-                                  require_own_data=True)  # never calibrate a BUSI model on the Kvasir sample
+                                  require_own_data=True,  # never calibrate a BUSI model on the Kvasir sample
+                                  **EXPORT_OPTIONS)
             manifest = read_manifest(result.manifest)
             for row in manifest["files"]:
                 if row.get("quant_format") not in (None, "qoperator") and row["precision"] == "int8":
