@@ -107,7 +107,7 @@ def export_subject(subject: Subject, work: Path, formats: tuple[str, ...] = ("on
                    imgsz: int | None = None, int8: bool = True, int8_onnx: str = "qoperator", ort_rewrites: bool = True,
                    log=print) -> Subject:
     """Export (or reuse the cached export of) ``subject`` with ``simpleunet.export.export_model`` and, if trained,
-    the zoo's export options, as its bundled files are (``ort_rewrites=False``: the plain ONNX graphs, for before/after
+    the zoo's export options, as ``simpleunet-publish`` (``ort_rewrites=False``: the plain ONNX graphs, for before/after
     timings)."""
     from simpleunet.export import export_model
 

@@ -267,7 +267,7 @@ def render(result: dict[str, Any]) -> str:
           "(inference incl. layout transpose and int8 (de)quantization, excluding JPEG decoding and resizing); "
           "PyTorch eager = the checkpoint in torch (`torch.inference_mode`, same preprocessing).",
           "- Exports: `simpleunet.export.export_model` with the zoo's options for trained models (`train/zoo.py` "
-          "`EXPORT_OPTIONS`: int8 ONNX weight grid `auto`, as the bundled files), its defaults for the "
+          "`EXPORT_OPTIONS`: int8 ONNX weight grid `auto`, as simpleunet-publish), its defaults for the "
           "random-weight peer.", ""]
     for note in result["notes"]:
         p.append(f"> {note}")
