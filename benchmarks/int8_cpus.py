@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from simpleunet_runtime.regions import KEEP_ALL, MinRegion
+from simpleunet_runtime.regions import KEEP_ALL, MinRegion, keep_large_regions
 
 CHILD = "--child"
 EMULATED_CPU = "Haswell"
@@ -114,13 +114,6 @@ def _coverage(masks: np.ndarray) -> np.ndarray:
     return masks.reshape(len(masks), -1).mean(1)
 
 
-def served(masks: np.ndarray, rule) -> np.ndarray:
-    """(N, H, W) masks as the runtime returns them: the model's small-region rule applied to each."""
-    from simpleunet_runtime.regions import small_regions
-
-    return np.stack([m & ~small_regions(m, rule) for m in masks]) if rule.active else masks
-
-
 def per_image_dice(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Dice of each pair of (N, H, W) bool masks (1 where both are empty)."""
     inter = (a & b).reshape(len(a), -1).sum(1)
@@ -129,7 +122,7 @@ def per_image_dice(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def _test_data(name: str, checkpoint: Path | None = None):
-    """(normalized test images, masks, threshold, preprocess, dataset root) of a zoo model, or of ``checkpoint``
+    """(normalized test images, masks, threshold, run config, dataset root) of a zoo model, or of ``checkpoint``
     (another run of it: its own threshold, e.g. a QAT fine-tune's)."""
     from simpleunet.export.images import own_dataset
     from simpleunet.train.checkpoint import read_run
@@ -207,14 +200,20 @@ def meets(r: dict) -> bool:
 
 
 def measure(name: str, files: dict[str, Path], emulate: bool, tmp: Path,
-            checkpoint: Path | None = None) -> list[dict]:
+            checkpoint: Path | None = None, bundled: bool = False) -> list[dict]:
     """One row per int8 file and CPU: agreement with the fp32 file on the same CPU, mDice, verdict, bytes; on the
-    thresholded masks (``raw``: at ``checkpoint``'s threshold when given, else the zoo model's) and on the masks the
-    runtime returns (``served``: the small-region rule applied to both files' masks), which the acceptance uses."""
+    thresholded masks (``raw``: at ``checkpoint``'s threshold when given, the file's own for ``bundled`` files, else
+    the zoo model's) and on the masks the runtime returns (``served``: the same source's small-region rule applied to
+    both files' masks), which the acceptance uses."""
     from simpleunet_runtime.saturation import check_onnx
 
     x, truth, t, meta, _ = _test_data(name, checkpoint)
     rule = MinRegion(*meta["preprocess"].get("min_region", KEEP_ALL))
+    if bundled:  # the threshold and rule the runtime reads from the file itself
+        from simpleunet.export.metadata import read_onnx_metadata
+
+        file_meta = read_onnx_metadata(files["fp32"])
+        t, rule = file_meta.threshold, file_meta.min_region
     cpus = ["native"] + (["avx2 (qemu " + EMULATED_CPU + ")"] if emulate else [])
     rows = []
     for cpu in cpus:
@@ -223,14 +222,15 @@ def measure(name: str, files: dict[str, Path], emulate: bool, tmp: Path,
         fmask = fp32[:, 0] > t
         rows.append({"model": name, "file": "fp32", "cpu": cpu, "isa": info["isa"], "bytes":
                      files["fp32"].stat().st_size, "mdice": float(per_image_dice(fmask, truth).mean()),
-                     "served_mdice": float(per_image_dice(served(fmask, rule), truth).mean()),
+                     "served_mdice": float(per_image_dice(keep_large_regions(fmask, rule), truth).mean()),
                      "p50_ms": None if emu else info["p50_ms"]})
         for key, path in files.items():
             if key == "fp32":
                 continue
             prob, info = run_file(path, x, emu, tmp)
             mask = prob[:, 0] > t
-            raw, out = _versus(mask, fmask, truth), _versus(served(mask, rule), served(fmask, rule), truth)
+            raw = _versus(mask, fmask, truth)
+            out = _versus(keep_large_regions(mask, rule), keep_large_regions(fmask, rule), truth)
             row = {"model": name, "file": key, "cpu": cpu, "isa": info["isa"], "bytes": path.stat().st_size,
                    **raw, "raw_meets": meets(raw), **{f"served_{k}": v for k, v in out.items()},
                    "meets": meets(out), "rule": list(rule), "safe": check_onnx(path).safe,
@@ -310,7 +310,7 @@ def main(argv: list[str] | None = None) -> int:
                 files = {"fp32": models_dir() / f"{name}-fp32.onnx", "int8": models_dir() / f"{name}-int8.onnx"}
             else:
                 files = _files_for_recipes(name, args.recipes.split(","), sub, checkpoints.get(name))
-            rows += measure(name, files, emulate, sub, None if args.bundled else checkpoints.get(name))
+            rows += measure(name, files, emulate, sub, checkpoints.get(name), bundled=args.bundled)
             print(table([r for r in rows if r["model"] == name]), f"\n({time.perf_counter() - t:.0f} s)\n",
                   flush=True)
     if args.json:

@@ -114,7 +114,8 @@ def export_subject(subject: Subject, work: Path, formats: tuple[str, ...] = ("on
     size = imgsz or read_run(subject.checkpoint)["preprocess"]["imgsz"]
     options = {} if subject.untrained else EXPORT_OPTIONS  # a random-weight peer: the exporter's defaults
     tag = f"{subject.name}-{_weights_key(subject.checkpoint)}-{size}-{'-'.join(formats)}" \
-          f"{'-int8-' + int8_onnx + '-' + options.get('int8_weights', 'int7') if int8 else ''}" \
+          f"{'-int8-' + int8_onnx if int8 else ''}" \
+          f"{''.join(f'-{k}-{v}' for k, v in sorted(options.items()))}" \
           f"{'' if ort_rewrites else '-plain'}-v{simpleunet.__version__}" \
           f"-{_exporter_key()}"
     out = work / "exports" / tag

@@ -91,7 +91,7 @@ def parser() -> argparse.ArgumentParser:
                    help="int8 ONNX weight grid, both exact on every CPU (x86 AVX2 without VNNI included): int7 "
                         "(default: onnxruntime's reduce_range, weights in [-64, 64]), pair-safe (per-channel "
                         "scales such that no two same-sign weights of a channel pass 128 together) or auto (both, "
-                        "keeping the file closer to fp32 on the training images that choose --bias-correction)")
+                        "keeping the file closer to fp32 on the same training images as --bias-correction auto)")
     p.add_argument("--bias-correction", choices=BIAS_CORRECTION, default="auto",
                    help="int8 ONNX bias correction (default auto: quantize with and without it and keep the file "
                         "whose masks agree better with fp32 on up to 200 training images: of --calib-data, or of the "

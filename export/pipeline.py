@@ -312,31 +312,35 @@ def _onnx_int8(run: _Run, fp32: Path, kinds: list[str], mean, std, rewrites: boo
     if len(options) > 1:
         xsel = normalize(run.select.images, mean, std)
         want = foreground(onnx_probabilities(fp32, xsel), run.threshold)
+    chosen = None  # (grid, bias correction): chosen on the first layout, kept for a second (the same weights)
     for i, kind in enumerate(kinds):
         t = time.perf_counter()
         label = f"ONNX int8 {kind}"
         suffix = "" if i == 0 else f"-{kind}"
         path = run.staging / f"{run.name}-int8{suffix}.onnx"
+        candidates = options if chosen is None else [chosen]
         tried: dict[tuple[str, bool], tuple] = {}
-        for grid, corrected in options:
+        for option in candidates:
             applied: dict[str, int] = {}
-            proto, sizes = quantize_onnx(fp32, xcal, kind, rewrites=rewrites, applied=applied, weights=grid,
-                                         bias_correction=corrected)
+            proto, sizes = quantize_onnx(fp32, xcal, kind, rewrites=rewrites, applied=applied, weights=option[0],
+                                         bias_correction=option[1])
             score = None
-            if len(options) > 1:
+            if len(candidates) > 1:
                 onnx.save(proto, str(path))
                 score = dice_vs_truth(foreground(onnx_probabilities(path, xsel), run.threshold), want)
-            tried[grid, corrected] = (score, proto, sizes, applied)
-        grid, corrected = max(options, key=lambda o: tried[o][0] or 0.0)  # max keeps the first of a tie
-        _, proto, sizes, applied = tried[grid, corrected]
-        choice = {"used": corrected, "chosen_by": bias_correction}
-        if len(corrections) > 1:
-            choice.update(train_images=len(xsel), mdice_vs_fp32={"off": tried[grid, False][0],
-                                                                 "on": tried[grid, True][0]})
-        grid_choice = {"used": grid, "chosen_by": weights}
-        if len(grids) > 1:
-            grid_choice.update(train_images=len(xsel), mdice_vs_fp32={
-                g: max(tried[g, c][0] for c in corrections) for g in grids})
+            tried[option] = (score, proto, sizes, applied)
+        if chosen is None:
+            chosen = max(candidates, key=lambda o: tried[o][0] or 0.0)  # max keeps the first of a tie
+            choice = {"used": chosen[1], "chosen_by": bias_correction}
+            grid_choice = {"used": chosen[0], "chosen_by": weights}
+            if len(corrections) > 1:
+                choice.update(train_images=len(xsel), mdice_vs_fp32={"off": tried[chosen[0], False][0],
+                                                                     "on": tried[chosen[0], True][0]})
+            if len(grids) > 1:  # every candidate's score
+                grid_choice.update(train_images=len(xsel), mdice_vs_fp32={
+                    g + (" + bias correction" if c else ""): tried[g, c][0] for g, c in options})
+        grid, corrected = chosen
+        _, proto, sizes, applied = tried[chosen]
         verdict = check_onnx(proto.SerializeToString())  # from the graph alone: the same on every machine
         if not verdict.safe:
             run.fail(label, time.perf_counter() - t, f"{path.name}: {verdict.summary()}: it would lose masks on "
@@ -357,6 +361,12 @@ def _onnx_int8(run: _Run, fp32: Path, kinds: list[str], mean, std, rewrites: boo
                  format="onnx", precision="int8", layout="NCHW", quant_format=kind, int8_weights=grid,
                  int8_weights_choice=grid_choice, bias_correction=choice, parameters=run.base.parameters,
                  int8_weight_bytes=int8_weight_bytes(proto), size_steps=sizes, rewrites=applied)
+
+
+def _grid_used(entries: list[dict], requested: str) -> str:
+    """The int8 ONNX weight grid the files of an export use (``auto`` resolved), else what was asked for."""
+    used = {e["int8_weights"] for e in entries if e.get("int8_weights")}
+    return used.pop() if len(used) == 1 else requested
 
 
 def _tflite(run: _Run, fp32: Path, int8: bool, mean, std) -> None:
@@ -601,7 +611,9 @@ def export_model(checkpoint: str | os.PathLike | None = None, *, family: str | N
                           "held_out": val.held_out, "names": val.names, "pytorch_dice_vs_gt": pytorch_gt},
             warnings=notes,
             thresholds={"max_abs_delta": max_delta, "min_agreement": min_agreement}, aff_folded=fold_aff,
-            int8_weights=int8_weights if int8 else None, checked_on={"int8_kernels": cpu, "cpu": cpu_model()},
+            int8_weights=_grid_used(run.entries, int8_weights) if int8 else None,
+            int8_weights_requested=int8_weights if int8 else None,
+            checked_on={"int8_kernels": cpu, "cpu": cpu_model()},
             onnxruntime_rewrites=ort_rewrites)
         staged_manifest = manifest_mod.write(run.staging / manifest_mod.MANIFEST, man)
         written = "the new files may be partly moved into"

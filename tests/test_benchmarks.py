@@ -237,8 +237,8 @@ def test_the_eager_baseline_applies_the_files_small_region_rule(tiny):
 def test_int8_acceptance_is_judged_on_served_masks():
     """One speck on an image whose truth is empty costs an int8 file a whole image of mDice on raw masks (1/N),
     which the small-region rule removes; a visible blob the int8 file loses still fails as served."""
-    from simpleunet.benchmarks.int8_cpus import _versus, meets, served
-    from simpleunet_runtime.regions import MinRegion
+    from simpleunet.benchmarks.int8_cpus import _versus, meets
+    from simpleunet_runtime.regions import MinRegion, keep_large_regions as served
 
     rule = MinRegion(0.003, 0.3)
     truth = np.zeros((4, 64, 64), bool)

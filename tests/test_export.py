@@ -526,9 +526,11 @@ def test_bundle_exports_every_zoo_checkpoint(tmp_path, tiny_ckpt):
         assert read_onnx_metadata(path).name == "simpleunet16-test"
 
 
-def test_bundle_of_named_models_keeps_the_other_bundled_files(tmp_path, tiny_ckpt):
+def test_bundle_of_named_models_keeps_the_other_bundled_files(tmp_path, tiny_ckpt, monkeypatch):
     """``simpleunet-publish NAME`` re-exports that model only: the others' files and index entries stay as they are
-    (a re-export on another CPU would change their bytes); a name that is not a bundled zoo model is one line."""
+    (a re-export on another CPU would change their bytes); a name that is not a zoo model is one line, one the
+    runtime does not bundle is skipped."""
+    from simpleunet.train import zoo
     from simpleunet.train.zoo import bundle
 
     zoo_dir, dest = tmp_path / "zoo", tmp_path / "models"
@@ -537,11 +539,16 @@ def test_bundle_of_named_models_keeps_the_other_bundled_files(tmp_path, tiny_ckp
         (zoo_dir / name / "metrics.json").write_text(json.dumps({"test": {"mDice": 0.5}}))
     dest.mkdir()
     (dest / "simpleunet16-kept-fp32.onnx").write_bytes(b"published elsewhere")
+    with pytest.raises(SimpleUNetError, match="no index.json in .*without names"):  # nothing to keep: refuse
+        bundle(zoo_dir, dest, formats=("onnx",), log=None, only=["simpleunet16-new"])
     kept = {"name": "simpleunet16-kept", "format": "onnx", "precision": "fp32", "file": "simpleunet16-kept-fp32.onnx"}
     (dest / "index.json").write_text(json.dumps([kept]))
-    with pytest.raises(SimpleUNetError, match="not a bundled zoo model: simpleunet16-gone") as info:
+    with pytest.raises(SimpleUNetError, match="not a zoo model: simpleunet16-gone") as info:
         bundle(zoo_dir, dest, formats=("onnx",), log=None, only=["simpleunet16-gone"])
     assert "\n" not in str(info.value)
+    monkeypatch.setitem(zoo.NOT_BUNDLED, "simpleunet16-new", "a test")  # a zoo model the runtime does not bundle
+    assert bundle(zoo_dir, dest, formats=("onnx",), log=None, only=["simpleunet16-new"]) == [kept]
+    monkeypatch.delitem(zoo.NOT_BUNDLED, "simpleunet16-new")
     entries = bundle(zoo_dir, dest, formats=("onnx",), log=None, only=["simpleunet16-new"])
     assert entries[0] == kept and {e["name"] for e in entries[1:]} == {"simpleunet16-new"}
     assert json.loads((dest / "index.json").read_text()) == entries
@@ -814,15 +821,20 @@ def test_bias_correction_flag_forces_the_choice(tmp_path, tiny_ckpt, flag):
 
 def test_int8_weights_auto_keeps_the_grid_that_agrees_better_on_training_images(tmp_path, tiny_ckpt):
     """``--int8-weights auto`` quantizes on int7 and pair-safe, keeps the file closer to fp32 on training images, and
-    records the grid used (file metadata, manifest) and both scores."""
+    records the grid used (file metadata, manifest) and both scores; a second layout (``--int8-onnx both``) keeps the
+    first's choice, so both files carry the same weights."""
     out = tmp_path / "out"
     assert cli.main(["--checkpoint", str(tiny_ckpt), "--int8", "--formats", "onnx", "--int8-weights", "auto",
-                     "--bias-correction", "off", "--out", str(out), "--val-size", "2"]) == 0
+                     "--bias-correction", "off", "--int8-onnx", "both", "--out", str(out), "--val-size", "2"]) == 0
     path = out / "simpleunet16-int8.onnx"
-    entry = {r["file"]: r for r in json.loads((out / "manifest.json").read_text())["files"]}[path.name]
+    manifest = json.loads((out / "manifest.json").read_text())
+    rows = {r["file"]: r for r in manifest["files"]}
+    entry, qdq = rows[path.name], rows["simpleunet16-int8-qdq.onnx"]
     choice, scores = entry["int8_weights_choice"], entry["int8_weights_choice"]["mdice_vs_fp32"]
     assert choice["chosen_by"] == "auto" and choice["train_images"] >= 32 and set(scores) == {"int7", "pair-safe"}
     assert choice["used"] == ("pair-safe" if scores["pair-safe"] > scores["int7"] else "int7") == entry["int8_weights"]
+    assert qdq["int8_weights"] == entry["int8_weights"] and qdq["int8_weights_choice"] == choice
+    assert manifest["int8_weights"] == choice["used"] and manifest["int8_weights_requested"] == "auto"
     extra = read_onnx_metadata(path).extra
     assert extra["int8_weights"] == choice["used"] and extra["avx2_int16_safe"] is True
     assert entry["bias_correction"] == {"used": False, "chosen_by": "off"}

@@ -12,6 +12,7 @@ from simpleunet.train.checkpoint import load_model
 from simpleunet.train.config import ModelConfig, TrainConfig
 from simpleunet.train.model import count_parameters
 from simpleunet.train.zoo import ZOO, readme_table, reproduce_command, write_card
+from simpleunet_runtime.errors import SimpleUNetError
 
 SHIPPED = sorted(p for p in ZOO.iterdir() if (p / "config.json").is_file()) if ZOO.is_dir() else []
 
@@ -117,3 +118,19 @@ def test_card_takes_loss_augmentation_and_hardware_from_the_run(tmp_path: Path):
     n = len(metrics["history"])
     assert (f"Trained on: Xeon, torch CPU (1 epoch); not recorded (1 epoch); NVIDIA H100, torch CUDA ({n - 2} epochs), "
             "CUDA epochs in fp16 mixed precision.") in (tmp_path / "MODEL_CARD.md").read_text()
+
+
+def test_publish_refuses_exports_made_otherwise_than_the_bundled_files(tmp_path):
+    """A card scores the exports it is given; the bundled file is re-exported with EXPORT_OPTIONS, so scored exports
+    made with another int8 grid would describe another file: one line, before any scoring."""
+    from simpleunet.train.zoo import EXPORT_OPTIONS, _check_export_options
+
+    (tmp_path / "manifest.json").write_text(json.dumps({"int8_weights": "int7"}))  # an export of before auto
+    with pytest.raises(SimpleUNetError, match=r"exported with --int8-weights int7.*re-export with --int8-weights "
+                                              + EXPORT_OPTIONS["int8_weights"]):
+        _check_export_options(tmp_path)
+    (tmp_path / "manifest.json").write_text(json.dumps({"int8_weights": "pair-safe",
+                                                        "int8_weights_requested": EXPORT_OPTIONS["int8_weights"]}))
+    _check_export_options(tmp_path)
+    (tmp_path / "manifest.json").write_text(json.dumps({"int8_weights": None}))  # fp32 only
+    _check_export_options(tmp_path)

@@ -91,8 +91,7 @@ def int8_onnx_record(exports: Path) -> dict[str, Any]:
     except (OSError, ValueError):
         man = {}
     rows = [r for r in man.get("files", []) if r.get("format") == "onnx" and r.get("precision") == "int8"]
-    weights = rows[0].get("int8_weights", man.get("int8_weights")) if rows else None  # the grid used, not "auto"
-    return {"weights": weights, "files": len(rows), "scored_on": int8_kernels()[0],
+    return {"weights": man.get("int8_weights") if rows else None, "files": len(rows), "scored_on": int8_kernels()[0],
             "avx2_int16_safe": bool(rows) and all(r.get("checks", {}).get("avx2_int16_safe") for r in rows)}
 
 
@@ -353,10 +352,26 @@ def readme_table(zoo: Path = ZOO) -> str:
     return "\n".join(rows)
 
 
+def _check_export_options(exports: Path) -> None:
+    """The scored exports must be made as ``bundle`` makes the bundled files (``EXPORT_OPTIONS``): otherwise the
+    bundled int8 ONNX file is another file than the one the card scores."""
+    try:
+        man = json.loads((exports / "manifest.json").read_text())
+    except (OSError, ValueError):
+        return  # scoring reports a folder without a manifest itself
+    asked = man.get("int8_weights_requested", man.get("int8_weights"))
+    if asked is not None and asked != EXPORT_OPTIONS["int8_weights"]:
+        raise SimpleUNetError(f"{exports} was exported with --int8-weights {asked}, the zoo's bundled files with "
+                              f"{EXPORT_OPTIONS['int8_weights']} (train/zoo.py EXPORT_OPTIONS): re-export with "
+                              f"--int8-weights {EXPORT_OPTIONS['int8_weights']}")
+
+
 def publish_run(run: Path, name: str, exports: Path | None = None, data: str | None = None) -> Path:
     """Score ``run`` and install it as ``train/zoo/<name>``. Everything is written into a staging folder first and
     swapped in at the end, so a failed publish leaves the old entry as it was."""
     model, meta = load_model(run)
+    if exports:
+        _check_export_options(Path(exports))
     root = checkpoint_data_root(meta, data, run)
     seen = training_overlap(meta, root, "test")
     if seen:  # a model card's test score must be held out
@@ -474,18 +489,20 @@ def bundle(zoo: Path = ZOO, dest: Path = BUNDLED, formats: Iterable[str] = ("onn
     entries: list[dict] = []
     if only is not None:
         only = set(only)
-        unknown = only - {f.name for f in folders if f.name not in NOT_BUNDLED}
+        unknown = only - {f.name for f in folders}
         if unknown:
-            raise SimpleUNetError(f"not a bundled zoo model: {', '.join(sorted(unknown))}; publish one of "
+            raise SimpleUNetError(f"not a zoo model: {', '.join(sorted(unknown))}; publish one of "
                                   f"{', '.join(f.name for f in folders if f.name not in NOT_BUNDLED)}")
         index = dest / "index.json"
+        if not index.is_file():
+            raise SimpleUNetError(f"no index.json in {dest}, so no bundled files to keep: run simpleunet-publish "
+                                  "without names to export every model")
         try:
-            old = json.loads(index.read_text()) if index.is_file() else []
-            entries = [e for e in old if e["name"] not in only]
+            entries = [e for e in json.loads(index.read_text()) if e["name"] not in only]
+            missing = [e["file"] for e in entries if not (dest / e["file"]).is_file()]
         except (ValueError, TypeError, KeyError) as exc:
             raise SimpleUNetError(f"{index} is not a bundled-model index ({type(exc).__name__}): run "
                                   "simpleunet-publish without names to re-export every model") from None
-        missing = [e["file"] for e in entries if not (dest / e["file"]).is_file()]
         if missing:
             raise SimpleUNetError(f"{dest} lacks {', '.join(missing)} that index.json lists: run simpleunet-publish "
                                   "without names to re-export every model")
@@ -513,7 +530,8 @@ def bundle(zoo: Path = ZOO, dest: Path = BUNDLED, formats: Iterable[str] = ("onn
                                 "dataset": (manifest.get("checkpoint") or {}).get("dataset") or "",
                                 "metrics": _bundled_metrics(folder, row["sha256"], row["checks"],
                                                             manifest["verification"])})
-        for e in entries[kept:]:
+        fresh = entries[kept:]
+        for e in fresh:
             os.replace(staging / e["name"] / e["file"], dest / e["file"])
         entries.sort(key=lambda e: e["name"])  # the zoo's order whichever models were re-exported
         index = dest / "index.json"
@@ -527,7 +545,9 @@ def bundle(zoo: Path = ZOO, dest: Path = BUNDLED, formats: Iterable[str] = ("onn
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     if log:
-        log(f"\nPublished {len(entries)} files for {len({e['name'] for e in entries})} model(s) into {dest}")
+        others = {e["name"] for e in entries} - {e["name"] for e in fresh}
+        log(f"\nPublished {len(fresh)} files for {len({e['name'] for e in fresh})} model(s) into {dest}"
+            + (f"; kept {kept} files of {len(others)} other model(s)" if kept else ""))
     return entries
 
 

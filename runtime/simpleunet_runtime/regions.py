@@ -76,6 +76,13 @@ def small_regions(mask: np.ndarray, rule: MinRegion) -> np.ndarray:
     return mask & drop[np.maximum(labels, 0)]
 
 
+def keep_large_regions(masks: np.ndarray, rule: MinRegion) -> np.ndarray:
+    """(N, H, W) bool masks without the regions ``rule`` drops from each: what the runtime returns after the
+    threshold (for scoring thresholded masks; the runners themselves use ``drop_small_regions``)."""
+    masks = np.asarray(masks, bool)
+    return np.stack([m & ~small_regions(m, rule) for m in masks]) if rule.active and len(masks) else masks
+
+
 def drop_small_regions(prob: np.ndarray, foreground: np.ndarray, rule: MinRegion) -> np.ndarray:
     """(N, C, h, w) class probabilities with the pixels of each image's dropped regions (of the (N, h, w) bool
     ``foreground``) set to certain background, so every later step (resize, threshold, scores) sees them gone."""

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from simpleunet_runtime import Segmenter
 from simpleunet_runtime.metadata import ModelMetadata
-from simpleunet_runtime.regions import MinRegion, drop_small_regions, label_regions, small_regions
+from simpleunet_runtime.regions import MinRegion, drop_small_regions, keep_large_regions, label_regions, small_regions
 
 
 def flood_fill_sizes(mask: np.ndarray) -> list[list[tuple[int, int]]]:
@@ -105,3 +105,13 @@ def test_the_segmenter_applies_the_rule_to_every_output(fixtures, reference, sam
     for image in sample_images[:4]:  # predict and predict_proba follow run
         assert not (ruled.predict(image) & ~raw.predict(image)).any()
         np.testing.assert_array_equal(ruled.predict(image) > 0, ruled.predict_proba(image) > t)
+
+
+def test_keep_large_regions_scores_thresholded_masks_as_the_runtime_returns_them():
+    masks = np.zeros((2, 16, 16), bool)
+    masks[0, 2:10, 2:10] = True  # 64 px, kept
+    masks[0, 14, 14] = True  # 1 px: under 1 % of 256 px and under 30 % of the largest region
+    masks[1, 5, 5] = True  # the image's only region, 1 px: under the area floor
+    out = keep_large_regions(masks, MinRegion(0.01, 0.3))
+    assert out[0].sum() == 64 and not out[0, 14, 14] and not out[1].any()
+    assert keep_large_regions(masks, MinRegion()) is masks  # the default rule keeps every region, at no cost
