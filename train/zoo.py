@@ -81,15 +81,20 @@ def evaluate_exports(exports: Path, meta: dict[str, Any], root: Path) -> dict[st
     return out
 
 
+def export_manifest(exports: Path) -> dict[str, Any]:
+    """The manifest.json of an export folder ({} when there is none or it is unreadable)."""
+    try:
+        return json.loads((exports / "manifest.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
 def int8_onnx_record(exports: Path) -> dict[str, Any]:
     """How the int8 ONNX files in ``exports`` were made and where they were scored: their weight grid and the
     export's saturation verdict (manifest.json), and this CPU's int8 kernel family (the int8 figures name it)."""
     from simpleunet_runtime.machine import int8_kernels
 
-    try:
-        man = json.loads((exports / "manifest.json").read_text())
-    except (OSError, ValueError):
-        man = {}
+    man = export_manifest(exports)
     rows = [r for r in man.get("files", []) if r.get("format") == "onnx" and r.get("precision") == "int8"]
     return {"weights": man.get("int8_weights") if rows else None, "files": len(rows), "scored_on": int8_kernels()[0],
             "avx2_int16_safe": bool(rows) and all(r.get("checks", {}).get("avx2_int16_safe") for r in rows)}
@@ -97,11 +102,7 @@ def int8_onnx_record(exports: Path) -> dict[str, Any]:
 
 def micro_record(exports: Path) -> dict[str, Any] | None:
     """The TensorFlow Lite Micro figures of an export made with --formats tflm (manifest.json), or None."""
-    try:
-        man = json.loads((exports / "manifest.json").read_text())
-    except (OSError, ValueError):
-        return None
-    row = next((r for r in man.get("files", []) if r.get("target") == "tflite-micro"), None)
+    row = next((r for r in export_manifest(exports).get("files", []) if r.get("target") == "tflite-micro"), None)
     if row is None:
         return None
     m, checks = row["micro"], row.get("checks", {})
@@ -355,10 +356,7 @@ def readme_table(zoo: Path = ZOO) -> str:
 def _check_export_options(exports: Path) -> None:
     """The scored exports must be made as ``bundle`` makes the bundled files (``EXPORT_OPTIONS``): otherwise the
     bundled int8 ONNX file is another file than the one the card scores."""
-    try:
-        man = json.loads((exports / "manifest.json").read_text())
-    except (OSError, ValueError):
-        return  # scoring reports a folder without a manifest itself
+    man = export_manifest(exports)  # none: scoring reports the folder itself
     asked = man.get("int8_weights_requested", man.get("int8_weights"))
     if asked is not None and asked != EXPORT_OPTIONS["int8_weights"]:
         raise SimpleUNetError(f"{exports} was exported with --int8-weights {asked}, the zoo's bundled files with "
