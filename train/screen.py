@@ -69,6 +69,9 @@ CANDIDATES: dict[str, tuple[str, dict[str, Any]]] = {
                          {"model.dilation": 2, "train_imgsz": 320}),
     "border-smooth": ("label smoothing of mask borders (the training masks blurred by a Gaussian of sigma 2 px)",
                       {"border_smooth": 2.0}),
+    "border-smooth-restart": ("label smoothing of mask borders as a fine-tune: a second cosine cycle (peak lr "
+                              "2e-4) from the zoo's model of the base recipe, on targets blurred by sigma 2 px",
+                              {"init": "train/zoo/{base}", "lr": 0.0002, "border_smooth": 2.0}),
 }
 RUNS = Path("runs/screen")
 #: A base recipe as it stood when its candidates were screened, where it has changed since: the zoo's
