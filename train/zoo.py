@@ -425,10 +425,11 @@ NOT_BUNDLED = {
     "simpleunet8-busi": "its int8 ONNX (int7 grid, bias-corrected), exact on every CPU, agrees with fp32 at a mean of "
                         "0.970 over the BUSI test images where either mask is visible, min 0.167 (it draws a visible "
                         "blob where fp32 has a speck; 2026-12-03, x86 AVX-512 VNNI, identical on emulated AVX2), "
-                        "under the int8 issue's 0.98 / 0.5; int7, pair-safe with bias correction (0.9797), a float "
-                        "head or first conv did not close it; plain pair-safe does on raw masks (0.9802 / 0.807), "
-                        "but judged as served (the small-region rule applied, the acceptance since 2026-12-07) every "
-                        "grid misses (at best 0.9650, min 0.000; x86 AVX2 without VNNI)",
+                        "under the int8 issue's 0.98 / 0.5; int7, pair-safe with bias correction (0.9797, x86 "
+                        "AVX-512 VNNI), a float head or first conv did not close it; plain pair-safe does on raw "
+                        "masks (0.9802 / 0.807, x86 AVX2 without VNNI), but judged as served (the small-region rule "
+                        "applied, the acceptance since 2026-12-07) every grid misses (at best 0.9650, min 0.000; x86 "
+                        "AVX2 without VNNI)",
     "simpleunet8-kvasir-112": "a microcontroller model (TensorFlow Lite Micro, 112 px): it ships as the C array in "
                               "runtime/examples/micro; its int8 ONNX agrees with fp32 at 0.979 < 0.98",
     "simpleunet8-kvasir-96": "a microcontroller model (TensorFlow Lite Micro, 96 px; arena 151 KiB): it ships as int8 "
