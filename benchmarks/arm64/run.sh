@@ -269,8 +269,8 @@ SAMPLE="$("$V/bin/python" -c 'from simpleunet_runtime.sample import sample_dir; 
 if grep -q "^$MODEL " /out/models.txt; then
     ONNX=(--model "$MODEL" --precision int8); TFL=(--model "$MODEL" --precision int8 --backend tflite)
     BENCH=()
-    "$V/bin/python" -c "from simpleunet_runtime import zoo
-for f in ('onnx', 'tflite'): p = zoo.resolve('$MODEL', 'int8', f); print(f'arm64[chroot]: {p.name} sha256 {zoo.sha256(p)[:16]}')"
+    "$V/bin/python" -c "from simpleunet_runtime import bundled
+for f in ('onnx', 'tflite'): p = bundled.resolve('$MODEL', 'int8', f); print(f'arm64[chroot]: {p.name} sha256 {bundled.sha256(p)[:16]}')"
 else
     echo "arm64[chroot]: no bundled $MODEL; segmenting with the test fixture models"
     ONNX=(--model "$RT/tests/fixtures/tiny_int8.onnx"); TFL=(--model "$RT/tests/fixtures/tiny_int8.tflite")
