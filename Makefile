@@ -42,10 +42,11 @@ bench: install
 benchmarks: install
 	$(BIN)/python -m simpleunet.benchmarks.run
 
-# Train the zoo's 256-px SimpleUNet recipes one after another into runs/<recipe>, resuming any that stopped (finished runs
-# are skipped in seconds). Run two queues side by side on a 2-core machine with THREADS=1 each. SimpleESKNet-32 is
-# a GPU job: ZOO=simpleesknet32-n2-kvasir; the microcontroller ones: ZOO=simpleunet8-kvasir-112 (-96, -128). The *-qat-int7 recipes (QAT through the int7 grid, measured 2026-12-03 and not
-# shipped: export/README.md) are not in the default list.
+# Train the zoo's 256-px SimpleUNet recipes one after another into runs/<recipe>, resuming any that stopped
+# (finished runs are skipped in seconds). Run two queues side by side on a 2-core machine with THREADS=1 each.
+# SimpleESKNet-32 is a GPU job: ZOO=simpleesknet32-n2-kvasir; the microcontroller recipes: ZOO=simpleunet8-kvasir-112
+# (-96, -128). The *-qat-int7 recipes (QAT through the int7 grid, measured 2026-12-03 and not shipped:
+# export/README.md) are not in the default list.
 ZOO ?= simpleunet16-kvasir simpleunet16-busi simpleunet8-kvasir simpleunet32-kvasir simpleunet8-busi simpleunet32-busi \
        simpleunet8-kvasir-qat simpleunet8-busi-qat simpleunet16-busi-qat
 THREADS ?= 2
