@@ -419,9 +419,9 @@ EXPORT_OPTIONS = {"int8_weights": "auto"}
 NOT_BUNDLED = {
     "simpleunet8-kvasir": "its int8 ONNX (int7 grid, bias-corrected), exact on every CPU, passes the export's check "
                           "(0.9825 on the 16 check images) but its masks agree with fp32 at a mean of only 0.963 "
-                          "over the 120 test images (0.972 where the fp32 mask is visible; 2026-12-03), under the "
-                          "0.98 the other bundled files reach; int7 QAT, pair-safe weights and a float first conv "
-                          "did not close it",
+                          "over the 120 test images (0.972 where the fp32 mask is visible; 2026-12-03, x86 AVX-512 "
+                          "VNNI, identical on emulated AVX2), under the 0.98 the other bundled files reach; int7 "
+                          "QAT, pair-safe weights and a float first conv did not close it",
     "simpleunet8-busi": "its int8 ONNX (int7 grid, bias-corrected), exact on every CPU, agrees with fp32 at a mean of "
                         "0.970 over the BUSI test images where either mask is visible, min 0.167 (it draws a visible "
                         "blob where fp32 has a speck; 2026-12-03, x86 AVX-512 VNNI, identical on emulated AVX2), "
