@@ -5,7 +5,8 @@
 #   1. builds (once, then cached) a bookworm arm64 userland with debootstrap, run on x86 through qemu-user binfmt;
 #   2. in a fresh copy of it (chroot): python3 -m venv with the system Python 3.11 and its stock pip,
 #      pip install ./runtime[tflite,test] from PyPI, the runtime's tests against the installed copy,
-#      simpleunet-infer on the bundled sample (ONNX int8 and TFLite int8), simpleunet-bench --device cpu --runs 3;
+#      simpleunet-infer on the bundled sample (ONNX int8 and TFLite int8), simpleunet-bench --device cpu --runs 3,
+#      then ./runtime[video] (OpenCV headless) on top and the video and CLI tests again;
 #   3. the same simpleunet-infer on this x86 machine, then per-image Dice of arm64 vs x86 masks (>= 0.99 or fail);
 #   4. prints each phase's run time, the wheels' download sizes and the installed venv's size.
 #
@@ -325,6 +326,18 @@ print(f"arm64[chroot]: ./runtime[tflite] alone: {len(rt)} distributions, {sum(ma
       f"installed (+ {sum(map(installed, base)) / 2**20:.0f} MB for the venv's own {', '.join(sorted(base))})")
 print("RUNTIME_ONLY " + " ".join(sorted(rt)))
 PY
+
+# The video extra on top, after the footprint above is taken: the stream tests, which skipped above, now run.
+t=$(now)
+"$V/bin/pip" install -q "$RT[video]"
+echo "arm64[chroot]: $("$V/bin/pip" list --format=freeze | grep -iE '^opencv-python-headless=')"
+if ! (cd "$E" && "$V/bin/python" -m pytest -q -rs -p no:cacheprovider --rootdir "$RT/tests" -c /dev/null \
+        "$RT/tests/test_video.py" "$RT/tests/test_runtime_cli.py") >/out/pytest-video.txt 2>&1; then
+    tail -40 /out/pytest-video.txt; echo "FAIL: the runtime's video tests" >&2; exit 1
+fi
+grep -E '^SKIPPED' /out/pytest-video.txt || true
+tail -1 /out/pytest-video.txt
+phase "$t" "pip install ./runtime[video] + video and CLI tests (emulated)"
 INNER
 say "running the Raspberry-Pi-OS-like session in the chroot (qemu-user emulation: slow)"
 : >"$R/out/phases.tsv"
