@@ -199,6 +199,31 @@ def test_compare_scores_runs_image_by_image_on_their_shared_carve_out(tiny_data,
         screen.compare(["nosuch"], "a-e2", tiny_data)
 
 
+def test_curve_averages_carve_out_histories_over_epoch_windows_against_a_reference(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(screen, "RUNS", tmp_path)
+
+    def run(name, scores):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "config.json").write_text("{}")
+        history = [{"epoch": e, "val_mDice": v} for e, v in enumerate(scores, 1)]
+        best = max(history, key=lambda h: h["val_mDice"])
+        (tmp_path / name / "metrics.json").write_text(json.dumps({"history": history, "best": best}))
+
+    run("ref-e5", [0.1, 0.2, 0.3, 0.4, 0.5])
+    run("a-e5", [0.2, 0.2, 0.5, 0.4])  # 4 of 5 epochs so far
+    text = screen.curve(["a-e5"], "ref-e5", window=2)
+    assert "| 1–2 | 0.1500 | 0.2000 (+0.0500) |" in text
+    assert "| 3–4 | 0.3500 | 0.4500 (+0.1000) |" in text
+    assert "| 5–" not in text  # a window the run has not reached is left out
+    assert "best carve-out: a-e5 0.5000 at epoch 3" in text and "(best 0.5000 at epoch 5)" in text
+    assert screen.main(["curve", "a-e5", "--against", "ref-e5", "--window", "0"]) == 2
+    assert "--window must be at least 1" in capsys.readouterr().err
+    (tmp_path / "new-e5").mkdir()
+    (tmp_path / "new-e5" / "config.json").write_text("{}")
+    with pytest.raises(screen.SimpleUNetError, match="new-e5 has no metrics.json"):
+        screen.curve(["new-e5"], "ref-e5")
+
+
 def test_every_camera_shift_changes_the_images_and_keeps_their_form(kvasir):
     import cv2
 
