@@ -215,6 +215,8 @@ def test_curve_averages_carve_out_histories_over_epoch_windows_against_a_referen
     assert "| 1–2 | 0.1500 | 0.2000 (+0.0500) |" in text
     assert "| 3–4 | 0.3500 | 0.4500 (+0.1000) |" in text
     assert "| 5–" not in text  # a window the run has not reached is left out
+    text = screen.curve(["a-e5"], "ref-e5", window=3)
+    assert "| 4–4 | 0.4000 | 0.4000 (+0.0000) |" in text  # a window the run is in, as far as it got
     assert "best carve-out: a-e5 0.5000 at epoch 3" in text and "(best 0.5000 at epoch 5)" in text
     assert screen.main(["curve", "a-e5", "--against", "ref-e5", "--window", "0"]) == 2
     assert "--window must be at least 1" in capsys.readouterr().err

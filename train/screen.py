@@ -318,7 +318,7 @@ def curve(names: list[str], against: str, window: int = 10) -> str:
     lines = ["| epochs | reference | " + " | ".join(f"{n} (gap)" for n in names) + " |",
              "|---|---|" + "---|" * len(names)]
     for start in range(1, last + 1, window):
-        span = range(start, start + window)
+        span = range(start, min(start + window, last + 1))  # the last window as far as the longest run got
         ref_ep = [e for e in span if e in ref]
         cells = []
         for h, _ in runs.values():
@@ -326,9 +326,8 @@ def curve(names: list[str], against: str, window: int = 10) -> str:
             cells.append(f"{np.mean([h[e] for e in both]):.4f} ({np.mean([h[e] - ref[e] for e in both]):+.4f})"
                          if both else "—")
         if any(c != "—" for c in cells):
-            shown = [e for e in span if e <= last]
             mean_ref = f"{np.mean([ref[e] for e in ref_ep]):.4f}" if ref_ep else "—"
-            lines.append(f"| {shown[0]}–{shown[-1]} | {mean_ref} | " + " | ".join(cells) + " |")
+            lines.append(f"| {span[0]}–{span[-1]} | {mean_ref} | " + " | ".join(cells) + " |")
     bests = "; ".join(f"{n} {b['val_mDice']:.4f} at epoch {b['epoch']}" for n, (_, b) in runs.items())
     return (f"reference: {against} (best {ref_best['val_mDice']:.4f} at epoch {ref_best['epoch']})\n\n"
             + "\n".join(lines) + f"\n\nbest carve-out: {bests}")
