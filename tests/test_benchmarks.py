@@ -252,3 +252,15 @@ def test_int8_acceptance_is_judged_on_served_masks():
     int8[0] = False  # a lost lesion is visible either way
     out = _versus(served(int8, rule), served(fp32, rule), truth)
     assert out["agree_min_visible"] == 0 and not meets(out)
+
+
+def test_carve_out_gap_scores_each_lesion_size_bin_apart():
+    from simpleunet.benchmarks.carve_out_gap import AREA_LABELS, by_area
+
+    shares = [0.0, 0.01, 0.02, 0.04, 0.3]
+    masks = np.zeros((len(shares), 100, 100), np.uint8)
+    for m, s in zip(masks, shares):
+        m.flat[: int(s * m.size)] = 1
+    assert AREA_LABELS == ("empty", "<3%", "3%-6%", "6%-12%", "12%-25%", ">=25%")
+    assert by_area(np.array([1.0, 0.2, 0.4, 0.9, 0.7]), masks) == {
+        "empty": (1, 1.0), "<3%": (2, pytest.approx(0.3)), "3%-6%": (1, 0.9), ">=25%": (1, 0.7)}

@@ -10,8 +10,8 @@ import torch
 from PIL import Image
 
 from simpleunet.export.images import calibration_set
-from simpleunet.train.data import (DataError, InMemorySegmentation, augment, carve_validation, discover, load_arrays,
-                                   select_split)
+from simpleunet.train.data import (DataError, InMemorySegmentation, area_bins, augment, carve_validation, discover,
+                                   load_arrays, select_split)
 
 
 def _real_pairs(kvasir: Path, n: int = 3):
@@ -136,6 +136,21 @@ def test_carved_validation_is_disjoint_and_seeded():
     tr, va = carve_validation(100, 0.1, 0)
     assert len(va) == 10 and not set(tr) & set(va)
     assert (carve_validation(100, 0.1, 0)[1] == va).all()
+
+
+def test_a_carve_out_by_lesion_area_takes_each_size_bins_share():
+    """The random carve-out of Kvasir-SEG seed 0 drew no small polyp; drawn per bin it must hold its share."""
+    shares = np.r_[np.zeros(20), np.full(65, 0.01), np.full(300, 0.05), np.full(495, 0.2)]  # 880 masks
+    masks = np.zeros((len(shares), 20, 20), np.uint8)
+    for m, s in zip(masks, shares):
+        m.flat[: int(round(s * m.size))] = 1
+    bins = area_bins(masks)
+    assert np.bincount(bins).tolist() == [20, 65, 300, 0, 495]  # 0.2 of 400 px = 80 px: the 12-25 % bin
+    tr, va = carve_validation(len(masks), 0.1, 0, bins)
+    assert len(va) == 88 and len(tr) == 792 and not set(tr) & set(va)
+    assert np.bincount(bins[va], minlength=5).tolist() == [2, 7, 30, 0, 49]  # 2.0, 6.5, 30.0, 49.5 by remainders
+    assert (carve_validation(len(masks), 0.1, 0, bins)[1] == va).all()
+    assert not (carve_validation(len(masks), 0.1, 1, bins)[1] == va).all()
 
 
 @pytest.mark.parametrize("n, world, batch", [(15, 2, 4), (13, 3, 4), (9, 2, 4), (5, 2, 4), (7, 4, 2)])

@@ -302,3 +302,19 @@ def test_training_at_a_larger_size_keeps_the_model_and_its_carve_out_at_imgsz(ti
         TrainConfig(**{**TINY, "train_imgsz": 40})
     with pytest.raises(ConfigError, match="drop --train-imgsz"):
         TrainConfig(**{**TINY, "train_imgsz": 48, "teacher": "runs/teacher"})
+
+
+def test_carve_by_lesion_area_is_the_carve_out_a_run_validates_on(tiny_data):
+    from simpleunet.train.data import area_bins, carve_validation, discover, load_arrays, training_samples
+    from simpleunet.train.loop import load_training_data
+
+    samples, _ = training_samples(discover(tiny_data), tiny_data)
+    _, masks = load_arrays(samples, 32)
+    carve_outs = {}
+    for carve_by, strata in (("random", None), ("lesion-area", area_bins(masks))):
+        _, carve_outs[carve_by] = carve_validation(len(samples), 0.25, 1, strata)
+        _, val_set, _ = load_training_data(TrainConfig(**{**TINY, "seed": 1, "carve_by": carve_by}), tiny_data)
+        assert np.array_equal(val_set.masks, masks[carve_outs[carve_by]]), carve_by
+    assert not np.array_equal(*carve_outs.values())  # seed 1 draws other images per bin than at random
+    with pytest.raises(ConfigError, match="carve_by must be one of random, lesion-area"):
+        TrainConfig(**{**TINY, "carve_by": "size"})

@@ -11,7 +11,7 @@ from pathlib import Path
 from simpleunet_runtime.errors import SimpleUNetError, console_script
 
 from .data import dataset_root
-from .config import AUGMENTS, FAMILIES, HEADS, LOSSES, ConfigError, TrainConfig
+from .config import AUGMENTS, CARVE_BY, FAMILIES, HEADS, LOSSES, ConfigError, TrainConfig
 
 RECIPES = Path(__file__).parent / "recipes"
 
@@ -113,6 +113,8 @@ def train_main(argv: list[str] | None = None) -> int:
                       ("eta-min", float), ("imgsz", int), ("seed", int), ("patience", int), ("threads", int),
                       ("val-fraction", float)):
         p.add_argument(f"--{name}", type=typ)
+    p.add_argument("--carve-by", choices=CARVE_BY, help="how the validation carve-out is drawn: random (default) "
+                   "or lesion-area (the fraction from each lesion-size bin)")
     p.add_argument("--augment", choices=AUGMENTS)
     p.add_argument("--loss", choices=LOSSES, help="bce_dice (default) or structure (PraNet's weighted BCE + IoU)")
     p.add_argument("--ema", type=float, help="keep an exponential moving average of the weights with this decay "
@@ -160,8 +162,8 @@ def train_main(argv: list[str] | None = None) -> int:
         if args.no_aff:
             model_over["aff"] = False
         train_over = {k: getattr(args, k) for k in ("epochs", "batch_size", "lr", "weight_decay", "eta_min", "imgsz",
-                                                     "seed", "patience", "threads", "val_fraction", "augment",
-                                                     "dataset", "init", "qat_weights", "loss", "ema", "swa",
+                                                     "seed", "patience", "threads", "val_fraction", "carve_by",
+                                                     "augment", "dataset", "init", "qat_weights", "loss", "ema", "swa",
                                                      "swa_lr", "teacher", "distill_weight", "deep_supervision",
                                                      "border_smooth", "train_imgsz", "qat_agreement")
                       if getattr(args, k) is not None}

@@ -236,11 +236,32 @@ def load_arrays(samples: list[Sample], imgsz: int, cache: bool = True) -> tuple[
     return images, masks
 
 
-def carve_validation(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Deterministic (train, val) index split of a training set; validation is never the test split."""
+#: Upper edges of the lesion-size bins (the mask's share of the image); an empty mask is a bin of its own.
+AREA_EDGES = (0.03, 0.06, 0.12, 0.25)
+
+
+def area_bins(masks: np.ndarray) -> np.ndarray:
+    """Each mask's lesion-size bin: 0 for an empty mask, then 1 .. len(AREA_EDGES) + 1 by its foreground share."""
+    shares = (masks.reshape(len(masks), -1) > 0).mean(1)
+    return np.where(shares == 0, 0, 1 + np.searchsorted(AREA_EDGES, shares, side="right"))
+
+
+def carve_validation(n: int, fraction: float, seed: int, strata: np.ndarray | None = None
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """Deterministic (train, val) index split of a training set; validation is never the test split. With
+    ``strata`` (a label per image, e.g. ``area_bins``) each label gives its share of the carve-out (largest
+    remainders, so the size is the same as without), drawn in the seed's order."""
     perm = np.random.default_rng(seed).permutation(n)
     n_val = max(1, int(round(n * fraction))) if fraction > 0 else 0  # a tiny set still gets one val image
-    return np.sort(perm[n_val:]), np.sort(perm[:n_val])
+    if strata is None:
+        return np.sort(perm[n_val:]), np.sort(perm[:n_val])
+    strata = np.asarray(strata)[perm]
+    labels, counts = np.unique(strata, return_counts=True)
+    quota = counts * n_val / n
+    take = np.floor(quota).astype(int)
+    take[np.argsort(take - quota, kind="stable")[:n_val - take.sum()]] += 1
+    val = np.concatenate([perm[strata == label][:k] for label, k in zip(labels, take)])
+    return np.setdiff1d(np.arange(n), val), np.sort(val)
 
 
 #: The random affine and colour ranges of each strength above ``light``: rotation (radians), zoom range, shift

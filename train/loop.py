@@ -24,8 +24,8 @@ from simpleunet_runtime.regions import KEEP_ALL, MinRegion, small_regions
 from .checkpoint import (LAST, METRICS, CheckpointError, init_weights, load_model, load_training_state,
                          read_training_state, save_model, save_training_state, write_json)
 from .config import ConfigError, TrainConfig
-from .data import (ALL_IMAGES, DataError, InMemorySegmentation, carve_validation, discover, load_arrays, select_split,
-                   smooth_borders, training_samples)
+from .data import (ALL_IMAGES, DataError, InMemorySegmentation, area_bins, carve_validation, discover, load_arrays,
+                   select_split, smooth_borders, training_samples)
 from .losses import distill_loss, foreground_probability, segmentation_loss
 from .model import DeepSupervision, build_model, count_parameters
 
@@ -117,7 +117,8 @@ def load_training_data(cfg: TrainConfig, root: Path, layout: str = "auto", devic
     (``InMemorySegmentation``)."""
     samples, split_used = training_samples(discover(root, layout), root)
     images, masks = load_arrays(samples, cfg.imgsz)
-    tr, va = carve_validation(len(samples), cfg.val_fraction, cfg.seed)
+    tr, va = carve_validation(len(samples), cfg.val_fraction, cfg.seed,
+                              area_bins(masks) if cfg.carve_by == "lesion-area" else None)
     if len(tr) == 0:
         raise DataError(f"{len(samples)} training image(s) in {root}: too few to carve out a validation set")
     val_set = InMemorySegmentation(images[va], masks[va], cfg.mean, cfg.std, device)
@@ -196,7 +197,8 @@ def load_teacher(cfg: TrainConfig, split_used: str) -> tuple[nn.Module, str]:
 
     teacher, meta = load_model(cfg.teacher)
     theirs = meta.get("train") or {}
-    same = {"split_used": split_used, "seed": cfg.seed, "val_fraction": cfg.val_fraction, "dataset": cfg.dataset}
+    same = {"split_used": split_used, "seed": cfg.seed, "val_fraction": cfg.val_fraction, "dataset": cfg.dataset,
+            "carve_by": cfg.carve_by}
     differ = [f"{k} {theirs.get(k)!r} (this run: {v!r})" for k, v in same.items() if theirs.get(k) != v]
     pre = meta["preprocess"]
     if (pre["imgsz"], list(pre["mean"]), list(pre["std"])) != (cfg.imgsz, list(cfg.mean), list(cfg.std)):

@@ -68,6 +68,10 @@ CANDIDATES: dict[str, tuple[str, dict[str, Any]]] = {
                               "Gaussian of sigma 2 px)", {"model.dilation": 2, "border_smooth": 2.0}),
     "dilate2+train320": ("dilation 2, trained on images resized to 320 px (carve-out, test and export at 256)",
                          {"model.dilation": 2, "train_imgsz": 320}),
+    "dilate2+carve-by-area": ("dilation 2, the carve-out drawn per lesion-size bin (the random seed-0 one holds no "
+                              "polyp under 3 % of the image; this one the split's share): a reference for later "
+                              "screens, compared to the zoo on val_120 only", {"model.dilation": 2,
+                                                                              "carve_by": "lesion-area"}),
     "border-smooth": ("label smoothing of mask borders (the training masks blurred by a Gaussian of sigma 2 px)",
                       {"border_smooth": 2.0}),
     "border-smooth-restart": ("label smoothing of mask borders as a fine-tune: a second cosine cycle (peak lr "
@@ -203,7 +207,8 @@ def carve_out_probabilities(folder: Path, root: Path | None = None, shift: str =
     model, meta = load_model(folder)
     cfg = TrainConfig.from_dict(meta["train"])
     root = Path(root) if root else dataset_root(cfg.dataset, cfg.data_root)
-    key = (cfg.dataset, str(root.resolve()), cfg.imgsz, cfg.seed, cfg.val_fraction, tuple(cfg.mean), tuple(cfg.std))
+    key = (cfg.dataset, str(root.resolve()), cfg.imgsz, cfg.seed, cfg.val_fraction, cfg.carve_by, tuple(cfg.mean),
+           tuple(cfg.std))
     cache = {} if _cache is None else _cache
     if key not in cache:
         cache[key] = load_training_data(cfg, root)[1]

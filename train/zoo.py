@@ -159,10 +159,10 @@ def plot_curve(history: list[dict[str, Any]], path: Path, title: str, loss: str 
 #: simpleunet-train's flag per training setting (``model.*``: the architecture); --no-aff is handled apart.
 FLAGS = {"dataset": "--dataset", "epochs": "--epochs", "batch_size": "--batch-size", "lr": "--lr",
          "weight_decay": "--weight-decay", "eta_min": "--eta-min", "imgsz": "--imgsz", "seed": "--seed",
-         "patience": "--patience", "val_fraction": "--val-fraction", "augment": "--augment",
-         "model.family": "--family", "model.width": "--width", "model.blocks": "--blocks", "model.rate": "--rate",
-         "model.num_classes": "--classes", "model.head": "--head", "model.kernel_size": "--kernel-size",
-         "model.dilation": "--dilation", "init": "--init", "loss": "--loss",
+         "patience": "--patience", "val_fraction": "--val-fraction", "carve_by": "--carve-by",
+         "augment": "--augment", "model.family": "--family", "model.width": "--width", "model.blocks": "--blocks",
+         "model.rate": "--rate", "model.num_classes": "--classes", "model.head": "--head",
+         "model.kernel_size": "--kernel-size", "model.dilation": "--dilation", "init": "--init", "loss": "--loss",
          "ema": "--ema", "swa": "--swa", "swa_lr": "--swa-lr", "teacher": "--teacher",
          "distill_weight": "--distill-weight", "deep_supervision": "--deep-supervision",
          "border_smooth": "--border-smooth", "train_imgsz": "--train-imgsz", "qat_weights": "--qat-weights",
@@ -291,7 +291,8 @@ def write_card(folder: Path, name: str, meta: dict[str, Any], metrics: dict[str,
 **Not a medical device. Research use only; not for diagnostic use.**
 
 ## Data
-{meta['dataset']} — trained on the train split minus a seeded {train['val_fraction']:.0%} validation carve-out
+{meta['dataset']} — trained on the train split minus a seeded {train['val_fraction']:.0%} validation carve-out{
+" (drawn per lesion-size bin)" if train.get('carve_by') == 'lesion-area' else ""}
 (best epoch and threshold chosen on that carve-out), tested on the test split ({test['images']} images; Kvasir-SEG:
 the official val_120; BUSI: the 156-image stratified test split). Images and masks resized to {train['imgsz']} px{
 f" (the training images to {train['train_imgsz']} px)" if train.get('train_imgsz') else ""}.
