@@ -104,6 +104,9 @@ def test_deep_supervision_trains_side_heads_resumes_exactly_and_saves_the_plain_
 
 def test_distillation_checks_its_teacher_and_records_it(tiny_data, tmp_path, capsys):
     train(TrainConfig(**TINY), tiny_data, tmp_path / "teacher", progress=False)
+    config = json.loads((tmp_path / "teacher" / "config.json").read_text())
+    del config["train"]["carve_by"]  # as the zoo's teachers, trained before the field: a random carve-out
+    (tmp_path / "teacher" / "config.json").write_text(json.dumps(config))
     result = train(TrainConfig(**{**TINY, "teacher": str(tmp_path / "teacher"), "distill_weight": 0.5}), tiny_data,
                    tmp_path / "student", progress=False)
     assert result["best"]["epoch"] >= 1
@@ -111,6 +114,9 @@ def test_distillation_checks_its_teacher_and_records_it(tiny_data, tmp_path, cap
     assert saved["teacher"] == str(tmp_path / "teacher") and len(saved["teacher_sha256"]) == 64
     with pytest.raises(ConfigError, match="seed 0 .this run: 1.*carve-out"):  # another carve-out: refused
         train(TrainConfig(**{**TINY, "seed": 1, "teacher": str(tmp_path / "teacher")}), tiny_data,
+              tmp_path / "other", progress=False)
+    with pytest.raises(ConfigError, match="carve_by 'random' .this run: 'lesion-area'"):
+        train(TrainConfig(**{**TINY, "carve_by": "lesion-area", "teacher": str(tmp_path / "teacher")}), tiny_data,
               tmp_path / "other", progress=False)
     with pytest.raises(KeyboardInterrupt):  # a run that stopped after one epoch...
         train(TrainConfig(**{**TINY, "teacher": str(tmp_path / "teacher")}), tiny_data, tmp_path / "crash",

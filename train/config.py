@@ -112,7 +112,7 @@ class TrainConfig:
     weight_decay: float = 1e-2
     eta_min: float = 1e-5
     val_fraction: float = 0.1
-    #: How the carve-out is drawn (data.CARVE_BY): at random, or the fraction from each lesion-size bin.
+    #: How the carve-out is drawn (CARVE_BY): at random, or the fraction from each lesion-size bin.
     carve_by: str = "random"
     seed: int = 0
     workers: int = 0

@@ -196,7 +196,7 @@ def load_teacher(cfg: TrainConfig, split_used: str) -> tuple[nn.Module, str]:
     from .checkpoint import WEIGHTS
 
     teacher, meta = load_model(cfg.teacher)
-    theirs = meta.get("train") or {}
+    theirs = {"carve_by": "random", **(meta.get("train") or {})}  # a run before the field drew it at random
     same = {"split_used": split_used, "seed": cfg.seed, "val_fraction": cfg.val_fraction, "dataset": cfg.dataset,
             "carve_by": cfg.carve_by}
     differ = [f"{k} {theirs.get(k)!r} (this run: {v!r})" for k, v in same.items() if theirs.get(k) != v]
