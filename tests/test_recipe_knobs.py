@@ -224,6 +224,12 @@ def test_curve_averages_carve_out_histories_over_epoch_windows_against_a_referen
     text = screen.curve(["a-e5"], "ref-e5", window=3)
     assert "| 4–4 | 0.4000 | 0.4000 (+0.0000) |" in text  # a window the run is in, as far as it got
     assert "best carve-out: a-e5 0.5000 at epoch 3" in text and "(best 0.5000 at epoch 5)" in text
+    assert "another carve-out" not in text  # a config from before carve_by drew it at random
+    run("b-e5", [0.2, 0.3])
+    (tmp_path / "b-e5" / "config.json").write_text(json.dumps({"train": {"carve_by": "lesion-area"}}))
+    assert text.endswith("epoch 3") and screen.curve(["a-e5", "b-e5"], "ref-e5").endswith(
+        "b-e5 holds out another carve-out than the reference (carve_by lesion-area vs random): its gaps are not the "
+        "recipe's alone")
     assert screen.main(["curve", "a-e5", "--against", "ref-e5", "--window", "0"]) == 2
     assert "--window must be at least 1" in capsys.readouterr().err
     (tmp_path / "new-e5").mkdir()

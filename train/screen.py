@@ -308,7 +308,14 @@ def compare(names: list[str], against: str, root: Path | None = None, shifts: tu
 def curve(names: list[str], against: str, window: int = 10) -> str:
     """Each run's carve-out mDice, averaged over windows of ``window`` epochs, beside the reference run's (from the
     runs' metrics.json histories): one epoch's best swings by 0.005 (Kvasir-SEG) to 0.03 (BUSI), a lead that holds
-    window after window is a trend. The reference should be a run of the same carve-out (a zoo model's own run)."""
+    window after window is a trend. The reference should be a run of the same carve-out (a zoo model's own run); a
+    run that holds out other images is named under the table, since its gaps mix the recipe with the images."""
+    def carve_out(name: str) -> dict[str, Any]:
+        path = _folder(name) / "config.json"
+        train = json.loads(path.read_text()).get("train", {}) if path.is_file() else {}
+        return {k: train.get(k, default) for k, default in (("dataset", None), ("imgsz", None), ("seed", None),
+                                                             ("val_fraction", None), ("carve_by", "random"))}
+
     def history(name: str) -> tuple[dict[int, float], dict[str, Any]]:
         path = _folder(name) / "metrics.json"
         m = json.loads(path.read_text()) if path.is_file() else {}
@@ -334,8 +341,12 @@ def curve(names: list[str], against: str, window: int = 10) -> str:
             mean_ref = f"{np.mean([ref[e] for e in ref_ep]):.4f}" if ref_ep else "—"
             lines.append(f"| {span[0]}–{span[-1]} | {mean_ref} | " + " | ".join(cells) + " |")
     bests = "; ".join(f"{n} {b['val_mDice']:.4f} at epoch {b['epoch']}" for n, (_, b) in runs.items())
+    ref_carve = carve_out(against)
+    other = [f"{n} holds out another carve-out than the reference ("
+             + ", ".join(f"{k} {v} vs {ref_carve[k]}" for k, v in carve_out(n).items() if v != ref_carve[k])
+             + "): its gaps are not the recipe's alone" for n in names if carve_out(n) != ref_carve]
     return (f"reference: {against} (best {ref_best['val_mDice']:.4f} at epoch {ref_best['epoch']})\n\n"
-            + "\n".join(lines) + f"\n\nbest carve-out: {bests}")
+            + "\n".join(lines) + f"\n\nbest carve-out: {bests}" + "".join(f"\n{o}" for o in other))
 
 
 #: The zoo models the small-region rule is chosen for (the 256-px ones: the microcontroller models' C example
