@@ -12,7 +12,7 @@ three parts of the gap, each measured, none assumed:
 - the lesions drawn: per-image Dice (the model's threshold and small-region rule, as ``simpleunet-eval``) by the
   lesion's share of the image on both splits, and the test mDice without the lesions under 3 % of the image.
 
-Usage: python -m simpleunet.benchmarks.carve_out_gap [kvasir-seg|busi]   (about 2 minutes a model on 2 cores)
+Usage: python -m simpleunet.benchmarks.carve_out_gap [kvasir-seg|busi]   (a few minutes a model)
 """
 from __future__ import annotations
 
@@ -23,8 +23,8 @@ import numpy as np
 
 from simpleunet.train.checkpoint import load_model, run_folders
 from simpleunet.train.config import TrainConfig
-from simpleunet.train.data import (AREA_EDGES, area_bins, carve_validation, dataset_root, discover, select_split,
-                                  training_samples)
+from simpleunet.train.data import (AREA_EDGES, area_bins, carve_validation, dataset_root, discover, load_arrays,
+                                  select_split, training_samples)
 from simpleunet.train.screen import carve_out_probabilities, per_image_dice, split_probabilities
 from simpleunet.train.zoo import ZOO
 from simpleunet_runtime.errors import console_script
@@ -49,14 +49,15 @@ def nearest(rows: np.ndarray, pool: np.ndarray) -> np.ndarray:
     return np.array([np.abs(pool - r).mean(1).min() for r in rows])
 
 
-def neighbours(dataset: str, seed: int, fraction: float) -> str:
-    """The near-duplicate line: carve-out vs the rest of train, test vs all of train."""
-    root = dataset_root(dataset, None)
+def neighbours(cfg: TrainConfig) -> str:
+    """The near-duplicate line of a run's carve-out: carve-out vs the rest of train, test vs all of train."""
+    root = dataset_root(cfg.dataset, cfg.data_root)
     samples = discover(root)
     train, _ = training_samples(samples, root)
     thumbs = np.stack([thumbnail(s.image) for s in train])
     test = np.stack([thumbnail(s.image) for s in select_split(samples, root, "test")])
-    rest, carve = carve_validation(len(train), fraction, seed)
+    strata = area_bins(load_arrays(train, cfg.imgsz)[1]) if cfg.carve_by == "lesion-area" else None
+    rest, carve = carve_validation(len(train), cfg.val_fraction, cfg.seed, strata)
     parts = []
     for label, d in (("carve-out to the rest of train", nearest(thumbs[carve], thumbs[rest])),
                      ("test to train", nearest(test, thumbs))):
@@ -102,10 +103,10 @@ def main(argv: list[str] | None = None) -> None:
 
     torch.set_num_threads(1)
     folders = [f for f in run_folders(ZOO) if load_model(f)[1].get("dataset") == args.dataset]
-    cfg = TrainConfig.from_dict(load_model(folders[0])[1]["train"])
-    print(neighbours(args.dataset, cfg.seed, cfg.val_fraction))
+    cfg = TrainConfig.from_dict(load_model(folders[0])[1]["train"])  # the zoo models of a dataset share one carve-out
+    print(neighbours(cfg), flush=True)
     for folder in folders:
-        print("\n".join(report(folder)))
+        print("\n".join(report(folder)), flush=True)
 
 
 if __name__ == "__main__":
