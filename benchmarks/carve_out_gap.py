@@ -29,7 +29,7 @@ from simpleunet.train.screen import carve_out_probabilities, per_image_dice, spl
 from simpleunet.train.zoo import ZOO
 from simpleunet_runtime.errors import console_script
 
-from .split_duplicates import thumbnail
+from .split_duplicates import nearest, thumbnail
 
 #: A label per lesion-size bin of data.area_bins, smallest first.
 AREA_LABELS = ("empty", f"<{AREA_EDGES[0]:.0%}",
@@ -42,11 +42,6 @@ def by_area(dices: np.ndarray, masks: np.ndarray) -> dict[str, tuple[int, float]
     bins = area_bins(masks)
     return {label: (int((bins == k).sum()), float(dices[bins == k].mean()))
             for k, label in enumerate(AREA_LABELS) if (bins == k).any()}
-
-
-def nearest(rows: np.ndarray, pool: np.ndarray) -> np.ndarray:
-    """Each row's mean absolute difference to its nearest row of ``pool`` (grey levels)."""
-    return np.array([np.abs(pool - r).mean(1).min() for r in rows])
 
 
 def neighbours(cfg: TrainConfig) -> str:
@@ -81,8 +76,7 @@ def report(folder, history_window: int = 50) -> list[str]:
              f"{rule[0]:g}, {rule[1]:g})",
              f"  best-epoch luck: best carve-out epoch {max(history):.4f} (threshold 0.5, no rule) vs "
              f"{np.mean(tail):.4f} the mean of the last {len(tail)} of {len(history)} epochs"]
-    small = (tmasks.reshape(len(tmasks), -1) > 0).mean(1)
-    keep = (small >= SMALL) | (small == 0)
+    keep = area_bins(tmasks) != 1  # bin 1: a lesion under SMALL of the image
     lines.append(f"  test without its {int((~keep).sum())} lesions under {SMALL:.0%} of the image: "
                  f"{test[keep].mean():.4f} (they score {test[~keep].mean() if (~keep).any() else float('nan'):.4f})")
     c, t = by_area(carve, cmasks), by_area(test, tmasks)

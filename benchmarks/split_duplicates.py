@@ -25,13 +25,19 @@ def thumbnail(path) -> np.ndarray:
     return np.asarray(Image.open(path).convert("L").resize((64, 64), Image.BILINEAR), np.float32).ravel()
 
 
+def nearest(rows: np.ndarray, pool: np.ndarray) -> np.ndarray:
+    """Each thumbnail's mean absolute difference to its nearest thumbnail of ``pool`` (grey levels)."""
+    return np.array([np.abs(pool - r).mean(1).min() for r in rows])
+
+
 def duplicates(dataset: str, max_diff: float) -> tuple[list, list[str]]:
     """(test samples, ids of the test images with a train thumbnail within ``max_diff`` grey levels)."""
     root = dataset_root(dataset, None)
     samples = discover(root)
     train = np.stack([thumbnail(s.image) for s in select_split(samples, root, "train")])
     test = select_split(samples, root, "test")
-    return test, [s.id for s in test if np.abs(train - thumbnail(s.image)).mean(1).min() < max_diff]
+    near = nearest(np.stack([thumbnail(s.image) for s in test]), train)
+    return test, [s.id for s, d in zip(test, near) if d < max_diff]
 
 
 def main() -> None:
